@@ -1,0 +1,83 @@
+"""Atomic file writes: write ``name.<uuid>.partial`` beside the target, fsync, then rename.
+
+A reader (or a resumed run) therefore sees either the old file or the complete new one,
+never a torn write, whatever moment the process is killed at.  This is the pattern of
+zarr's ``LocalStore``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["write_bytes", "write_text", "write_json", "save_npz", "load_npz", "fsync_dir"]
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry (the rename) to disk where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON atomically."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
+    """Save arrays as an uncompressed ``.npz`` atomically.
+
+    Object arrays are refused so that the file always loads with ``allow_pickle=False``.
+    """
+    clean = {}
+    for key, value in arrays.items():
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            raise TypeError(f"refusing to save object array {key!r}: it would need pickle")
+        clean[key] = arr
+    buf = io.BytesIO()
+    np.savez(buf, **clean)
+    return write_bytes(path, buf.getvalue())
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` file, never unpickling."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}

@@ -1,0 +1,64 @@
+"""What every streaming estimator shares: fit = build a plan, drive it over the data, finish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from ._batches import RowSource, as_row_source
+from ._passes import Checkpointer, Plan, ProgressFn, run_passes
+
+__all__ = ["StreamingMixin", "fit_streaming", "draw_seed"]
+
+
+def draw_seed(random_state) -> int:
+    """One integer seed drawn from a scikit-learn ``random_state`` (None, int or RandomState)."""
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+class StreamingMixin:
+    """Mixin for estimators whose ``fit`` is a resumable multi-pass :class:`Plan`.
+
+    Subclasses implement ``_make_plan(source)`` (validate parameters, build the plan) and
+    ``_finish_plan(plan, source)`` (copy the learned attributes onto ``self``).  ``fit``
+    then streams over the data; :func:`fit_streaming` does the same with a checkpoint and
+    a progress callback, which is what the command line uses.
+    """
+
+    #: dtype of the batches the plan receives
+    _batch_dtype: Any = np.float64
+
+    def _make_plan(self, source: RowSource) -> Plan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _finish_plan(self, plan: Plan, source: RowSource) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def fit_streaming(
+    estimator: StreamingMixin,
+    X,
+    *,
+    rows=None,
+    checkpoint: Checkpointer | None = None,
+    progress: ProgressFn | None = None,
+):
+    """Fit ``estimator`` on ``X`` (NumPy, zarr or dask; optionally a subset of ``rows``).
+
+    With ``checkpoint`` the fit saves its state as it goes and resumes a saved state first.
+    Returns the fitted estimator.
+    """
+    source = as_row_source(estimator, X, reset=True, rows=rows)
+    plan = estimator._make_plan(source)
+    run_passes(
+        plan,
+        source,
+        int(estimator.batch_size),
+        dtype=estimator._batch_dtype,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
+    estimator._finish_plan(plan, source)
+    return estimator

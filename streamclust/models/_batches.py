@@ -1,0 +1,127 @@
+"""Row sources: read a NumPy, zarr or dask array ``batch_size`` rows at a time.
+
+Estimators never materialise their input.  A :class:`RowSource` wraps the array
+(optionally a sorted subset of its rows, e.g. the non-duplicate images of a store)
+and yields float batches of shape ``(n, n_features)``; image arrays of shape
+``(N, h, w, c)`` are flattened per batch, and integer pixels are converted per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from sklearn.utils.validation import validate_data
+
+__all__ = ["RowSource", "as_row_source", "is_lazy_array"]
+
+
+def is_lazy_array(X) -> bool:
+    """True for zarr and dask arrays (anything array-like that is not in memory)."""
+    mod = type(X).__module__ or ""
+    return mod.startswith(("zarr", "dask")) and hasattr(X, "shape") and hasattr(X, "dtype")
+
+
+class RowSource:
+    """Rows of an array-like, read in batches.
+
+    Parameters
+    ----------
+    array : ndarray, zarr.Array or dask.array.Array
+        Array of shape ``(n_rows, ...)``; trailing axes are flattened.
+    rows : ndarray of int, default=None
+        Sorted indices of the rows to use; ``None`` uses all rows.
+    check_finite : bool, default=True
+        Raise ``ValueError`` when a batch holds NaN or infinity.
+    """
+
+    def __init__(self, array, rows=None, *, check_finite=True):
+        self.array = array
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.check_finite = check_finite
+        if self.rows is not None and self.rows.size and np.any(np.diff(self.rows) <= 0):
+            raise ValueError("rows must be strictly increasing")
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.array.shape[0] if self.rows is None else self.rows.size)
+
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.array.shape[1:], dtype=np.int64))
+
+    @property
+    def chunk_rows(self) -> int | None:
+        """Rows per storage chunk of the underlying array (``None`` for NumPy)."""
+        chunks = getattr(self.array, "chunks", None)
+        if chunks is None:
+            return None
+        first = chunks[0]
+        return int(first[0] if isinstance(first, tuple) else first)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        if self.rows is None:
+            block = self.array[start:stop]
+        else:
+            idx = self.rows[start:stop]
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            block = self.array[lo:hi]
+            if hi - lo != idx.size:
+                block = np.asarray(block)[idx - lo]
+        if hasattr(block, "compute"):
+            block = block.compute()
+        return np.asarray(block)
+
+    def read(self, start: int, stop: int, dtype=np.float64) -> np.ndarray:
+        """Rows ``start:stop`` (positions in this source) as a 2-D ``dtype`` array."""
+        block = self._read(start, stop).reshape(stop - start, -1)
+        out = block.astype(dtype, copy=block.dtype != dtype)
+        if self.check_finite and out.dtype.kind == "f" and not np.isfinite(out).all():
+            raise ValueError(
+                "Input contains NaN or infinity in rows "
+                f"{start}..{stop - 1}; clean or drop those rows before fitting."
+            )
+        return out
+
+    def iter_batches(
+        self, batch_size: int, *, start: int = 0, dtype=np.float64
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(offset, X_batch)`` from row ``start`` to the end."""
+        n = self.n_samples
+        for lo in range(start, n, batch_size):
+            hi = min(lo + batch_size, n)
+            yield lo, self.read(lo, hi, dtype=dtype)
+
+
+def as_row_source(estimator, X, *, reset: bool, rows=None, dtype=(np.float64, np.float32)) -> RowSource:
+    """Validate ``X`` like scikit-learn and wrap it in a :class:`RowSource`.
+
+    NumPy input (and lists, etc.) goes through :func:`sklearn.utils.validation.validate_data`,
+    so every common check applies.  Lazy input (zarr, dask) is checked for shape only here;
+    finiteness is checked batch by batch as it streams.  ``n_features_in_`` is set when
+    ``reset`` is true and checked otherwise.
+    """
+    if isinstance(X, RowSource):
+        source = X
+    elif is_lazy_array(X):
+        if len(X.shape) < 2:
+            raise ValueError(
+                f"Expected a 2-D array (or an image stack), got shape {tuple(X.shape)}; "
+                "reshape your data with X.reshape(-1, 1) if it has a single feature."
+            )
+        source = RowSource(X, rows)
+    else:
+        arr = validate_data(estimator, X, reset=reset, dtype=list(dtype), ensure_min_samples=1)
+        if rows is not None:
+            arr = arr[np.asarray(rows)]
+        return RowSource(arr)
+    if source.n_samples < 1:
+        raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
+    if reset:
+        estimator.n_features_in_ = source.n_features
+    elif getattr(estimator, "n_features_in_", source.n_features) != source.n_features:
+        raise ValueError(
+            f"X has {source.n_features} features, but {type(estimator).__name__} "
+            f"is expecting {estimator.n_features_in_} features as input."
+        )
+    return source

@@ -1,0 +1,208 @@
+"""Decode one archive member into a square RGB uint8 image: pure, and never raises.
+
+:func:`decode_image` turns the member's bytes into either pixels or a ``(status, reason)``
+pair; every failure mode of Pillow (and a few of our own refusals) maps to a short status
+word, so the caller can write one manifest row per member and carry on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = ["DecodeParams", "Decoded", "decode_image", "decode_many", "STATUSES", "METADATA_NAMES"]
+
+#: every status a manifest row can carry, with what it means
+STATUSES = {
+    "ok": "ingested",
+    "empty": "the member has no bytes",
+    "not_image": "not an image Pillow can identify (text, HTML, unknown format)",
+    "metadata": "operating-system metadata, not an image (__MACOSX/, ._*, .DS_Store, Thumbs.db)",
+    "truncated": "the image data ends early",
+    "corrupt": "the image data is damaged (bad checksum, invalid stream)",
+    "bomb": "the declared canvas exceeds max_pixels (refused before decoding)",
+    "too_large": "the member exceeds max_member_bytes (refused without reading it all)",
+    "bad_crc": "the archive's checksum for the member does not match its bytes",
+    "too_small": "a side is shorter than min_side",
+    "bad_aspect": "the aspect ratio exceeds max_aspect",
+    "unreadable": "the archive could not deliver the member (unsupported compression, I/O error)",
+    "encrypted": "the member is encrypted",
+    "not_file": "a link, device or other non-regular member",
+    "error": "an unexpected decoder failure (a bug report is welcome)",
+}
+
+#: formats we let Pillow open; EPS/PDF and other formats needing external programs are excluded
+SAFE_FORMATS = (
+    "JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA", "ICO", "DIB", "PCX", "SGI", "IM",
+    "QOI", "DDS", "JPEG2000", "AVIF", "PSD",
+)
+Image.init()
+SAFE_FORMATS = tuple(f for f in SAFE_FORMATS if f in Image.OPEN)  # those this Pillow build has
+
+METADATA_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    size: int
+    max_pixels: int
+    min_side: int
+    max_aspect: float
+    background: tuple[int, int, int]
+
+
+@dataclass
+class Decoded:
+    """The outcome of decoding one member."""
+
+    status: str
+    reason: str = ""
+    pixels: np.ndarray | None = None  # (size, size, 3) uint8 when status == "ok"
+    width: int | None = None
+    height: int | None = None
+    format: str = ""
+    mode: str = ""
+    sha256: str = ""
+    note: str = ""
+
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+
+
+def _magic_format(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    return ""
+
+
+def is_metadata_name(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    base = parts[-1]
+    return "__MACOSX" in parts[:-1] or base.startswith("._") or base.lower() in METADATA_NAMES
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    msg = str(exc) or type(exc).__name__
+    low = msg.lower()
+    if isinstance(exc, UnidentifiedImageError):
+        return "not_image", "not a recognised image format"
+    if isinstance(exc, Image.DecompressionBombError) or "decompressed data too large" in low:
+        return "bomb", msg
+    if "truncated" in low or "premature end" in low or "unexpected end" in low:
+        return "truncated", msg
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError, zlib.error, IndexError, struct_error)):
+        return "corrupt", f"{type(exc).__name__}: {msg}"
+    return "error", f"{type(exc).__name__}: {msg}"
+
+
+try:  # struct.error is raised by some plugins on garbage headers
+    from struct import error as struct_error
+except ImportError:  # pragma: no cover
+    struct_error = ValueError
+
+
+def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any Pillow mode to RGB; alpha is composited on ``background``."""
+    mode = im.mode
+    if mode in _HIGH_BIT_MODES:
+        arr = np.asarray(im, dtype=np.float64)
+        hi = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 / 65535.0 if hi > 255 else 1.0
+        arr8 = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("PA", "LA", "La", "RGBa", "RGBA") or (mode in ("L", "RGB") and "transparency" in im.info):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        bg = Image.new("RGB", im.size, background)
+        bg.paste(im, mask=im.getchannel("A"))
+        return bg
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return im
+
+
+def decode_image(data: bytes | None, name: str, params: DecodeParams) -> Decoded:
+    """Decode ``data`` (the bytes of member ``name``) to a ``size x size`` RGB array.
+
+    Never raises: every failure is returned as a :class:`Decoded` with a status other
+    than ``"ok"`` and a human-readable reason.
+    """
+    try:
+        return _decode(data, name, params)
+    except MemoryError:
+        return Decoded("bomb", "ran out of memory while decoding")
+    except Exception as exc:  # noqa: BLE001 - the contract is: errors are values
+        status, reason = _classify(exc)
+        return Decoded(status, reason, sha256=hashlib.sha256(data).hexdigest() if data else "")
+
+
+def _decode(data: bytes | None, name: str, params: DecodeParams) -> Decoded:
+    if is_metadata_name(name):
+        return Decoded("metadata", "operating-system metadata file, not an image",
+                       sha256=hashlib.sha256(data or b"").hexdigest())
+    if not data:
+        return Decoded("empty", "the member is empty (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # we enforce our own pixel cap below
+        try:
+            im = Image.open(io.BytesIO(data), formats=SAFE_FORMATS)
+        except UnidentifiedImageError:
+            kind = _magic_format(data)
+            if kind:
+                return Decoded("corrupt", f"starts like a {kind} file but its header is unreadable "
+                               "(bad checksum or damaged header)", format=kind, sha256=digest)
+            return Decoded("not_image", "not a recognised image format", sha256=digest)
+        w, h = im.size
+        info = dict(width=w, height=h, format=im.format or "", mode=im.mode, sha256=digest)
+        if w <= 0 or h <= 0:
+            return Decoded("corrupt", f"invalid canvas {w}x{h}", **info)
+        if w * h > params.max_pixels:
+            return Decoded("bomb", f"canvas {w}x{h} = {w * h:,} pixels exceeds max_pixels={params.max_pixels:,}", **info)
+        if min(w, h) < params.min_side:
+            return Decoded("too_small", f"{w}x{h} has a side under min_side={params.min_side}", **info)
+        if max(w, h) > params.max_aspect * min(w, h):
+            return Decoded("bad_aspect", f"{w}x{h} is more elongated than max_aspect={params.max_aspect:g}", **info)
+        if im.format == "JPEG":
+            # decode at a reduced DCT scale, still at least twice the target size
+            im.draft("RGB", (2 * params.size, 2 * params.size))
+        im.load()
+        note = ""
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception as exc:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+            note = f"EXIF orientation ignored ({type(exc).__name__})"
+        im = _to_rgb(im, params.background)
+        cw, ch = im.size
+        side = min(cw, ch)
+        left, top = (cw - side) // 2, (ch - side) // 2
+        im = im.resize((params.size, params.size), Image.Resampling.LANCZOS,
+                       box=(left, top, left + side, top + side), reducing_gap=3.0)
+        pixels = np.asarray(im, dtype=np.uint8)
+    if pixels.shape != (params.size, params.size, 3):  # pragma: no cover - defensive
+        return Decoded("error", f"unexpected decoded shape {pixels.shape}", **info)
+    return Decoded("ok", "", pixels=pixels, note=note, **info)
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def decode_many(items: list[tuple[int, str, bytes]], params: DecodeParams) -> list[Decoded]:
+    """Decode a batch ``[(position, name, data), ...]`` (the unit of work of a worker process)."""
+    return [decode_image(data, name, params) for _, name, data in items]

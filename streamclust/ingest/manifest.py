@@ -1,0 +1,56 @@
+"""The manifest: one CSV row per file member of the source, in archive order."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+__all__ = ["COLUMNS", "format_rows", "read_manifest", "status_counts"]
+
+#: manifest columns, in order (documented in docs/store-format.md)
+COLUMNS = (
+    "position",      # 0-based order of the member in the source
+    "index",         # row of images.zarr; empty when the member was skipped
+    "member",        # path inside the archive (or relative to the folder), as stored
+    "status",        # "ok" or a short word for the kind of skip
+    "reason",        # human-readable; non-empty for every skip
+    "width",         # original width in pixels (when the header could be read)
+    "height",        # original height
+    "format",        # Pillow's format name (JPEG, PNG, ...)
+    "mode",          # original Pillow mode (RGB, L, P, RGBA, CMYK, I;16, ...)
+    "bytes",         # size of the member in bytes (as read)
+    "sha256",        # hash of the member's bytes
+    "duplicate_of",  # for an ok image whose bytes repeat an earlier one: that one's index
+    "note",          # caveats on an ok row (non-UTF-8 name, EXIF ignored, ...)
+)
+
+
+def _clean(value) -> str:
+    return "" if value is None else str(value)
+
+
+def format_rows(rows: Iterable[dict]) -> bytes:
+    """CSV-encode manifest rows (dicts keyed by :data:`COLUMNS`) as UTF-8 bytes."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for row in rows:
+        writer.writerow([_clean(row.get(col)) for col in COLUMNS])
+    return buf.getvalue().encode("utf-8")
+
+
+def header() -> bytes:
+    return (",".join(COLUMNS) + "\n").encode("utf-8")
+
+
+def read_manifest(path: str | os.PathLike) -> Iterator[dict[str, str]]:
+    """Yield the manifest's rows as dicts of strings."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        yield from csv.DictReader(fh)
+
+
+def status_counts(path: str | os.PathLike) -> Counter:
+    return Counter(row["status"] for row in read_manifest(Path(path)))

@@ -1,0 +1,131 @@
+"""Parallel, order-preserving decoding with a bounded number of members in flight."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Iterable, Iterator
+
+from .decode import DecodeParams, Decoded, decode_image, decode_many
+from .readers import Member
+
+__all__ = ["decoded_members"]
+
+logger = logging.getLogger(__name__)
+
+#: a worker task holds at most this many members or bytes
+TASK_MEMBERS = 48
+TASK_BYTES = 8 * 2**20
+
+
+def _tasks(members: Iterable[Member]) -> Iterator[list[Member]]:
+    batch: list[Member] = []
+    nbytes = 0
+    for m in members:
+        batch.append(m)
+        nbytes += len(m.data or b"")
+        if len(batch) >= TASK_MEMBERS or nbytes >= TASK_BYTES:
+            yield batch
+            batch, nbytes = [], 0
+    if batch:
+        yield batch
+
+
+def _needs_decode(m: Member) -> bool:
+    return not m.status
+
+
+def _decode_local(batch: list[Member], params: DecodeParams) -> list[Decoded | None]:
+    return [decode_image(m.data, m.name, params) if _needs_decode(m) else None for m in batch]
+
+
+class _Pool:
+    """A process pool that is rebuilt when a worker dies (a decoder crash, an OOM kill)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.ctx = mp.get_context("forkserver") if "forkserver" in mp.get_all_start_methods() else None
+        self.ex = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=self.ctx)
+
+    def submit(self, batch: list[Member], params: DecodeParams) -> Future:
+        items = [(m.position, m.name, m.data) for m in batch if _needs_decode(m)]
+        try:
+            return self.ex.submit(decode_many, items, params)
+        except BrokenProcessPool:
+            self.restart()
+            return self.ex.submit(decode_many, items, params)
+
+    def restart(self) -> None:
+        self.ex.shutdown(wait=False, cancel_futures=True)
+        self.ex = self._new()
+
+    def close(self) -> None:
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _merge(batch: list[Member], decoded: list[Decoded]) -> list[Decoded | None]:
+    it = iter(decoded)
+    return [next(it) if _needs_decode(m) else None for m in batch]
+
+
+def _isolate(pool: _Pool, batch: list[Member], params: DecodeParams) -> list[Decoded | None]:
+    """After a worker died: decode the batch one member per task to find the culprit."""
+    out: list[Decoded | None] = []
+    for m in batch:
+        if not _needs_decode(m):
+            out.append(None)
+            continue
+        try:
+            out.append(pool.submit([m], params).result()[0])
+        except BrokenProcessPool:
+            logger.warning("decoder process died on member %r", m.name)
+            out.append(Decoded("error", "the decoder process died on this member (crash or out of memory)"))
+            pool.restart()
+    return out
+
+
+def decoded_members(
+    members: Iterable[Member], params: DecodeParams, workers: int
+) -> Iterator[tuple[Member, Decoded | None]]:
+    """Yield ``(member, decoded)`` in source order; ``decoded`` is None for reader-level skips.
+
+    With ``workers > 1`` decoding runs in a process pool with at most ``2 * workers``
+    tasks in flight, so memory stays bounded whatever the archive size.
+    """
+    if workers <= 1:
+        for batch in _tasks(members):
+            yield from zip(batch, _decode_local(batch, params))
+        return
+    pool = _Pool(workers)
+    inflight: deque[tuple[list[Member], Future]] = deque()
+    try:
+        tasks = _tasks(members)
+        for batch in tasks:
+            inflight.append((batch, pool.submit(batch, params)))
+            if len(inflight) >= 2 * workers:
+                yield from _drain_one(pool, inflight, params)
+        while inflight:
+            yield from _drain_one(pool, inflight, params)
+    finally:
+        pool.close()
+
+
+def _drain_one(pool: _Pool, inflight: deque, params: DecodeParams):
+    batch, fut = inflight.popleft()
+    try:
+        results = _merge(batch, fut.result())
+    except BrokenProcessPool:
+        pool.restart()
+        results = _isolate(pool, batch, params)
+        # everything else in flight died with the pool: submit it again
+        pending = [b for b, _ in inflight]
+        inflight.clear()
+        for b in pending:
+            inflight.append((b, pool.submit(b, params)))
+    yield from zip(batch, results)

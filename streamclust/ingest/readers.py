@@ -1,0 +1,252 @@
+"""Archive readers: yield every file member of a zip, tar or folder, one at a time.
+
+A reader never extracts the archive to disk and never holds it in memory whole: each
+member's bytes are read (at most ``max_bytes + 1`` of them) when the member is reached.
+Problems with a single member (a bad CRC, an encrypted entry, a link, an I/O error) are
+returned as values on the :class:`Member`; only an unreadable archive raises
+:class:`~streamclust.errors.SourceError`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import SourceError
+
+__all__ = ["Member", "open_reader", "ArchiveReader", "source_kind", "TAR_SUFFIXES"]
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+@dataclass
+class Member:
+    """One file member of the source, in archive order."""
+
+    position: int
+    name: str
+    data: bytes | None = None
+    status: str = ""  # set when the reader itself could not deliver the bytes
+    reason: str = ""
+    note: str = ""
+
+
+def _display_name(raw: bytes) -> tuple[str, str]:
+    """A member name as text: UTF-8 when it is, else with backslash escapes and a note."""
+    try:
+        return raw.decode("utf-8"), ""
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), "name is not valid UTF-8; shown with \\x escapes"
+
+
+def source_kind(path: Path) -> str:
+    """``"zip"``, ``"tar"`` or ``"dir"``; raises :class:`SourceError` otherwise."""
+    if not path.exists():
+        raise SourceError(f"source {str(path)!r} does not exist; give a .zip, .tar(.gz) or a folder of images")
+    if path.is_dir():
+        return "dir"
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"source {str(path)!r} is not readable; check its permissions")
+    if zipfile.is_zipfile(path):
+        return "zip"
+    try:
+        if tarfile.is_tarfile(path):
+            return "tar"
+    except OSError as exc:
+        raise SourceError(f"source {str(path)!r} could not be read: {exc}") from None
+    raise SourceError(
+        f"source {str(path)!r} is neither a zip nor a tar archive nor a folder; "
+        "pack the images with zip or tar, or point at their folder"
+    )
+
+
+class ArchiveReader:
+    """Base class: ``len(reader)`` (when known) and ``reader.members(start)``."""
+
+    kind = ""
+
+    def __init__(self, path: Path, max_bytes: int):
+        self.path = path
+        self.max_bytes = max_bytes
+
+    def count(self) -> int | None:
+        """Number of file members when it is cheap to know, else ``None``."""
+        return None
+
+    def members(self, start: int = 0) -> Iterator[Member]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def _too_large(self, pos: int, name: str, size: int, note: str = "") -> Member:
+        return Member(pos, name, None, "too_large",
+                      f"member is {size:,} bytes, over max_member_bytes={self.max_bytes:,}", note)
+
+
+class ZipReader(ArchiveReader):
+    kind = "zip"
+
+    def __init__(self, path: Path, max_bytes: int):
+        super().__init__(path, max_bytes)
+        try:
+            self._zip = zipfile.ZipFile(path)
+            self._infos = [i for i in self._zip.infolist() if not i.is_dir()]
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise SourceError(f"zip archive {str(path)!r} could not be read: {exc}") from None
+
+    def count(self) -> int:
+        return len(self._infos)
+
+    @staticmethod
+    def _name(info: zipfile.ZipInfo) -> tuple[str, str]:
+        if info.flag_bits & 0x800:
+            return info.filename, ""
+        try:  # no UTF-8 flag: zipfile decoded the name as cp437; many tools wrote UTF-8 anyway
+            raw = info.filename.encode("cp437")
+        except UnicodeEncodeError:
+            return info.filename, ""
+        name, note = _display_name(raw)
+        if note:
+            return info.filename, "name is not valid UTF-8; decoded as cp437"
+        return name, ""
+
+    def members(self, start: int = 0) -> Iterator[Member]:
+        for pos in range(start, len(self._infos)):
+            info = self._infos[pos]
+            name, note = self._name(info)
+            if info.flag_bits & 0x1:
+                yield Member(pos, name, None, "encrypted", "the member is encrypted", note)
+                continue
+            if info.file_size > self.max_bytes:
+                yield self._too_large(pos, name, info.file_size, note)
+                continue
+            try:
+                with self._zip.open(info) as fh:
+                    data = fh.read(self.max_bytes + 1)
+            except zipfile.BadZipFile as exc:
+                if "crc" in str(exc).lower():
+                    yield Member(pos, name, None, "bad_crc", str(exc), note)
+                else:
+                    yield Member(pos, name, None, "unreadable", f"BadZipFile: {exc}", note)
+                continue
+            except NotImplementedError as exc:
+                yield Member(pos, name, None, "unreadable", f"unsupported zip feature: {exc}", note)
+                continue
+            except Exception as exc:  # noqa: BLE001 - zlib/lzma/I-O errors on one member
+                yield Member(pos, name, None, "unreadable", f"{type(exc).__name__}: {exc}", note)
+                continue
+            if len(data) > self.max_bytes:
+                yield self._too_large(pos, name, len(data), note)
+                continue
+            yield Member(pos, name, data, note=note)
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+class TarReader(ArchiveReader):
+    """Streams a (possibly compressed) tar in one forward read; the count is unknown."""
+
+    kind = "tar"
+
+    def members(self, start: int = 0) -> Iterator[Member]:
+        try:
+            tf = tarfile.open(self.path, mode="r|*", errorlevel=1)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise SourceError(f"tar archive {str(self.path)!r} could not be read: {exc}") from None
+        pos = -1
+        try:
+            while True:
+                try:
+                    info = tf.next()
+                except (tarfile.TarError, OSError, EOFError) as exc:
+                    # the rest of the archive is damaged: record it and stop reading
+                    pos += 1
+                    if pos >= start:
+                        yield Member(pos, f"<tar data after member {pos}>", None, "unreadable",
+                                     f"the tar stream is damaged from here on: {exc}")
+                    return
+                if info is None:
+                    return
+                if info.isdir():
+                    continue
+                pos += 1
+                if pos < start:
+                    continue
+                name, note = _display_name(info.name.encode("utf-8", "surrogateescape"))
+                if not info.isreg():
+                    what = "symbolic link" if info.issym() else "hard link" if info.islnk() else "special file"
+                    yield Member(pos, name, None, "not_file", f"{what}, not a regular file", note)
+                    continue
+                if info.size > self.max_bytes:
+                    yield self._too_large(pos, name, info.size, note)
+                    continue
+                try:
+                    fh = tf.extractfile(info)
+                    data = fh.read(self.max_bytes + 1) if fh is not None else b""
+                except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+                    yield Member(pos, name, None, "unreadable", f"{type(exc).__name__}: {exc}", note)
+                    return  # a stream read error leaves the stream unusable
+                if len(data) < info.size:
+                    yield Member(pos, name, data, "truncated",
+                                 f"the archive ends inside the member ({len(data):,} of {info.size:,} bytes)", note)
+                    continue
+                yield Member(pos, name, data, note=note)
+        finally:
+            tf.close()
+
+
+class DirReader(ArchiveReader):
+    """Walks a folder recursively in sorted order (by the names' bytes)."""
+
+    kind = "dir"
+
+    def __init__(self, path: Path, max_bytes: int):
+        super().__init__(path, max_bytes)
+        root = os.fsencode(path)
+        files: list[bytes] = []
+        for dirpath, dirnames, filenames in os.walk(root, onerror=None):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                files.append(os.path.relpath(os.path.join(dirpath, fn), root))
+        self._files = sorted(files, key=lambda b: b.split(b"/"))
+
+    def count(self) -> int:
+        return len(self._files)
+
+    def members(self, start: int = 0) -> Iterator[Member]:
+        root = os.fsencode(self.path)
+        for pos in range(start, len(self._files)):
+            rel = self._files[pos]
+            name, note = _display_name(rel.replace(os.sep.encode(), b"/"))
+            full = os.path.join(root, rel)
+            try:
+                st = os.stat(full)
+                if not stat.S_ISREG(st.st_mode):
+                    yield Member(pos, name, None, "not_file", "not a regular file", note)
+                    continue
+                if st.st_size > self.max_bytes:
+                    yield self._too_large(pos, name, st.st_size, note)
+                    continue
+                with open(full, "rb") as fh:
+                    data = fh.read(self.max_bytes + 1)
+            except OSError as exc:
+                yield Member(pos, name, None, "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}", note)
+                continue
+            if len(data) > self.max_bytes:
+                yield self._too_large(pos, name, len(data), note)
+                continue
+            yield Member(pos, name, data, note=note)
+
+
+def open_reader(source: str | os.PathLike, max_bytes: int) -> ArchiveReader:
+    """A reader for ``source`` (zip, tar or folder); raises :class:`SourceError` if it is none."""
+    path = Path(source)
+    kind = source_kind(path)
+    return {"zip": ZipReader, "tar": TarReader, "dir": DirReader}[kind](path, max_bytes)

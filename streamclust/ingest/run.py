@@ -1,0 +1,314 @@
+"""``streamclust ingest``: a source archive to ``images.zarr`` + ``manifest.csv``, resumably.
+
+Resume protocol (datatrove/img2dataset style): decoded images are written chunk by chunk;
+after each full chunk of ``images.zarr`` is written, the manifest rows of every member
+consumed so far are appended (and fsynced) to ``.streamclust/manifest.part.csv``, and
+only then is ``.streamclust/ingest_state.json`` replaced atomically with the new position
+(members done, rows done, manifest bytes).  A killed run restarts from that state: the
+array is cut back to the rows done, the manifest part to its recorded length, and the
+members after the recorded position are read again.  The commit points depend only on
+the source, so the result is byte-identical to an unbroken run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from .._atomic import fsync_dir, write_json
+from ..config import IngestConfig, load_run_config
+from ..errors import ConfigMismatchError, SourceError
+from ..store import RunLayout
+from .decode import DecodeParams, Decoded
+from .manifest import COLUMNS, format_rows, header, read_manifest
+from .pipeline import decoded_members
+from .readers import ArchiveReader, Member, open_reader
+
+__all__ = ["ingest", "IngestSummary", "IMAGE_CODEC"]
+
+logger = logging.getLogger(__name__)
+
+
+def image_compressors():
+    """Codec of ``images.zarr`` (chosen by measurement: see docs/benchmarks.md)."""
+    return zarr.codecs.ZstdCodec(level=3)
+
+
+IMAGE_CODEC = "zstd(level=3)"
+
+
+@dataclass
+class IngestSummary:
+    """What an ingestion did."""
+
+    run_dir: str
+    members: int = 0
+    ok: int = 0
+    duplicates: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    already_complete: bool = False
+    resumed_from: int = 0
+
+    def line(self) -> str:
+        if self.already_complete:
+            head = f"ingest already complete in {self.run_dir}: nothing to do."
+        else:
+            rate = (self.members - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
+            head = f"ingested {self.run_dir} in {self.seconds:.1f} s ({rate:,.0f} members/s)."
+        skipped = ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items())) or "none"
+        return (f"{head} {self.members} members: {self.ok} ok ({self.duplicates} duplicates), "
+                f"{sum(self.skipped.values())} skipped ({skipped}).")
+
+
+def _fingerprint(source: Path) -> dict:
+    st = source.stat()
+    fp = {"path": str(source.resolve())}
+    if source.is_file():
+        fp.update(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+    return fp
+
+
+def _reset_run_dir(layout: RunLayout) -> None:
+    """``--overwrite``: remove everything streamclust wrote in the run directory."""
+    for child in (layout.images, layout.manifest, layout.ingest_summary, layout.model_dir,
+                  layout.state_dir, layout.config, layout.root / "report", layout.root / "assignments.csv"):
+        if child.is_dir():
+            shutil.rmtree(child)
+        elif child.exists():
+            child.unlink()
+
+
+def _check_existing(layout: RunLayout, identity: dict, overwrite: bool) -> bool:
+    """True when the run directory holds an ingestion with these settings (to resume/skip)."""
+    saved = load_run_config(layout.root).get("ingest")
+    if saved is None:
+        if layout.images.exists() or layout.state_dir.exists():
+            if not overwrite:
+                raise ConfigMismatchError(
+                    f"{layout.root} holds files of an unknown earlier run; pass --overwrite to replace them"
+                )
+            _reset_run_dir(layout)
+        return False
+    saved_identity = {k: v for k, v in saved.items() if k != "workers"}
+    if saved_identity == identity:
+        return True
+    if not overwrite:
+        diff = sorted(k for k in set(saved_identity) | set(identity) if saved_identity.get(k) != identity.get(k))
+        raise ConfigMismatchError(
+            f"{layout.root} was ingested with other settings ({', '.join(diff)} differ); "
+            "pass --overwrite to start again, or use another RUN_DIR"
+        )
+    _reset_run_dir(layout)
+    return False
+
+
+class _Writer:
+    """Appends chunks to images.zarr and rows to the manifest part; commits the state."""
+
+    def __init__(self, layout: RunLayout, cfg: IngestConfig):
+        self.layout = layout
+        self.size = cfg.size
+        self.chunk = cfg.resolved_chunk_size
+        self.state_path = layout.state_dir / "ingest_state.json"
+        self.part_path = layout.state_dir / "manifest.part.csv"
+        layout.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.state_path.exists():
+            self.state = json.loads(self.state_path.read_text())
+        else:
+            self.state = {"members_done": 0, "rows_done": 0, "manifest_bytes": 0, "finished": False}
+        for stray in [*layout.images.rglob("*.partial"), *layout.state_dir.glob("*.partial")]:
+            stray.unlink(missing_ok=True)  # temp files of a write that a kill interrupted
+        shape = (self.state["rows_done"], self.size, self.size, 3)
+        if self.state["rows_done"] == 0 and not self.state_path.exists():
+            self.array = zarr.create_array(
+                store=str(layout.images), shape=shape, chunks=(self.chunk, self.size, self.size, 3),
+                dtype="uint8", compressors=image_compressors(), fill_value=0, overwrite=True,
+                dimension_names=("image", "y", "x", "channel"),
+            )
+        else:
+            self.array = zarr.open_array(str(layout.images), mode="r+")
+            if self.array.shape != shape:
+                self.array.resize(shape)  # drops rows written after the last commit
+        # cut the manifest part back to the last commit
+        if not self.part_path.exists() or self.state["manifest_bytes"] == 0:
+            with open(self.part_path, "wb") as fh:
+                fh.write(header())
+            self.state["manifest_bytes"] = len(header())
+        else:
+            with open(self.part_path, "r+b") as fh:
+                fh.truncate(self.state["manifest_bytes"])
+        self.hashes: dict[str, int] = {}
+        self.counts: Counter = Counter()
+        self.duplicates = 0
+        for row in read_manifest(self.part_path):
+            self.counts[row["status"]] += 1
+            if row["status"] == "ok":
+                self.hashes.setdefault(row["sha256"], int(row["index"]))
+                self.duplicates += bool(row["duplicate_of"])
+        self.images: list[np.ndarray] = []
+        self.rows: list[dict] = []
+        self.next_position = self.state["members_done"]
+
+    @property
+    def next_index(self) -> int:
+        return self.state["rows_done"] + len(self.images)
+
+    def add(self, member: Member, dec: Decoded | None) -> None:
+        row = {"position": member.position, "member": member.name,
+               "bytes": len(member.data) if member.data is not None else ""}
+        if dec is None:  # the reader could not deliver the member
+            row.update(status=member.status, reason=member.reason, note=member.note)
+        else:
+            row.update(status=dec.status, reason=dec.reason, width=dec.width, height=dec.height,
+                       format=dec.format, mode=dec.mode, sha256=dec.sha256,
+                       note="; ".join(n for n in (member.note, dec.note) if n))
+            if dec.status == "ok":
+                index = self.next_index
+                row["index"] = index
+                first = self.hashes.setdefault(dec.sha256, index)
+                if first != index:
+                    row["duplicate_of"] = first
+                    self.duplicates += 1
+                self.images.append(dec.pixels)
+        self.counts[row["status"]] += 1
+        self.rows.append(row)
+        self.next_position = member.position + 1
+        if len(self.images) == self.chunk:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write buffered images, then manifest rows, then (last) the state."""
+        rows_done = self.state["rows_done"]
+        if self.images:
+            n = len(self.images)
+            self.array.resize((rows_done + n, self.size, self.size, 3))
+            self.array[rows_done:rows_done + n] = np.stack(self.images)
+            rows_done += n
+        data = format_rows(self.rows)
+        with open(self.part_path, "ab") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.state.update(members_done=self.next_position, rows_done=rows_done,
+                          manifest_bytes=self.state["manifest_bytes"] + len(data))
+        write_json(self.state_path, self.state)
+        self.images, self.rows = [], []
+
+    def finish(self) -> None:
+        self.commit()
+        self.state["finished"] = True
+        write_json(self.state_path, self.state)
+
+
+def ingest(
+    config: IngestConfig,
+    run_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> IngestSummary:
+    """Ingest ``config.source`` into ``run_dir``; resumes an interrupted run.
+
+    Parameters
+    ----------
+    config : IngestConfig
+        The settings (source, size, chunk size, limits, workers).
+    run_dir : path
+        Created if missing.  A completed ingestion with the same settings is a no-op; other
+        settings raise :class:`~streamclust.errors.ConfigMismatchError` unless ``overwrite``.
+    overwrite : bool, default=False
+        Remove an earlier run's outputs and start again.
+    progress : bool or None, default=None
+        Show a tqdm bar; ``None`` shows it only when stderr is a terminal.
+
+    Returns
+    -------
+    IngestSummary
+    """
+    layout = RunLayout.of(run_dir)
+    source = Path(config.source)
+    reader = open_reader(source, config.max_member_bytes)  # raises before anything is written
+    identity = config.identity()
+    identity["source"] = _fingerprint(source)
+    try:
+        if layout.root.exists() and not layout.root.is_dir():
+            raise SourceError(f"RUN_DIR {str(layout.root)!r} exists and is not a directory")
+        same = layout.root.is_dir() and _check_existing(layout, identity, overwrite)
+        if same and layout.is_done("ingest"):
+            summary = IngestSummary(str(layout.root), already_complete=True)
+            _fill_counts(summary, layout.manifest)
+            logger.debug(summary.line())
+            return summary
+        layout.root.mkdir(parents=True, exist_ok=True)
+        run_cfg = load_run_config(layout.root)
+        run_cfg["ingest"] = {**identity, "workers": config.workers}
+        write_json(layout.config, run_cfg)
+        return _run(reader, config, layout, progress)
+    finally:
+        reader.close()
+
+
+def _fill_counts(summary: IngestSummary, manifest: Path) -> None:
+    counts: Counter = Counter()
+    for row in read_manifest(manifest):
+        counts[row["status"]] += 1
+        summary.duplicates += bool(row["duplicate_of"])
+    summary.members = sum(counts.values())
+    summary.ok = counts.pop("ok", 0)
+    summary.skipped = dict(counts)
+
+
+def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progress: bool | None) -> IngestSummary:
+    t0 = time.perf_counter()
+    state_path = layout.state_dir / "ingest_state.json"
+    if state_path.exists() and json.loads(state_path.read_text()).get("finished") and layout.manifest.exists() \
+            and not (layout.state_dir / "manifest.part.csv").exists():
+        return _finalise(layout, t0, json.loads(state_path.read_text())["members_done"])  # killed while finalising
+    writer = _Writer(layout, config)
+    start = writer.state["members_done"]
+    if start:
+        logger.info("resuming ingestion at member %d (%d images already written)", start, writer.state["rows_done"])
+    if not writer.state["finished"]:
+        params = DecodeParams(config.size, config.max_pixels, config.min_side, config.max_aspect, config.background)
+        total = reader.count()
+        bar = tqdm(total=total, initial=start, unit="img", desc="ingest", dynamic_ncols=True,
+                   disable=(not progress) if progress is not None else None, file=sys.stderr)
+        try:
+            for member, dec in decoded_members(reader.members(start), params, config.resolved_workers):
+                writer.add(member, dec)
+                bar.update(1)
+                if bar.n % 256 == 0:
+                    skipped = sum(v for k, v in writer.counts.items() if k != "ok")
+                    bar.set_postfix(ok=writer.counts["ok"], skipped=skipped, refresh=False)
+        finally:
+            bar.close()
+        writer.finish()
+    os.replace(writer.part_path, layout.manifest)
+    fsync_dir(layout.root)
+    return _finalise(layout, t0, start)
+
+
+def _finalise(layout: RunLayout, t0: float, start: int) -> IngestSummary:
+    """Write the summary, then (last) the completion marker."""
+    summary = IngestSummary(str(layout.root), seconds=time.perf_counter() - t0, resumed_from=start)
+    _fill_counts(summary, layout.manifest)
+    write_json(layout.ingest_summary, {
+        "members": summary.members, "ok": summary.ok, "duplicates": summary.duplicates,
+        "skipped": summary.skipped, "seconds": round(summary.seconds, 3), "resumed_from": start,
+        "codec": IMAGE_CODEC, "columns": list(COLUMNS),
+    })
+    write_json(layout.marker("ingest"), {"ok": summary.ok, "members": summary.members})
+    logger.debug(summary.line())
+    return summary

@@ -1,0 +1,97 @@
+"""The on-disk layout of a run directory, and reading what ingestion wrote.
+
+::
+
+    RUN_DIR/
+      config.json          settings of every stage that ran (one key per stage)
+      images.zarr/         uint8 (N, size, size, 3), chunked along N
+      manifest.csv         one row per file member of the source
+      ingest_summary.json  counts per status, timings
+      model/               fitted models (pca.npz, kmeans.npz, gmm.npz)
+      .streamclust/        resume state: checkpoints and completion markers
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .errors import RunDirError, StageNotDoneError
+
+__all__ = ["RunLayout", "open_images", "ok_rows"]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths inside a run directory."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike) -> "RunLayout":
+        return cls(Path(run_dir))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images.zarr"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.csv"
+
+    @property
+    def ingest_summary(self) -> Path:
+        return self.root / "ingest_summary.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".streamclust"
+
+    def marker(self, stage: str) -> Path:
+        """Completion marker of ``stage``: written last, after the stage's outputs."""
+        return self.state_dir / f"{stage}.done"
+
+    def is_done(self, stage: str) -> bool:
+        return self.marker(stage).exists()
+
+    def require(self, stage: str, command: str) -> None:
+        """Raise :class:`StageNotDoneError` naming the command to run first."""
+        if not self.root.is_dir():
+            raise RunDirError(f"run directory {str(self.root)!r} does not exist; run `{command}` first")
+        if not self.is_done(stage):
+            raise StageNotDoneError(
+                f"{stage} has not completed in {str(self.root)!r}; run `{command}` first"
+            )
+
+
+def open_images(run_dir: str | os.PathLike) -> zarr.Array:
+    """The ingested image array (read-only) of a completed ingestion."""
+    layout = RunLayout.of(run_dir)
+    layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
+    return zarr.open_array(layout.images, mode="r")
+
+
+def ok_rows(run_dir: str | os.PathLike, *, drop_duplicates: bool = True) -> np.ndarray:
+    """Sorted ``images.zarr`` rows to model: every ok image, less byte-identical repeats."""
+    from .ingest.manifest import read_manifest
+
+    layout = RunLayout.of(run_dir)
+    layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
+    rows = [
+        int(r["index"])
+        for r in read_manifest(layout.manifest)
+        if r["status"] == "ok" and not (drop_duplicates and r["duplicate_of"])
+    ]
+    return np.asarray(sorted(rows), dtype=np.int64)

@@ -68,7 +68,85 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest_args(p)
     _add_common(p)
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("fit", help="fit PCA, k-means and a Gaussian mixture by streaming over the store",
+                       description="Fit PCA on the ingested images, then k-means and a Gaussian mixture "
+                                   "in PCA space; writes RUN_DIR/model/*.npz. Re-run the same command to resume.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `streamclust ingest`")
+    _add_fit_args(p)
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier fit with other settings")
+    _add_common(p)
+    p.set_defaults(func=_cmd_fit)
     return parser
+
+
+def _pca_components(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or a fraction in (0, 1), got {text!r}") from None
+    if 0 < value < 1:
+        return value
+    if value >= 1 and value == int(value):
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a positive integer or a fraction in (0, 1), got {text!r}")
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _memory(text: str) -> int:
+    from .config import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except StreamclustError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--memory-limit must", "must")) from None
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pca-components", type=_pca_components, default=None,
+                   help="principal components, or a variance fraction like 0.99 (default: 256, or fewer for small data)")
+    p.add_argument("--pca-method", choices=("randomized", "incremental"), default="randomized")
+    p.add_argument("--clusters", type=_nonneg_int, default=100, help="k-means clusters; 0 skips k-means (default 100)")
+    p.add_argument("--kmeans-method", choices=("lloyd", "minibatch"), default="lloyd")
+    p.add_argument("--gmm-components", type=_nonneg_int, default=50,
+                   help="mixture components; 0 skips the mixture (default 50)")
+    p.add_argument("--covariance", choices=("diag", "full", "tied", "spherical"), default="diag")
+    p.add_argument("--gmm-pca-components", type=_positive_int, default=None,
+                   help="fit the mixture on only this many leading components")
+    p.add_argument("--max-iter", type=_positive_int, default=100, help="Lloyd / EM passes at most (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="rows per batch (default: from --memory-limit)")
+    p.add_argument("--memory-limit", type=_memory, default=None, help="e.g. 1GB: choose batch sizes to stay under it")
+    p.add_argument("--keep-duplicates", action="store_true", help="fit on byte-identical duplicate images too")
+
+
+def _fit_config(args):
+    from .config import FitConfig
+
+    return FitConfig(
+        pca_components=args.pca_components, pca_method=args.pca_method, clusters=args.clusters,
+        kmeans_method=args.kmeans_method, gmm_components=args.gmm_components, covariance=args.covariance,
+        gmm_pca_components=args.gmm_pca_components, seed=args.seed, max_iter=args.max_iter,
+        batch_size=args.batch_size, memory_limit=args.memory_limit, drop_duplicates=not args.keep_duplicates,
+    )
+
+
+def _cmd_fit(args) -> int:
+    from .pipeline.fit import fit_run
+
+    summary = fit_run(args.run_dir, _fit_config(args), overwrite=args.overwrite,
+                      progress=False if args.quiet else None)
+    print(summary.line())
+    return 0
 
 
 def _ingest_config(args):

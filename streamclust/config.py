@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["IngestConfig", "default_chunk_size", "load_run_config", "STAGE_KEYS"]
+__all__ = ["IngestConfig", "FitConfig", "default_chunk_size", "load_run_config", "parse_bytes", "STAGE_KEYS"]
 
 STAGE_KEYS = ("ingest", "fit")
 
@@ -122,3 +122,103 @@ def load_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         return {}
     return json.loads(path.read_text())
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """``"1GB"``, ``"512MiB"``, ``"2e9"`` or an int to a number of bytes (``None`` stays ``None``)."""
+    if text is None or isinstance(text, int):
+        return text
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise UsageError(f"--memory-limit must look like 1GB, 512MB or 2GiB, got {text!r}")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise UsageError(f"--memory-limit must be positive, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of ``streamclust fit``.
+
+    Parameters
+    ----------
+    pca_components : int, float or None, default=None
+        Principal components; a float in (0, 1) keeps that fraction of the variance;
+        ``None`` uses 256, or fewer when the data has fewer images or pixels.
+    pca_method : {"randomized", "incremental"}, default="randomized"
+    clusters : int, default=100
+        k-means clusters (0 skips k-means).
+    kmeans_method : {"lloyd", "minibatch"}, default="lloyd"
+    gmm_components : int, default=50
+        Mixture components (0 skips the mixture).
+    covariance : {"diag", "full", "tied", "spherical"}, default="diag"
+    gmm_pca_components : int or None, default=None
+        Fit the mixture on only the leading principal components.
+    seed : int, default=0
+    max_iter : int, default=100
+        Lloyd / EM passes at most.
+    batch_size : int or None, default=None
+        Rows per batch; ``None`` derives it from ``memory_limit`` (or uses 1024).
+    memory_limit : int or None, default=None
+        Bytes the fit may use; batch sizes are chosen to stay under it.  Does not
+        change the result beyond floating-point rounding, so a resume may change it.
+    drop_duplicates : bool, default=True
+        Leave byte-identical duplicate images out of the fit.
+    """
+
+    pca_components: int | float | None = None
+    pca_method: str = "randomized"
+    clusters: int = 100
+    kmeans_method: str = "lloyd"
+    gmm_components: int = 50
+    covariance: str = "diag"
+    gmm_pca_components: int | None = None
+    seed: int = 0
+    max_iter: int = 100
+    batch_size: int | None = None
+    memory_limit: int | None = None
+    drop_duplicates: bool = True
+
+    #: fields that do not change the result (beyond rounding); a resume may change them
+    NON_IDENTITY = ("batch_size", "memory_limit")
+
+    def __post_init__(self):
+        pc = self.pca_components
+        if pc is not None and (isinstance(pc, float) and not (0 < pc < 1) or isinstance(pc, int) and pc < 1):
+            raise UsageError(f"--pca-components must be a positive integer or a fraction in (0, 1), got {pc!r}")
+        if self.pca_method not in ("randomized", "incremental"):
+            raise UsageError(f"--pca-method must be randomized or incremental, got {self.pca_method!r}")
+        if self.kmeans_method not in ("lloyd", "minibatch"):
+            raise UsageError(f"--kmeans-method must be lloyd or minibatch, got {self.kmeans_method!r}")
+        if self.covariance not in ("diag", "full", "tied", "spherical"):
+            raise UsageError(f"--covariance must be diag, full, tied or spherical, got {self.covariance!r}")
+        for name in ("clusters", "gmm_components"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0 skips that model)")
+        if self.gmm_pca_components is not None and self.gmm_pca_components < 1:
+            raise UsageError("--gmm-pca-components must be a positive integer")
+        if self.max_iter < 1:
+            raise UsageError("--max-iter must be a positive integer")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError("--batch-size must be a positive integer")
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in self.NON_IDENTITY:
+            d.pop(key, None)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FitConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -69,7 +69,7 @@ class RunLayout:
     def require(self, stage: str, command: str) -> None:
         """Raise :class:`StageNotDoneError` naming the command to run first."""
         if not self.root.is_dir():
-            raise RunDirError(f"run directory {str(self.root)!r} does not exist; run `{command}` first")
+            raise StageNotDoneError(f"run directory {str(self.root)!r} does not exist; run `{command}` first")
         if not self.is_done(stage):
             raise StageNotDoneError(
                 f"{stage} has not completed in {str(self.root)!r}; run `{command}` first"

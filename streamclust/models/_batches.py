@@ -33,10 +33,16 @@ class RowSource:
         Sorted indices of the rows to use; ``None`` uses all rows.
     check_finite : bool, default=True
         Raise ``ValueError`` when a batch holds NaN or infinity.
+    columns : int, default=None
+        Use only the first ``columns`` columns of a 2-D array (e.g. the leading
+        principal components of a feature store); ``None`` uses all.
     """
 
-    def __init__(self, array, rows=None, *, check_finite=True):
+    def __init__(self, array, rows=None, *, check_finite=True, columns=None):
         self.array = array
+        self.columns = None if columns is None else int(columns)
+        if self.columns is not None and (len(array.shape) != 2 or not 1 <= self.columns <= array.shape[1]):
+            raise ValueError(f"columns={columns} needs a 2-D array with at least that many columns")
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.check_finite = check_finite
         if self.rows is not None and self.rows.size and np.any(np.diff(self.rows) <= 0):
@@ -48,6 +54,8 @@ class RowSource:
 
     @property
     def n_features(self) -> int:
+        if self.columns is not None:
+            return self.columns
         return int(np.prod(self.array.shape[1:], dtype=np.int64))
 
     @property
@@ -59,13 +67,18 @@ class RowSource:
         first = chunks[0]
         return int(first[0] if isinstance(first, tuple) else first)
 
+    def _slice(self, lo: int, hi: int):
+        if self.columns is None:
+            return self.array[lo:hi]
+        return self.array[lo:hi, : self.columns]
+
     def _read(self, start: int, stop: int) -> np.ndarray:
         if self.rows is None:
-            block = self.array[start:stop]
+            block = self._slice(start, stop)
         else:
             idx = self.rows[start:stop]
             lo, hi = int(idx[0]), int(idx[-1]) + 1
-            block = self.array[lo:hi]
+            block = self._slice(lo, hi)
             if hi - lo != idx.size:
                 block = np.asarray(block)[idx - lo]
         if hasattr(block, "compute"):

@@ -1,0 +1,580 @@
+"""Pure maths of streaming Gaussian mixtures: log-densities, sufficient statistics, M-step.
+
+Everything here works on in-memory NumPy batches; :mod:`streamclust.models.gmm` drives it
+over arrays larger than memory.  The functions mirror the formulas of
+:mod:`sklearn.mixture._gaussian_mixture` so that a streamed EM iteration gives the same
+iterate as scikit-learn's in-memory one, up to floating-point rounding.
+
+Sufficient statistics
+---------------------
+For responsibilities ``r[i, k]`` and a fixed per-component *shift* ``c[k]`` (the current
+means during EM), :class:`GMMSuffStats` accumulates, in float64,
+
+* ``nk[k]   = sum_i r[i, k]``
+* ``sx[k]   = sum_i r[i, k] (x_i - c[k])``
+* ``sxx``   = the second moments of ``x_i - c[k]`` weighted by ``r[i, k]``: per component
+  ``(k, d, d)`` for ``"full"``, summed over components ``(d, d)`` for ``"tied"``, the
+  diagonal only ``(k, d)`` for ``"diag"`` and ``"spherical"``;
+* ``log_likelihood = sum_i log p(x_i)`` and ``n_rows``.
+
+Centring on a shift close to the component means keeps the covariance
+``sxx / nk - (sx / nk)(sx / nk)^T`` free of catastrophic cancellation.  Partial
+statistics with different shifts are combined exactly by re-centring
+(:meth:`GMMSuffStats.reshift`), so :meth:`GMMSuffStats.merge` is associative and can be
+used in a tree reduction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConvergenceError
+from ._passes import pass_rng
+
+__all__ = [
+    "COVARIANCE_TYPES",
+    "IllDefinedCovarianceError",
+    "gmm_log_prob",
+    "gmm_log_resp",
+    "precisions_cholesky_from_covariances",
+    "precisions_cholesky_from_precisions",
+    "precisions_from_cholesky",
+    "covariances_from_precisions",
+    "n_parameters",
+    "GMMSuffStats",
+    "GMMStatsAccumulator",
+    "HardAssignAccumulator",
+    "RandomRespAccumulator",
+    "m_step",
+]
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+_EPS10 = 10 * np.finfo(np.float64).eps
+
+
+class IllDefinedCovarianceError(ConvergenceError, ValueError):
+    """A component's covariance is not positive definite (singleton or collapsed points).
+
+    Derives from :class:`~streamclust.errors.ConvergenceError` and from ``ValueError``
+    (what scikit-learn raises in the same situation).
+    """
+
+
+_ILL_DEFINED_MSG = (
+    "Fitting the mixture model failed because some components have ill-defined "
+    "empirical covariance (for instance caused by singleton or collapsed samples){where}. "
+    "Increase reg_covar (e.g. reg_covar=1e-4, or about 1e-3 times the data variance), "
+    "reduce n_components, or scale the input data."
+)
+
+
+def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
+    """Shape of ``covariances_`` / ``precisions_`` for a covariance type."""
+    return {
+        "full": (n_components, n_features, n_features),
+        "tied": (n_features, n_features),
+        "diag": (n_components, n_features),
+        "spherical": (n_components,),
+    }[covariance_type]
+
+
+# --------------------------------------------------------------------------------------
+# precisions
+
+
+def precisions_cholesky_from_covariances(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Cholesky factors ``U`` of the precisions (``precision = U U^T``), as scikit-learn.
+
+    Raises
+    ------
+    IllDefinedCovarianceError
+        When a covariance is not positive definite.
+    """
+    cov = np.asarray(covariances, dtype=np.float64)
+    if not np.all(np.isfinite(cov)):
+        raise IllDefinedCovarianceError(_ILL_DEFINED_MSG.format(where=" (non-finite covariance)"))
+    if covariance_type in ("full", "tied"):
+        mats = cov[None] if covariance_type == "tied" else cov
+        n_features = mats.shape[-1]
+        eye = np.eye(n_features)
+        out = np.empty_like(mats)
+        bad = []
+        for k in range(mats.shape[0]):
+            try:
+                chol = np.linalg.cholesky(mats[k])
+            except np.linalg.LinAlgError:
+                bad.append(k)
+                continue
+            out[k] = np.linalg.solve(chol, eye).T
+        if bad:
+            where = "" if covariance_type == "tied" else f" (components {bad})"
+            raise IllDefinedCovarianceError(_ILL_DEFINED_MSG.format(where=where))
+        return out[0] if covariance_type == "tied" else out
+    if np.any(cov <= 0.0):
+        bad = np.unique(np.nonzero(cov <= 0.0)[0]).tolist()
+        raise IllDefinedCovarianceError(_ILL_DEFINED_MSG.format(where=f" (components {bad})"))
+    return 1.0 / np.sqrt(cov)
+
+
+def _flipudlr(a: np.ndarray) -> np.ndarray:
+    return a[::-1, ::-1]
+
+
+def precisions_cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Upper-triangular ``U`` with ``precision = U U^T`` (scikit-learn's convention)."""
+    p = np.asarray(precisions, dtype=np.float64)
+    if covariance_type == "full":
+        return np.stack([_flipudlr(np.linalg.cholesky(_flipudlr(pk))) for pk in p])
+    if covariance_type == "tied":
+        return _flipudlr(np.linalg.cholesky(_flipudlr(p)))
+    return np.sqrt(p)
+
+
+def precisions_from_cholesky(precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndarray:
+    """``U U^T`` for full / tied, ``U ** 2`` for diag / spherical."""
+    pc = np.asarray(precisions_cholesky, dtype=np.float64)
+    if covariance_type == "full":
+        return np.matmul(pc, np.swapaxes(pc, 1, 2))
+    if covariance_type == "tied":
+        return pc @ pc.T
+    return pc**2
+
+
+def covariances_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Inverse of the precisions."""
+    p = np.asarray(precisions, dtype=np.float64)
+    if covariance_type in ("full", "tied"):
+        return np.linalg.inv(p)
+    return 1.0 / p
+
+
+def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
+    """Number of free parameters of the mixture (for BIC / AIC), as scikit-learn."""
+    cov_params = {
+        "full": n_components * n_features * (n_features + 1) / 2.0,
+        "diag": n_components * n_features,
+        "tied": n_features * (n_features + 1) / 2.0,
+        "spherical": n_components,
+    }[covariance_type]
+    return int(cov_params + n_features * n_components + n_components - 1)
+
+
+# --------------------------------------------------------------------------------------
+# densities
+
+
+def gmm_log_prob(X: np.ndarray, means: np.ndarray, precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Log-density ``log N(x_i | mu_k, Sigma_k)`` of each row under each component.
+
+    Same formulas as scikit-learn's ``_estimate_log_gaussian_prob``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    means : ndarray of shape (n_components, n_features)
+    precisions_cholesky : ndarray
+        Cholesky factors of the precisions; shape depends on ``covariance_type``.
+    covariance_type : {"full", "tied", "diag", "spherical"}
+
+    Returns
+    -------
+    log_prob : ndarray of shape (n_samples, n_components)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n_samples, n_features = X.shape
+    n_components = means.shape[0]
+    pc = precisions_cholesky
+    if covariance_type == "full":
+        log_det = np.sum(np.log(pc.reshape(n_components, -1)[:, :: n_features + 1]), axis=1)
+        maha = np.empty((n_samples, n_components))
+        for k in range(n_components):
+            y = X @ pc[k] - means[k] @ pc[k]
+            maha[:, k] = np.sum(np.square(y), axis=1)
+    elif covariance_type == "tied":
+        log_det = np.sum(np.log(np.diag(pc)))
+        maha = np.empty((n_samples, n_components))
+        XP = X @ pc
+        for k in range(n_components):
+            y = XP - means[k] @ pc
+            maha[:, k] = np.sum(np.square(y), axis=1)
+    elif covariance_type == "diag":
+        log_det = np.sum(np.log(pc), axis=1)
+        prec = pc**2
+        maha = np.sum(means**2 * prec, axis=1) - 2.0 * (X @ (means * prec).T) + (X**2 @ prec.T)
+    elif covariance_type == "spherical":
+        log_det = n_features * np.log(pc)
+        prec = pc**2
+        maha = (
+            np.sum(means**2, axis=1) * prec
+            - 2 * (X @ means.T * prec)
+            + np.outer(np.einsum("ij,ij->i", X, X), prec)
+        )
+    else:  # pragma: no cover - validated upstream
+        raise ValueError(f"unknown covariance_type {covariance_type!r}")
+    return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
+
+
+def gmm_log_resp(
+    X: np.ndarray,
+    weights: np.ndarray,
+    means: np.ndarray,
+    precisions_cholesky: np.ndarray,
+    covariance_type: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """E-step on a batch: ``(log p(x_i), log responsibilities)``.
+
+    Returns
+    -------
+    log_prob_norm : ndarray of shape (n_samples,)
+    log_resp : ndarray of shape (n_samples, n_components)
+    """
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights)
+    wlp = gmm_log_prob(X, means, precisions_cholesky, covariance_type) + log_w
+    amax = np.max(wlp, axis=1, keepdims=True)
+    amax = np.where(np.isfinite(amax), amax, 0.0)
+    with np.errstate(under="ignore", divide="ignore"):
+        log_norm = np.log(np.sum(np.exp(wlp - amax), axis=1)) + amax[:, 0]
+        log_resp = wlp - log_norm[:, None]
+    return log_norm, log_resp
+
+
+# --------------------------------------------------------------------------------------
+# sufficient statistics
+
+
+class GMMSuffStats:
+    """Responsibility-weighted moments of the data, centred on a per-component shift.
+
+    Parameters
+    ----------
+    n_components : int
+    n_features : int
+    covariance_type : {"full", "tied", "diag", "spherical"} or None
+        Which second moments to keep; ``None`` keeps only ``nk`` and ``sx`` (k-means).
+    shift : ndarray of shape (n_components, n_features), default=None
+        Centre of the moments of each component.  ``None`` takes the mean of the first
+        batch accumulated (for all components).
+
+    Attributes
+    ----------
+    nk : ndarray of shape (n_components,)
+    sx : ndarray of shape (n_components, n_features)
+    sxx : ndarray or None
+        ``(k, d, d)`` full, ``(d, d)`` tied, ``(k, d)`` diag / spherical.
+    n_rows : int
+    log_likelihood : float
+        Sum of ``log p(x_i)`` when the responsibilities came from an E-step, else 0.
+    """
+
+    name = "Gaussian mixture statistics"
+
+    def __init__(self, n_components: int, n_features: int, covariance_type: str | None, shift=None):
+        self.n_components = int(n_components)
+        self.n_features = int(n_features)
+        self.covariance_type = covariance_type
+        k, d = self.n_components, self.n_features
+        self.shift = None if shift is None else np.array(np.broadcast_to(shift, (k, d)), dtype=np.float64)
+        self.nk = np.zeros(k)
+        self.sx = np.zeros((k, d))
+        shape = None if covariance_type is None else {
+            "full": (k, d, d),
+            "tied": (d, d),
+            "diag": (k, d),
+            "spherical": (k, d),
+        }[covariance_type]
+        self.sxx = None if shape is None else np.zeros(shape)
+        self.n_rows = 0
+        self.log_likelihood = 0.0
+
+    # -- accumulation -----------------------------------------------------------------
+    def _ensure_shift(self, X: np.ndarray) -> None:
+        if self.shift is None:
+            self.shift = np.repeat(X.mean(axis=0)[None, :], self.n_components, axis=0)
+
+    def accumulate(self, X: np.ndarray, resp: np.ndarray, log_prob_norm: np.ndarray | None = None) -> None:
+        """Add a batch with soft responsibilities ``resp`` of shape (n, n_components)."""
+        if X.shape[0] == 0:
+            return
+        self._ensure_shift(X)
+        ct = self.covariance_type
+        self.nk += resp.sum(axis=0)
+        for k in range(self.n_components):
+            D = X - self.shift[k]
+            rD = resp[:, k : k + 1] * D
+            self.sx[k] += rD.sum(axis=0)
+            if ct == "full":
+                self.sxx[k] += rD.T @ D
+            elif ct == "tied":
+                self.sxx += rD.T @ D
+            elif ct in ("diag", "spherical"):
+                self.sxx[k] += np.einsum("ij,ij->j", rD, D)
+        self._count(X, log_prob_norm)
+
+    def accumulate_hard(self, X: np.ndarray, labels: np.ndarray, log_prob_norm: np.ndarray | None = None) -> None:
+        """Add a batch with one-hot responsibilities given as component ``labels``."""
+        if X.shape[0] == 0:
+            return
+        self._ensure_shift(X)
+        ct = self.covariance_type
+        for k in np.unique(labels):
+            D = X[labels == k] - self.shift[k]
+            self.nk[k] += D.shape[0]
+            self.sx[k] += D.sum(axis=0)
+            if ct == "full":
+                self.sxx[k] += D.T @ D
+            elif ct == "tied":
+                self.sxx += D.T @ D
+            elif ct in ("diag", "spherical"):
+                self.sxx[k] += np.einsum("ij,ij->j", D, D)
+        self._count(X, log_prob_norm)
+
+    def _count(self, X, log_prob_norm) -> None:
+        self.n_rows += int(X.shape[0])
+        if log_prob_norm is not None:
+            self.log_likelihood += float(np.sum(log_prob_norm))
+
+    # -- algebra ----------------------------------------------------------------------
+    def reshift(self, new_shift: np.ndarray) -> None:
+        """Re-centre the moments on ``new_shift`` (exact)."""
+        new_shift = np.array(np.broadcast_to(new_shift, (self.n_components, self.n_features)), dtype=np.float64)
+        if self.shift is None:
+            self.shift = new_shift
+            return
+        delta = self.shift - new_shift  # x - new = (x - old) + delta
+        sx_old = self.sx
+        ct = self.covariance_type
+        if ct == "full":
+            outer = delta[:, :, None] * sx_old[:, None, :]
+            self.sxx += outer + np.swapaxes(outer, 1, 2) + self.nk[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        elif ct == "tied":
+            outer = delta.T @ sx_old
+            self.sxx += outer + outer.T + (self.nk[:, None] * delta).T @ delta
+        elif ct in ("diag", "spherical"):
+            self.sxx += 2 * delta * sx_old + self.nk[:, None] * delta**2
+        self.sx = sx_old + self.nk[:, None] * delta
+        self.shift = new_shift
+
+    def merge(self, other: "GMMSuffStats") -> "GMMSuffStats":
+        """Add the statistics of ``other`` (e.g. another chunk of rows) to these."""
+        if other.n_rows == 0 or other.shift is None:
+            return self
+        if self.shift is None:
+            self.shift = other.shift.copy()
+        if not np.array_equal(other.shift, self.shift):
+            other = other.copy()
+            other.reshift(self.shift)
+        self.nk += other.nk
+        self.sx += other.sx
+        if self.sxx is not None:
+            self.sxx += other.sxx
+        self.n_rows += other.n_rows
+        self.log_likelihood += other.log_likelihood
+        return self
+
+    def copy(self) -> "GMMSuffStats":
+        new = GMMSuffStats(self.n_components, self.n_features, self.covariance_type, self.shift)
+        new.load_state_dict(self.state_dict())
+        return new
+
+    def scale(self, factor: float) -> None:
+        """Multiply every sum by ``factor`` (``1 / n_rows`` normalises them)."""
+        self.nk *= factor
+        self.sx *= factor
+        if self.sxx is not None:
+            self.sxx *= factor
+        self.log_likelihood *= factor
+
+    def blend(self, other: "GMMSuffStats", step: float) -> None:
+        """``self <- (1 - step) * self + step * other`` (stepwise online EM)."""
+        if other.shift is not None and (self.shift is None or not np.array_equal(other.shift, self.shift)):
+            other = other.copy()
+            other.reshift(self.shift)
+        self.nk = (1 - step) * self.nk + step * other.nk
+        self.sx = (1 - step) * self.sx + step * other.sx
+        if self.sxx is not None:
+            self.sxx = (1 - step) * self.sxx + step * other.sxx
+        self.log_likelihood = (1 - step) * self.log_likelihood + step * other.log_likelihood
+        self.n_rows += other.n_rows
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "nk": self.nk.copy(),
+            "sx": self.sx.copy(),
+            "n_rows": np.int64(self.n_rows),
+            "log_likelihood": np.float64(self.log_likelihood),
+        }
+        if self.sxx is not None:
+            state["sxx"] = self.sxx.copy()
+        if self.shift is not None:
+            state["shift"] = self.shift.copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.nk = np.array(state["nk"], dtype=np.float64)
+        self.sx = np.array(state["sx"], dtype=np.float64)
+        if self.sxx is not None:
+            self.sxx = np.array(state["sxx"], dtype=np.float64)
+        self.shift = np.array(state["shift"], dtype=np.float64) if "shift" in state else None
+        self.n_rows = int(state["n_rows"])
+        self.log_likelihood = float(state["log_likelihood"])
+
+
+class GMMStatsAccumulator(GMMSuffStats):
+    """One exact EM pass: E-step on each batch under a fixed model, moments accumulated.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (n_components,)
+    means : ndarray of shape (n_components, n_features)
+    precisions_cholesky : ndarray
+    covariance_type : {"full", "tied", "diag", "spherical"}
+    shift : ndarray of shape (n_components, n_features), default=None
+        Centre of the moments; defaults to ``means``.
+    name : str, default="EM pass"
+
+    Notes
+    -----
+    Implements the accumulator protocol of :mod:`streamclust.models._passes`:
+    ``update(X, offset)``, ``merge(other)``, ``state_dict()``, ``load_state_dict(state)``.
+    Feed it every row once, then call :func:`m_step`; ``log_likelihood / n_rows`` is the
+    mean log-likelihood of the model the E-step used (scikit-learn's lower bound).
+    """
+
+    def __init__(self, weights, means, precisions_cholesky, covariance_type, *, shift=None, name="EM pass"):
+        means = np.asarray(means, dtype=np.float64)
+        super().__init__(means.shape[0], means.shape[1], covariance_type, means if shift is None else shift)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.means = means
+        self.precisions_cholesky = np.asarray(precisions_cholesky, dtype=np.float64)
+        self.name = name
+
+    def update(self, X: np.ndarray, offset: int = 0) -> None:
+        log_norm, log_resp = gmm_log_resp(X, self.weights, self.means, self.precisions_cholesky, self.covariance_type)
+        with np.errstate(under="ignore"):
+            resp = np.exp(log_resp)
+        self.accumulate(X, resp, log_norm)
+
+
+class HardAssignAccumulator(GMMSuffStats):
+    """Moments of the rows assigned to their nearest centre (one-hot responsibilities).
+
+    Used for the k-means style initialisations; with ``covariance_type=None`` it is a
+    Lloyd step.  ``inertia`` is the sum of squared distances to the nearest centre.
+    """
+
+    def __init__(self, centres, covariance_type, *, name="nearest-centre pass"):
+        centres = np.asarray(centres, dtype=np.float64)
+        super().__init__(centres.shape[0], centres.shape[1], covariance_type, centres)
+        self.centres = centres
+        self._c2 = np.einsum("ij,ij->i", centres, centres)
+        self.inertia = 0.0
+        self.name = name
+
+    def update(self, X: np.ndarray, offset: int = 0) -> None:
+        d2 = np.einsum("ij,ij->i", X, X)[:, None] - 2 * X @ self.centres.T + self._c2
+        labels = np.argmin(d2, axis=1)
+        self.inertia += float(np.maximum(d2[np.arange(X.shape[0]), labels], 0).sum())
+        self.accumulate_hard(X, labels)
+
+    def merge(self, other):
+        super().merge(other)
+        self.inertia += getattr(other, "inertia", 0.0)
+        return self
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["inertia"] = np.float64(self.inertia)
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.inertia = float(state["inertia"])
+
+
+class RandomRespAccumulator(GMMSuffStats):
+    """Moments under random responsibilities (``init_params="random"``).
+
+    The responsibilities of the batch at row ``offset`` are uniform draws from
+    ``pass_rng(seed, pass_index, stream, offset)``, normalised per row, so a pass is
+    deterministic (for a given ``batch_size``) and resumable.  The moments are centred on
+    the mean of the first batch.
+    """
+
+    def __init__(self, n_components, n_features, covariance_type, *, seed, pass_index, stream=0, name="random init pass"):
+        super().__init__(n_components, n_features, covariance_type, None)
+        self.seed, self.pass_index, self.stream = int(seed), int(pass_index), int(stream)
+        self.name = name
+
+    def update(self, X: np.ndarray, offset: int = 0) -> None:
+        rng = pass_rng(self.seed, self.pass_index, self.stream, offset)
+        resp = rng.uniform(size=(X.shape[0], self.n_components))
+        resp /= resp.sum(axis=1, keepdims=True)
+        self.accumulate(X, resp)
+
+
+# --------------------------------------------------------------------------------------
+# M-step
+
+
+def m_step(stats: GMMSuffStats, reg_covar: float, covariance_type: str | None = None):
+    """Parameters maximising the expected log-likelihood given the statistics.
+
+    As scikit-learn, ``10 * eps`` is added to every ``nk`` (an empty component keeps a
+    tiny weight, its mean stays at its shift, i.e. where it was, and its covariance
+    becomes ``reg_covar * I``) and ``reg_covar`` is added to the diagonal.
+
+    Parameters
+    ----------
+    stats : GMMSuffStats
+    reg_covar : float
+    covariance_type : str, default=None
+        Defaults to ``stats.covariance_type``.
+
+    Returns
+    -------
+    weights : ndarray of shape (n_components,)
+    means : ndarray of shape (n_components, n_features)
+    covariances : ndarray
+    precisions_cholesky : ndarray
+
+    Raises
+    ------
+    IllDefinedCovarianceError
+        When a covariance is not positive definite (e.g. ``reg_covar=0`` and a
+        component holding a single point).
+    """
+    ct = covariance_type or stats.covariance_type
+    if stats.shift is None:
+        raise ConvergenceError("no data was accumulated; cannot estimate the mixture parameters")
+    nk = stats.nk + _EPS10
+    delta = stats.sx / nk[:, None]
+    means = stats.shift + delta
+    if ct == "full":
+        cov = stats.sxx / nk[:, None, None] - delta[:, :, None] * delta[:, None, :]
+        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+        idx = np.arange(stats.n_features)
+        cov[:, idx, idx] += reg_covar
+    elif ct == "tied":
+        cov = (stats.sxx - (nk[:, None] * delta).T @ delta) / nk.sum()
+        cov = 0.5 * (cov + cov.T)
+        cov.flat[:: stats.n_features + 1] += reg_covar
+    elif ct in ("diag", "spherical"):
+        cov = stats.sxx / nk[:, None] - delta**2 + reg_covar
+        if ct == "spherical":
+            cov = cov.mean(axis=1)
+    else:  # pragma: no cover
+        raise ValueError(f"unknown covariance_type {ct!r}")
+    weights = nk / nk.sum()
+    if not (np.all(np.isfinite(means)) and np.all(np.isfinite(weights))):
+        raise ConvergenceError(
+            "the mixture degenerated (non-finite means or weights); check the input for "
+            "extreme values, scale the data, or reduce n_components"
+        )
+    prec_chol = precisions_cholesky_from_covariances(cov, ct)
+    return weights, means, cov, prec_chol

@@ -1,0 +1,812 @@
+"""Streaming k-means.
+
+:class:`StreamingKMeans` clusters an array (NumPy, zarr or dask) read ``batch_size``
+rows at a time.  A fit is a plan of passes (see :mod:`streamclust.models._passes`):
+
+1. *seeding* (``init="k-means++"`` or ``"random"``): one pass keeps a uniform random
+   sample of ``init_sample_size`` rows (sorted random row positions, drawn from the plan
+   seed); ``n_init`` seedings are each refined by Lloyd iterations on that sample and
+   the one with the lowest sample inertia is kept.  Skipped for an array ``init``.
+2. *iterations*: ``method="lloyd"``: exact Lloyd iterations, one pass each (per-cluster
+   sums, counts, inertia); ``method="minibatch"``: epochs of
+   :class:`sklearn.cluster.MiniBatchKMeans` ``partial_fit`` updates, one batch at a time.
+3. *labelling*: one pass computing ``labels_``, the exact ``inertia_`` and cluster sizes.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
+from sklearn.cluster import kmeans_plusplus
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from ._base import StreamingMixin, draw_seed, fit_streaming
+from ._batches import RowSource, as_row_source
+from ._passes import pass_rng
+from ._sampling import RowSampleAccumulator, sample_row_indices
+
+__all__ = ["StreamingKMeans"]
+
+_INIT, _ITER, _FINAL, _DONE = 0, 1, 2, 3
+_SEED_MAX = np.iinfo(np.int32).max
+#: pass number of the generators used by partial_fit (never a real pass of a plan)
+_PARTIAL_FIT_STREAM = 2**31 - 1
+
+
+# ------------------------------------------------------------------------- kernels
+def _assign(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray):
+    """Nearest centre of each row and the squared distance to it."""
+    d2 = X @ centers.T
+    d2 *= -2.0
+    d2 += centers_sq
+    d2 += np.einsum("ij,ij->i", X, X)[:, None]
+    labels = np.argmin(d2, axis=1).astype(np.int32)
+    mind = np.maximum(d2[np.arange(X.shape[0]), labels], 0.0)
+    return labels, mind
+
+
+def _cluster_sums(X: np.ndarray, labels: np.ndarray, k: int):
+    """Per-cluster row sums (float64, ``(k, d)``) and counts (``int64``).
+
+    The sums are one matrix product with the one-hot label matrix: as costly as the
+    distance computation, and much faster than a scatter-add or a sort.
+    """
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    onehot = np.zeros((k, X.shape[0]), dtype=X.dtype)
+    onehot[labels, np.arange(X.shape[0])] = 1.0
+    sums = onehot @ X
+    return sums.astype(np.float64, copy=False), counts
+
+
+def _tol_from_moments(tol, n, n_features, s1, s2) -> float:
+    """sklearn's tolerance ``tol * mean(var(X, axis=0))`` from shifted sums."""
+    if n == 0:
+        return 0.0
+    ss = max(float(s2) - float(s1 @ s1) / n, 0.0)
+    return float(tol) * ss / (n * n_features)
+
+
+class _ShiftedMoments:
+    """Shifted first/second moments for the mean per-feature variance (tol scaling)."""
+
+    def __init__(self, n_features: int):
+        self.m_shift = np.zeros(n_features)
+        self.m_has = False
+        self.m_n = 0
+        self.m_s1 = np.zeros(n_features)
+        self.m_s2 = 0.0
+
+    def add(self, X):
+        if not self.m_has:
+            self.m_shift = X.mean(axis=0, dtype=np.float64)
+            self.m_has = True
+        Xc = X - self.m_shift
+        self.m_s1 += Xc.sum(axis=0)
+        self.m_s2 += float(np.einsum("ij,ij->", Xc, Xc))
+        self.m_n += X.shape[0]
+
+    def merge_moments(self, other: "_ShiftedMoments"):
+        if other.m_n == 0:
+            return
+        if self.m_n == 0:
+            self.m_shift, self.m_has = other.m_shift.copy(), True
+            self.m_n, self.m_s1, self.m_s2 = other.m_n, other.m_s1.copy(), other.m_s2
+            return
+        e = other.m_shift - self.m_shift  # x - self.shift = (x - other.shift) + e
+        self.m_s2 += other.m_s2 + 2.0 * float(e @ other.m_s1) + other.m_n * float(e @ e)
+        self.m_s1 += other.m_s1 + other.m_n * e
+        self.m_n += other.m_n
+
+    def moments_state(self) -> dict:
+        return {"m_shift": self.m_shift, "m_has": np.bool_(self.m_has), "m_n": np.int64(self.m_n),
+                "m_s1": self.m_s1, "m_s2": np.float64(self.m_s2)}
+
+    def load_moments(self, state: dict):
+        self.m_shift = np.array(state["m_shift"], dtype=np.float64, copy=True)
+        self.m_has = bool(state["m_has"])
+        self.m_n = int(state["m_n"])
+        self.m_s1 = np.array(state["m_s1"], dtype=np.float64, copy=True)
+        self.m_s2 = float(state["m_s2"])
+
+
+# ------------------------------------------------------------------------ lloyd
+class _LloydAccumulator(_ShiftedMoments):
+    """One Lloyd pass: per-cluster sums, counts, inertia and the ``n_clusters`` farthest points.
+
+    The farthest points (squared distance to their centre; ties broken by row position)
+    are where empty clusters are relocated at the end of the pass, as scikit-learn does.
+    """
+
+    def __init__(self, centers: np.ndarray, *, track_moments: bool, name: str = "k-means iteration"):
+        k, d = centers.shape
+        super().__init__(d)
+        self.name = name
+        self.centers = centers
+        self._centers_sq = np.einsum("ij,ij->i", centers, centers)
+        self.track_moments = bool(track_moments)
+        self.sums = np.zeros((k, d))
+        self.counts = np.zeros(k, dtype=np.int64)
+        self.inertia = 0.0
+        self.top_dist = np.full(k, -np.inf)
+        self.top_row = np.full(k, -1, dtype=np.int64)
+        self.top_label = np.full(k, -1, dtype=np.int32)
+        self.top_x = np.zeros((k, d))
+
+    def update(self, X: np.ndarray, offset: int) -> None:
+        labels, mind = _assign(X, self.centers, self._centers_sq)
+        sums, counts = _cluster_sums(X, labels, self.centers.shape[0])
+        self.sums += sums
+        self.counts += counts
+        self.inertia += float(mind.sum())
+        m = self.top_dist.size
+        idx = np.arange(X.shape[0]) if X.shape[0] <= m else np.argpartition(-mind, m - 1)[:m]
+        self._merge_top(mind[idx], offset + idx, labels[idx], X[idx])
+        if self.track_moments:
+            self.add(X)
+
+    def _merge_top(self, dist, rows, labels, xs) -> None:
+        all_d = np.concatenate([self.top_dist, dist])
+        all_r = np.concatenate([self.top_row, rows.astype(np.int64)])
+        order = np.lexsort((all_r, -all_d))[: self.top_dist.size]
+        all_l = np.concatenate([self.top_label, labels.astype(np.int32)])
+        all_x = np.concatenate([self.top_x, np.asarray(xs, dtype=np.float64)])
+        self.top_dist, self.top_row = all_d[order], all_r[order]
+        self.top_label, self.top_x = all_l[order], all_x[order]
+
+    def merge(self, other: "_LloydAccumulator") -> None:
+        """Add the statistics of an accumulator that saw other batches of the same pass."""
+        self.sums += other.sums
+        self.counts += other.counts
+        self.inertia += other.inertia
+        self._merge_top(other.top_dist, other.top_row, other.top_label, other.top_x)
+        if self.track_moments:
+            self.merge_moments(other)
+
+    def new_centers(self):
+        """Centres after this pass (with empty clusters relocated) and the counts used."""
+        sums, counts = self.sums.copy(), self.counts.copy()
+        centers = self.centers.copy()
+        empty = np.flatnonzero(counts == 0)
+        cand = 0
+        for j in empty:
+            # farthest remaining point whose cluster keeps at least one point
+            while cand < self.top_row.size and (
+                self.top_row[cand] < 0 or counts[self.top_label[cand]] <= 1
+            ):
+                cand += 1
+            if cand >= self.top_row.size:
+                break
+            x, old = self.top_x[cand], self.top_label[cand]
+            sums[old] -= x
+            counts[old] -= 1
+            sums[j] = x
+            counts[j] = 1
+            cand += 1
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled, None]
+        return centers, counts
+
+    def state_dict(self) -> dict:
+        state = {
+            "sums": self.sums,
+            "counts": self.counts,
+            "inertia": np.float64(self.inertia),
+            "top_dist": self.top_dist,
+            "top_row": self.top_row,
+            "top_label": self.top_label,
+            "top_x": self.top_x,
+        }
+        state.update(self.moments_state())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = np.array(state["sums"], dtype=np.float64, copy=True)
+        self.counts = np.array(state["counts"], dtype=np.int64, copy=True)
+        self.inertia = float(state["inertia"])
+        self.top_dist = np.array(state["top_dist"], dtype=np.float64, copy=True)
+        self.top_row = np.array(state["top_row"], dtype=np.int64, copy=True)
+        self.top_label = np.array(state["top_label"], dtype=np.int32, copy=True)
+        self.top_x = np.array(state["top_x"], dtype=np.float64, copy=True)
+        self.load_moments(state)
+
+
+# -------------------------------------------------------------------- mini-batch
+def _minibatch_step(X, centers, counts, n_since, rng, *, reassignment_ratio):
+    """One :class:`~sklearn.cluster.MiniBatchKMeans` step on ``X`` (unit weights), in place.
+
+    Returns ``(inertia_before_update, n_since_last_reassign)``.
+    """
+    k = centers.shape[0]
+    # sklearn's _random_reassign: every 10 * n_clusters rows, or whenever a count is 0
+    n_since += X.shape[0]
+    reassign = bool((counts == 0).any() or n_since >= 10 * k)
+    if reassign:
+        n_since = 0
+    labels, mind = _assign(X, centers, np.einsum("ij,ij->i", centers, centers))
+    sums, bcounts = _cluster_sums(X, labels, k)
+    hit = bcounts > 0
+    new_counts = counts[hit] + bcounts[hit]
+    centers[hit] = (centers[hit] * counts[hit, None] + sums[hit]) / new_counts[:, None]
+    counts[hit] = new_counts
+    if reassign and reassignment_ratio > 0:
+        to_reassign = counts < reassignment_ratio * counts.max()
+        if to_reassign.sum() > 0.5 * X.shape[0]:
+            to_reassign[np.argsort(counts, kind="stable")[int(0.5 * X.shape[0]) :]] = False
+        n_re = int(to_reassign.sum())
+        if n_re:
+            picks = rng.choice(X.shape[0], size=n_re, replace=False)
+            centers[to_reassign] = X[picks]
+            if (~to_reassign).any():
+                counts[to_reassign] = np.min(counts[~to_reassign])
+    return float(mind.sum()), n_since
+
+
+class _MiniBatchAccumulator(_ShiftedMoments):
+    """One epoch of mini-batch updates; the accumulator *is* the model while it runs.
+
+    Sequential, hence no ``merge``: the batches must be fed in order.
+    """
+
+    def __init__(self, centers, counts, n_since, n_steps, seed, pass_index, *, reassignment_ratio,
+                 track_moments, name):
+        super().__init__(centers.shape[1])
+        self.name = name
+        self.centers = np.array(centers, dtype=np.float64, copy=True)
+        self.start_centers = self.centers.copy()
+        self.counts = np.array(counts, dtype=np.float64, copy=True)
+        self.n_since = int(n_since)
+        self.n_steps = int(n_steps)
+        self.seed, self.pass_index = int(seed), int(pass_index)
+        self.reassignment_ratio = float(reassignment_ratio)
+        self.track_moments = bool(track_moments)
+        self.inertia = 0.0
+
+    def update(self, X: np.ndarray, offset: int) -> None:
+        rng = pass_rng(self.seed, self.pass_index, offset)
+        inertia, self.n_since = _minibatch_step(
+            X, self.centers, self.counts, self.n_since, rng, reassignment_ratio=self.reassignment_ratio
+        )
+        self.inertia += inertia
+        self.n_steps += 1
+        if self.track_moments:
+            self.add(X)
+
+    def state_dict(self) -> dict:
+        state = {
+            "centers": self.centers,
+            "start_centers": self.start_centers,
+            "counts": self.counts,
+            "n_since": np.int64(self.n_since),
+            "n_steps": np.int64(self.n_steps),
+            "inertia": np.float64(self.inertia),
+        }
+        state.update(self.moments_state())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.centers = np.array(state["centers"], dtype=np.float64, copy=True)
+        self.start_centers = np.array(state["start_centers"], dtype=np.float64, copy=True)
+        self.counts = np.array(state["counts"], dtype=np.float64, copy=True)
+        self.n_since = int(state["n_since"])
+        self.n_steps = int(state["n_steps"])
+        self.inertia = float(state["inertia"])
+        self.load_moments(state)
+
+
+# ---------------------------------------------------------------------- labelling
+class _LabelAccumulator:
+    """Final pass: labels, exact inertia (``sum ||x - c_label||^2``) and cluster sizes."""
+
+    name = "k-means labels"
+
+    def __init__(self, centers: np.ndarray, n_samples: int):
+        self.centers = centers
+        self._centers_sq = np.einsum("ij,ij->i", centers, centers)
+        self.labels = np.full(int(n_samples), -1, dtype=np.int32)
+        self.inertia = 0.0
+        self.counts = np.zeros(centers.shape[0], dtype=np.int64)
+
+    def update(self, X: np.ndarray, offset: int) -> None:
+        labels, _ = _assign(X, self.centers, self._centers_sq)
+        self.labels[offset : offset + X.shape[0]] = labels
+        diff = X - self.centers[labels]
+        self.inertia += float(np.einsum("ij,ij->", diff, diff))
+        self.counts += np.bincount(labels, minlength=self.counts.size)
+
+    def merge(self, other: "_LabelAccumulator") -> None:
+        seen = other.labels >= 0
+        self.labels[seen] = other.labels[seen]
+        self.inertia += other.inertia
+        self.counts += other.counts
+
+    def state_dict(self) -> dict:
+        return {"labels": self.labels, "inertia": np.float64(self.inertia), "counts": self.counts}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.labels = np.array(state["labels"], dtype=np.int32, copy=True)
+        self.inertia = float(state["inertia"])
+        self.counts = np.array(state["counts"], dtype=np.int64, copy=True)
+
+
+# ------------------------------------------------------------------------- seeding
+def _lloyd_in_memory(X, centers, max_iter, tol, chunk=1024):
+    """Lloyd iterations on an in-memory array (the seeding sample), ``chunk`` rows at a time.
+
+    Returns ``(centers, inertia, cluster sizes)``.
+    """
+    tol_ = None
+    for _ in range(int(max_iter)):
+        acc = _LloydAccumulator(centers, track_moments=tol_ is None)
+        for lo in range(0, X.shape[0], chunk):
+            acc.update(X[lo : lo + chunk], lo)
+        if tol_ is None:
+            tol_ = _tol_from_moments(tol, acc.m_n, X.shape[1], acc.m_s1, acc.m_s2)
+        new, _ = acc.new_centers()
+        shift = float(np.sum((new - centers) ** 2))
+        centers = new
+        if shift <= tol_:
+            break
+    final = _LabelAccumulator(centers, X.shape[0])
+    for lo in range(0, X.shape[0], chunk):
+        final.update(X[lo : lo + chunk], lo)
+    return centers, final.inertia, final.counts.astype(np.float64)
+
+
+def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed):
+    """Best of ``n_init`` seedings refined on the sample: ``(centers, sample cluster sizes)``."""
+    best, best_inertia, best_sizes = None, np.inf, None
+    for i in range(int(n_init)):
+        rng = pass_rng(seed, 0, i + 1)
+        if init == "random":
+            centers = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False)].copy()
+        else:
+            centers, _ = kmeans_plusplus(sample, n_clusters, random_state=int(rng.integers(_SEED_MAX)))
+        centers, inertia, sizes = _lloyd_in_memory(sample, np.asarray(centers, dtype=np.float64), max_iter, tol)
+        if inertia < best_inertia or best is None:
+            best, best_inertia, best_sizes = centers, inertia, sizes
+    return best, best_sizes
+
+
+# ---------------------------------------------------------------------------- plan
+class _KMeansPlan:
+    """Seeding pass (optional), iteration passes, labelling pass."""
+
+    def __init__(self, *, n_samples, n_features, n_clusters, method, init_centers, init, n_init,
+                 max_iter, tol, sample_size, reassignment_ratio, max_no_improvement, seed):
+        self.n_samples, self.n_features, self.k = int(n_samples), int(n_features), int(n_clusters)
+        self.method, self.init, self.n_init = method, init, int(n_init)
+        self.max_iter, self.tol, self.sample_size = int(max_iter), float(tol), int(sample_size)
+        self.reassignment_ratio = float(reassignment_ratio)
+        self.max_no_improvement = max_no_improvement
+        self.seed = int(seed)
+        # state
+        self.phase = _INIT if init_centers is None else _ITER
+        self.centers = (
+            np.zeros((self.k, self.n_features)) if init_centers is None else np.array(init_centers, dtype=np.float64)
+        )
+        self.pass_index = 0
+        self.n_iter = 0
+        self.tol_ = np.nan
+        self.counts = np.zeros(self.k)
+        self.n_since = 0
+        self.n_steps = 0
+        self.best_inertia = np.inf
+        self.no_improvement = 0
+        self.labels = np.zeros(0, dtype=np.int32)
+        self.inertia = np.nan
+        self.sizes = np.zeros(self.k, dtype=np.int64)
+
+    def next_pass(self):
+        if self.phase == _INIT:
+            rows = sample_row_indices(self.n_samples, self.sample_size, pass_rng(self.seed, 0))
+            return RowSampleAccumulator(rows, self.n_features, name="k-means seeding sample")
+        if self.phase == _ITER:
+            track = bool(np.isnan(self.tol_))
+            if self.method == "lloyd":
+                return _LloydAccumulator(self.centers, track_moments=track,
+                                         name=f"k-means iteration {self.n_iter + 1}")
+            return _MiniBatchAccumulator(
+                self.centers, self.counts, self.n_since, self.n_steps, self.seed, self.pass_index,
+                reassignment_ratio=self.reassignment_ratio, track_moments=track,
+                name=f"mini-batch k-means epoch {self.n_iter + 1}",
+            )
+        if self.phase == _FINAL:
+            return _LabelAccumulator(self.centers, self.n_samples)
+        return None
+
+    def end_pass(self, acc) -> None:
+        if self.phase == _INIT:
+            self.centers, sizes = _seed_centers(
+                acc.sample, self.k, self.init, self.n_init, self.max_iter, self.tol, self.seed
+            )
+            if self.method == "minibatch":
+                # the sample was the first mini-batch: its cluster sizes are the initial counts
+                self.counts = sizes
+            self.phase = _ITER
+        elif self.phase == _ITER:
+            if np.isnan(self.tol_):
+                self.tol_ = _tol_from_moments(self.tol, acc.m_n, self.n_features, acc.m_s1, acc.m_s2)
+            self.n_iter += 1
+            if self.method == "lloyd":
+                new, _ = acc.new_centers()
+                shift = float(np.sum((new - self.centers) ** 2))
+                self.centers = new
+                stop = shift <= self.tol_
+            else:
+                self.centers, self.counts = acc.centers.copy(), acc.counts.copy()
+                self.n_since, self.n_steps = acc.n_since, acc.n_steps
+                shift = float(np.sum((acc.centers - acc.start_centers) ** 2))
+                stop = self.tol_ > 0 and shift <= self.tol_
+                if acc.inertia < self.best_inertia * (1.0 - self.tol):
+                    self.best_inertia, self.no_improvement = acc.inertia, 0
+                else:
+                    self.no_improvement += 1
+                if self.max_no_improvement is not None and self.no_improvement >= self.max_no_improvement:
+                    stop = True
+            if stop or self.n_iter >= self.max_iter:
+                self.phase = _FINAL
+        elif self.phase == _FINAL:
+            self.labels, self.inertia, self.sizes = acc.labels, acc.inertia, acc.counts
+            self.phase = _DONE
+        self.pass_index += 1
+
+    _STATE = ("phase", "centers", "pass_index", "n_iter", "tol_", "counts", "n_since", "n_steps",
+              "best_inertia", "no_improvement", "labels", "inertia", "sizes", "seed")
+
+    def state_dict(self) -> dict:
+        return {name: np.asarray(getattr(self, name)) for name in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self._STATE:
+            value = np.array(state[name], copy=True)
+            if value.ndim == 0:
+                value = value.item()
+            setattr(self, name, value)
+
+
+# ----------------------------------------------------------------------- estimator
+class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, StreamingMixin,
+                      BaseEstimator):
+    """K-means clustering of data streamed from NumPy, zarr or dask arrays.
+
+    The data are read ``batch_size`` rows at a time and never materialised; image stacks
+    of shape ``(n_samples, h, w, c)`` are flattened per batch.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    method : {"minibatch", "lloyd"}, default="minibatch"
+        ``"lloyd"``: exact Lloyd iterations, one pass over the data each; given the same
+        initial centres the result equals :class:`sklearn.cluster.KMeans` with
+        ``algorithm="lloyd"``.  ``"minibatch"``: epochs of
+        :meth:`sklearn.cluster.MiniBatchKMeans.partial_fit` updates over the batches,
+        in storage order.
+    init : {"k-means++", "random"} or array-like of shape (n_clusters, n_features), \
+            default="k-means++"
+        Initial centres.  ``"k-means++"`` seeds with :func:`sklearn.cluster.kmeans_plusplus`
+        on a random sample of ``init_sample_size`` rows; ``"random"`` picks sample rows.
+    n_init : int, default=1
+        Number of seedings tried on the sample; each is refined with Lloyd iterations
+        on the sample and the one with the lowest sample inertia is kept.  Only one
+        full-data run is made.  Ignored for an array ``init``.
+    max_iter : int, default=100
+        Maximum number of passes over the data: Lloyd iterations (``"lloyd"``) or
+        epochs (``"minibatch"``).
+    tol : float, default=1e-4
+        Relative tolerance: the fit stops when the squared centre movement of a pass
+        (summed over clusters) is at most ``tol`` times the mean per-feature variance
+        of the data (computed during the first pass), as scikit-learn does.  For
+        ``"minibatch"`` an epoch also counts as no improvement when its summed
+        mini-batch inertia is not below ``(1 - tol)`` times the best previous one.
+    batch_size : int, default=1024
+        Rows read per batch (and mini-batch size).
+    init_sample_size : int or None, default=None
+        Rows sampled for seeding; ``None`` means ``3 * batch_size``.  At least
+        ``3 * n_clusters`` and at most ``n_samples`` rows are used.
+    reassignment_ratio : float, default=0.01
+        ``"minibatch"``: centres whose count falls below this fraction of the largest
+        count are moved to random rows of the current batch, as in
+        :class:`~sklearn.cluster.MiniBatchKMeans`.
+    max_no_improvement : int or None, default=2
+        ``"minibatch"``: stop after this many consecutive epochs without improvement of
+        the epoch inertia; ``None`` disables this criterion.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the sample, the seeding and the mini-batch reassignments.  Pass an int
+        for reproducible (and resumable with a fresh estimator) fits.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        Cluster centres.
+    labels_ : ndarray of shape (n_samples,), dtype=int32
+        Label of each training row (by :meth:`fit`; by :meth:`partial_fit`, of the last
+        batch), consistent with ``cluster_centers_``.
+    inertia_ : float
+        Sum of squared distances of the training rows to their centre (exact).
+    cluster_sizes_ : ndarray of shape (n_clusters,), dtype=int64
+        Number of training rows per cluster.
+    n_iter_ : int
+        Number of Lloyd iterations or mini-batch epochs run.
+    n_steps_ : int
+        Number of mini-batch updates (``"minibatch"`` and :meth:`partial_fit`).
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Feature names, when the input had string column names.
+
+    See Also
+    --------
+    sklearn.cluster.KMeans : In-memory k-means.
+    sklearn.cluster.MiniBatchKMeans : In-memory mini-batch k-means.
+
+    Notes
+    -----
+    Memory (``k = n_clusters``, ``d = n_features``, ``b = batch_size``): the centres,
+    per-cluster sums and the ``k`` farthest points (``3 k d`` float64), per-batch
+    temporaries of ``b d`` and ``b k`` float64, the seeding sample
+    (``init_sample_size * d`` float64, during seeding only) and ``labels_``
+    (4 bytes per row).
+
+    With a k-means++ or random seeding, the mini-batch counts start at the cluster
+    sizes of the seeding sample (whose cluster means the seeded centres are), as if the
+    sample had been the first mini-batch; this keeps the first batches, read in storage
+    order, from dragging all centres.  With an array ``init`` they start at zero, as in
+    :class:`~sklearn.cluster.MiniBatchKMeans`.
+
+    Empty clusters in a Lloyd pass are relocated deterministically, as scikit-learn
+    does: the pass keeps the ``k`` points farthest from their centre (ties by row
+    position), and each empty cluster takes the farthest remaining one whose cluster
+    keeps at least one point.  Mini-batch epochs stop on ``tol``,
+    ``max_no_improvement`` or ``max_iter``; the batches are visited in storage order.
+    On data stored in class order the mini-batch updates (and their random
+    reassignments, which pick rows of the current batch) are biased towards the class
+    being read: keep a large seeding sample (the default), set
+    ``reassignment_ratio=0``, use ``method="lloyd"`` or shuffle the rows at ingestion.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from streamclust.models.kmeans import StreamingKMeans
+    >>> X = np.array([[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]], dtype=float)
+    >>> km = StreamingKMeans(n_clusters=2, method="lloyd", batch_size=4, random_state=0).fit(X)
+    >>> sorted(km.cluster_centers_[:, 0].tolist())
+    [1.0, 10.0]
+    >>> int(km.predict([[0.0, 0.0]])[0]) == int(km.labels_[0])
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "method": [StrOptions({"minibatch", "lloyd"})],
+        "init": [StrOptions({"k-means++", "random"}), "array-like"],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "init_sample_size": [Interval(Integral, 1, None, closed="left"), None],
+        "reassignment_ratio": [Interval(Real, 0, None, closed="left")],
+        "max_no_improvement": [Interval(Integral, 1, None, closed="left"), None],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        method="minibatch",
+        init="k-means++",
+        n_init=1,
+        max_iter=100,
+        tol=1e-4,
+        batch_size=1024,
+        init_sample_size=None,
+        reassignment_ratio=0.01,
+        max_no_improvement=2,
+        random_state=None,
+    ):
+        self.n_clusters = n_clusters
+        self.method = method
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.batch_size = batch_size
+        self.init_sample_size = init_sample_size
+        self.reassignment_ratio = reassignment_ratio
+        self.max_no_improvement = max_no_improvement
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ helpers
+    def _check_n_samples(self, n_samples: int) -> None:
+        if n_samples < self.n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
+
+    def _init_array(self, n_features: int):
+        if isinstance(self.init, str):
+            return None
+        centers = check_array(self.init, dtype=np.float64, copy=True, input_name="init")
+        if centers.shape != (self.n_clusters, n_features):
+            raise ValueError(
+                f"init should have shape (n_clusters, n_features)=({self.n_clusters}, {n_features}), "
+                f"got {centers.shape}."
+            )
+        return centers
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None):
+        """Compute the clustering by streaming over ``X``.
+
+        Parameters
+        ----------
+        X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)
+            Training data; trailing axes are flattened into features.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : StreamingKMeans
+            The fitted estimator.
+        """
+        return fit_streaming(self, X)
+
+    def _make_plan(self, source: RowSource):
+        self._validate_params()
+        n, d = source.n_samples, source.n_features
+        self._check_n_samples(n)
+        init_centers = self._init_array(d)
+        base = 3 * int(self.batch_size) if self.init_sample_size is None else int(self.init_sample_size)
+        sample_size = min(n, max(base, 3 * int(self.n_clusters)))
+        return _KMeansPlan(
+            n_samples=n, n_features=d, n_clusters=self.n_clusters, method=self.method,
+            init_centers=init_centers, init=self.init if isinstance(self.init, str) else "array",
+            n_init=self.n_init, max_iter=self.max_iter, tol=self.tol, sample_size=sample_size,
+            reassignment_ratio=self.reassignment_ratio, max_no_improvement=self.max_no_improvement,
+            seed=draw_seed(self.random_state),
+        )
+
+    def _finish_plan(self, plan: _KMeansPlan, source: RowSource) -> None:
+        self.cluster_centers_ = np.array(plan.centers, dtype=np.float64, copy=True)
+        self.labels_ = np.asarray(plan.labels, dtype=np.int32)
+        self.inertia_ = float(plan.inertia)
+        self.cluster_sizes_ = np.asarray(plan.sizes, dtype=np.int64)
+        self.n_iter_ = int(plan.n_iter)
+        self.n_steps_ = int(plan.n_steps)
+        # state for later partial_fit calls
+        self._seed = int(plan.seed)
+        self._counts = (
+            np.asarray(plan.counts, dtype=np.float64).copy()
+            if self.method == "minibatch"
+            else self.cluster_sizes_.astype(np.float64)
+        )
+        self._n_since_last_reassign = int(plan.n_since)
+
+    def partial_fit(self, X, y=None):
+        """Update the centres with one mini-batch (:class:`~sklearn.cluster.MiniBatchKMeans` step).
+
+        The first call (on an unfitted estimator) seeds the centres from ``X`` with
+        k-means++ (or ``init``).  ``labels_`` and ``inertia_`` then describe ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A batch of rows (in memory).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : StreamingKMeans
+            The updated estimator.
+        """
+        self._validate_params()
+        has_centers = hasattr(self, "cluster_centers_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=not has_centers)
+        X = X.astype(np.float64, copy=False)
+        if not has_centers:
+            self._check_n_samples(X.shape[0])
+            self._seed = draw_seed(self.random_state)
+            centers = self._init_array(X.shape[1])
+            if centers is None:
+                rng = pass_rng(self._seed, 0, 1)
+                if self.init == "random":
+                    centers = X[rng.choice(X.shape[0], size=self.n_clusters, replace=False)].copy()
+                else:
+                    centers, _ = kmeans_plusplus(X, self.n_clusters, random_state=int(rng.integers(_SEED_MAX)))
+            self.cluster_centers_ = np.array(centers, dtype=np.float64)
+            self._counts = np.zeros(self.n_clusters)
+            self._n_since_last_reassign = 0
+            self.n_steps_ = 0
+        rng = pass_rng(self._seed, _PARTIAL_FIT_STREAM, self.n_steps_)
+        _, self._n_since_last_reassign = _minibatch_step(
+            X, self.cluster_centers_, self._counts, self._n_since_last_reassign, rng,
+            reassignment_ratio=self.reassignment_ratio,
+        )
+        centers_sq = np.einsum("ij,ij->i", self.cluster_centers_, self.cluster_centers_)
+        labels, mind = _assign(X, self.cluster_centers_, centers_sq)
+        self.labels_, self.inertia_ = labels, float(mind.sum())
+        self.n_steps_ += 1
+        return self
+
+    # --------------------------------------------------------------- predicting
+    def predict(self, X):
+        """Index of the nearest centre of each row, streaming over lazy input.
+
+        Parameters
+        ----------
+        X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)
+            Rows to label.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), dtype=int32
+            Cluster index of each row.
+        """
+        check_is_fitted(self)
+        source = as_row_source(self, X, reset=False)
+        out = np.empty(source.n_samples, dtype=np.int32)
+        for lo, _, d2 in self._iter_distances(source):
+            out[lo : lo + d2.shape[0]] = np.argmin(d2, axis=1)
+        return out
+
+    def transform(self, X):
+        """Euclidean distances of each row to every centre, streaming over lazy input.
+
+        Parameters
+        ----------
+        X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)
+            Rows to transform.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_clusters)
+            Distances to the centres.
+        """
+        check_is_fitted(self)
+        source = as_row_source(self, X, reset=False)
+        out = np.empty((source.n_samples, self.cluster_centers_.shape[0]))
+        for lo, _, d2 in self._iter_distances(source):
+            out[lo : lo + d2.shape[0]] = np.sqrt(d2)
+        return out
+
+    def score(self, X, y=None):
+        """Opposite of the inertia of ``X`` with respect to the centres (exact).
+
+        Parameters
+        ----------
+        X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)
+            Rows to score.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        score : float
+            ``-sum ||x - nearest centre||^2``.
+        """
+        check_is_fitted(self)
+        source = as_row_source(self, X, reset=False)
+        total = 0.0
+        for _, batch, d2 in self._iter_distances(source):
+            diff = batch - self.cluster_centers_[np.argmin(d2, axis=1)]
+            total += float(np.einsum("ij,ij->", diff, diff))
+        return -total
+
+    def _iter_distances(self, source: RowSource):
+        centers = self.cluster_centers_
+        centers_sq = np.einsum("ij,ij->i", centers, centers)
+        for lo, batch in source.iter_batches(int(self.batch_size), dtype=np.float64):
+            d2 = batch @ centers.T
+            d2 *= -2.0
+            d2 += centers_sq
+            d2 += np.einsum("ij,ij->i", batch, batch)[:, None]
+            np.maximum(d2, 0.0, out=d2)
+            yield lo, batch, d2
+
+    @property
+    def _n_features_out(self):
+        return self.cluster_centers_.shape[0]

@@ -1,0 +1,648 @@
+"""Streaming principal component analysis.
+
+:class:`StreamingPCA` fits a PCA by streaming over an array (NumPy, zarr or dask)
+``batch_size`` rows at a time.  Two methods:
+
+``"randomized"``
+    A randomized subspace iteration (Halko, Martinsson & Tropp, 2011) done in the
+    *feature* space, so that nothing of size ``n_samples x k`` is ever held.  Each pass
+    computes ``Z = C Q`` (``C`` the centred scatter matrix, ``Q`` a ``d x l``
+    orthonormal basis) as ``sum_batches X_c.T @ (X_c @ Q)``; the first pass also
+    computes the mean and the per-feature variance, exactly, with shifted sums
+    (every product is done around a shift and corrected to the exact mean when the pass
+    ends).  ``Q`` is re-orthonormalised (QR) between passes; the last pass gives the
+    Rayleigh-Ritz matrix ``Q.T C Q`` whose eigendecomposition yields the components.
+    ``n_power_iter + 1`` passes in all.
+
+``"incremental"``
+    :class:`sklearn.decomposition.IncrementalPCA` fed the same chunks as
+    ``IncrementalPCA(batch_size=max(batch_size, n_components)).fit`` would use (one pass).
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral
+
+import numpy as np
+from scipy import linalg
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.decomposition import IncrementalPCA
+from sklearn.utils import gen_batches
+from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from ._base import StreamingMixin, draw_seed, fit_streaming
+from ._batches import RowSource, as_row_source, is_lazy_array
+from ._passes import pass_rng
+
+__all__ = ["StreamingPCA"]
+
+#: default cap on the number of components tracked when ``n_components`` is a fraction
+_DEFAULT_MAX_COMPONENTS = 256
+
+
+def _flip_rows(components: np.ndarray) -> np.ndarray:
+    """Sign convention of ``svd_flip(u_based_decision=False)``: the largest |entry| of each row is positive."""
+    if components.size == 0:
+        return components
+    idx = np.argmax(np.abs(components), axis=1)
+    signs = np.sign(components[np.arange(components.shape[0]), idx])
+    signs[signs == 0] = 1.0
+    return components * signs[:, None]
+
+
+def _small_exact_dtype(dtype) -> bool:
+    """True when every value of ``dtype`` is exactly a float32."""
+    dtype = np.dtype(dtype)
+    return (dtype.kind in "iub" and dtype.itemsize <= 2) or dtype in (np.float16, np.float32)
+
+
+# --------------------------------------------------------------------------- randomized
+class _SketchAccumulator:
+    """One pass of the randomized method: ``Z_s = sum (x - s)(x - s)^T Q`` and shifted moments.
+
+    ``s`` is the pass's shift (the first batch's mean on the first pass, the mean rounded
+    to the batch dtype afterwards).  :meth:`result` corrects to the exact mean:
+    ``Z = Z_s - S1 (S1^T Q) / n`` and ``sum (x - m)^2 = S2 - S1^2 / n`` with
+    ``S1 = sum (x - s)``, ``S2 = sum (x - s)^2``.
+    """
+
+    def __init__(self, Q: np.ndarray, shift: np.ndarray | None, compute_dtype, name: str, *, moments: bool = True):
+        self.name = name
+        self.moments = bool(moments)  # accumulate S2 (only the first pass needs it)
+        self.Q = Q
+        self._Qc = Q.astype(compute_dtype)
+        self.compute_dtype = np.dtype(compute_dtype)
+        d, l = Q.shape
+        self.has_shift = shift is not None
+        self.shift = np.zeros(d) if shift is None else np.asarray(shift, dtype=np.float64)
+        self.n = 0
+        self.Zs = np.zeros((d, l))
+        self.s1 = np.zeros(d)
+        self.s2 = np.zeros(d)
+
+    def update(self, X: np.ndarray, offset: int) -> None:
+        if not self.has_shift:
+            shift = X.mean(axis=0, dtype=np.float64)
+            # use exactly the shift that the batch dtype can represent
+            self.shift = shift.astype(X.dtype).astype(np.float64)
+            self.has_shift = True
+        Xc = X - self.shift.astype(X.dtype)  # never in place: X may be the caller's array
+        if Xc.dtype != self.compute_dtype:
+            Xc = Xc.astype(self.compute_dtype)
+        P = Xc @ self._Qc
+        self.Zs += Xc.T @ P
+        self.s1 += Xc.sum(axis=0, dtype=np.float64)
+        if self.moments:
+            self.s2 += np.square(Xc).sum(axis=0, dtype=np.float64)
+        self.n += X.shape[0]
+
+    def _shift_to(self, new_shift: np.ndarray) -> None:
+        """Re-express the shifted sums around ``new_shift`` (exact algebra)."""
+        e = self.shift - new_shift  # (x - new) = (x - old) + e
+        n = self.n
+        eQ = e @ self.Q
+        self.Zs += np.outer(e, self.s1 @ self.Q) + np.outer(self.s1, eQ) + n * np.outer(e, eQ)
+        self.s2 += 2.0 * e * self.s1 + n * e * e
+        self.s1 += n * e
+        self.shift = np.array(new_shift, dtype=np.float64, copy=True)
+
+    def merge(self, other: "_SketchAccumulator") -> None:
+        """Add the sums of an accumulator that saw other batches (same ``Q``)."""
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.load_state_dict(other.state_dict())
+            return
+        other = _SketchAccumulator(
+            other.Q, None, other.compute_dtype, other.name, moments=other.moments
+        )._copy_from(other)
+        other._shift_to(self.shift)
+        self.Zs += other.Zs
+        self.s1 += other.s1
+        self.s2 += other.s2
+        self.n += other.n
+
+    def _copy_from(self, other: "_SketchAccumulator") -> "_SketchAccumulator":
+        self.load_state_dict(other.state_dict())
+        return self
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean, scatter_diag, Z)`` around the exact mean."""
+        n = self.n
+        mean = self.shift + self.s1 / n
+        scatter = np.maximum(self.s2 - self.s1**2 / n, 0.0)
+        Z = self.Zs - np.outer(self.s1, (self.s1 @ self.Q) / n)
+        return mean, scatter, Z
+
+    def state_dict(self) -> dict:
+        return {
+            "has_shift": np.bool_(self.has_shift),
+            "shift": self.shift,
+            "n": np.int64(self.n),
+            "Zs": self.Zs,
+            "s1": self.s1,
+            "s2": self.s2,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.has_shift = bool(state["has_shift"])
+        self.shift = np.array(state["shift"], dtype=np.float64, copy=True)
+        self.n = int(state["n"])
+        self.Zs = np.array(state["Zs"], dtype=np.float64, copy=True)
+        self.s1 = np.array(state["s1"], dtype=np.float64, copy=True)
+        self.s2 = np.array(state["s2"], dtype=np.float64, copy=True)
+
+
+class _RandomizedPCAPlan:
+    """``n_power_iter + 1`` passes of subspace iteration on the covariance, then Rayleigh-Ritz."""
+
+    def __init__(self, n_features, n_sketch, n_power_iter, seed, compute_dtype, batch_dtype):
+        self.n_power_iter = int(n_power_iter)
+        self.compute_dtype = np.dtype(compute_dtype)
+        self.batch_dtype = np.dtype(batch_dtype)
+        self.seed = int(seed)
+        self.pass_index = 0
+        G = pass_rng(self.seed, 0).standard_normal((int(n_features), int(n_sketch)))
+        self.Q, _ = linalg.qr(G, mode="economic")
+        self.n = 0
+        self.mean = np.zeros(n_features)
+        self.scatter = np.zeros(n_features)
+        self.eigvals = np.zeros(0)
+        self.eigvecs = np.zeros((n_features, 0))
+        self.done = False
+
+    def next_pass(self):
+        if self.done:
+            return None
+        shift = None
+        if self.pass_index > 0:
+            shift = self.mean.astype(self.batch_dtype).astype(np.float64)
+        if self.pass_index == 0:
+            name = "PCA mean + power iteration 1" if self.n_power_iter else "PCA mean + projection"
+        elif self.pass_index < self.n_power_iter:
+            name = f"PCA power iteration {self.pass_index + 1}"
+        else:
+            name = "PCA projection"
+        return _SketchAccumulator(self.Q, shift, self.compute_dtype, name, moments=self.pass_index == 0)
+
+    def end_pass(self, acc: _SketchAccumulator) -> None:
+        mean, scatter, Z = acc.result()
+        if self.pass_index == 0:
+            self.n, self.mean, self.scatter = acc.n, mean, scatter
+        if self.pass_index < self.n_power_iter:
+            self.Q, _ = linalg.qr(Z, mode="economic")
+        else:
+            M = self.Q.T @ Z
+            M = 0.5 * (M + M.T)
+            w, V = linalg.eigh(M)
+            order = np.argsort(w)[::-1]
+            self.eigvals = np.maximum(w[order], 0.0)
+            self.eigvecs = self.Q @ V[:, order]
+            self.done = True
+        self.pass_index += 1
+
+    def state_dict(self) -> dict:
+        return {
+            "seed": np.int64(self.seed),
+            "pass_index": np.int64(self.pass_index),
+            "Q": self.Q,
+            "n": np.int64(self.n),
+            "mean": self.mean,
+            "scatter": self.scatter,
+            "eigvals": self.eigvals,
+            "eigvecs": self.eigvecs,
+            "done": np.bool_(self.done),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self.pass_index = int(state["pass_index"])
+        self.Q = np.array(state["Q"], dtype=np.float64, copy=True)
+        self.n = int(state["n"])
+        self.mean = np.array(state["mean"], dtype=np.float64, copy=True)
+        self.scatter = np.array(state["scatter"], dtype=np.float64, copy=True)
+        self.eigvals = np.array(state["eigvals"], dtype=np.float64, copy=True)
+        self.eigvecs = np.array(state["eigvecs"], dtype=np.float64, copy=True)
+        self.done = bool(state["done"])
+
+
+# -------------------------------------------------------------------------- incremental
+_IPCA_ATTRS = (
+    "components_",
+    "singular_values_",
+    "mean_",
+    "var_",
+    "explained_variance_",
+    "explained_variance_ratio_",
+    "noise_variance_",
+    "n_samples_seen_",
+    "n_components_",
+)
+
+
+class _IncrementalAccumulator:
+    """Feeds :meth:`IncrementalPCA.partial_fit` the chunks ``gen_batches(n, chunk, min_batch_size=k)``.
+
+    Rows are buffered until a chunk is complete, so a short last batch is merged with
+    the previous chunk and every call sees at least ``k`` rows.
+    """
+
+    name = "incremental PCA"
+
+    def __init__(self, n_samples: int, n_features: int, n_components: int, chunk: int):
+        self.n_features = int(n_features)
+        self.n_components = int(n_components)
+        self.ends = np.array(
+            [s.stop for s in gen_batches(int(n_samples), int(chunk), min_batch_size=self.n_components)],
+            dtype=np.int64,
+        )
+        self.ipca = IncrementalPCA(n_components=self.n_components)
+        self._buf: list[np.ndarray] = []
+        self._buf_rows = 0
+        self.fed = 0  # rows already passed to partial_fit
+        self.next_chunk = 0
+
+    def update(self, X: np.ndarray, offset: int) -> None:
+        self._buf.append(X)
+        self._buf_rows += X.shape[0]
+        while self.next_chunk < self.ends.size and self.fed + self._buf_rows >= self.ends[self.next_chunk]:
+            size = int(self.ends[self.next_chunk] - self.fed)
+            data = self._buf[0] if len(self._buf) == 1 else np.concatenate(self._buf)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.ipca.partial_fit(data[:size])  # copies (copy=True): caller's rows untouched
+            rest = data[size:]
+            self._buf = [rest] if rest.shape[0] else []
+            self._buf_rows = rest.shape[0]
+            self.fed += size
+            self.next_chunk += 1
+
+    def state_dict(self) -> dict:
+        buf = np.concatenate(self._buf) if self._buf else np.zeros((0, self.n_features))
+        state = {
+            "buf": buf,
+            "fed": np.int64(self.fed),
+            "next_chunk": np.int64(self.next_chunk),
+            "fitted": np.bool_(hasattr(self.ipca, "components_")),
+        }
+        if state["fitted"]:
+            for attr in _IPCA_ATTRS:
+                state[attr] = np.asarray(getattr(self.ipca, attr))
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        buf = np.array(state["buf"], copy=True)
+        self._buf = [buf] if buf.shape[0] else []
+        self._buf_rows = buf.shape[0]
+        self.fed = int(state["fed"])
+        self.next_chunk = int(state["next_chunk"])
+        self.ipca = IncrementalPCA(n_components=self.n_components)
+        if bool(state["fitted"]):
+            for attr in _IPCA_ATTRS:
+                value = np.array(state[attr], copy=True)
+                if value.ndim == 0:
+                    value = value[()]
+                    if attr == "n_components_":
+                        value = int(value)
+                setattr(self.ipca, attr, value)
+            self.ipca.n_features_in_ = self.n_features
+
+
+class _IncrementalPCAPlan:
+    def __init__(self, n_samples, n_features, n_components, chunk):
+        self.args = (int(n_samples), int(n_features), int(n_components), int(chunk))
+        self.done = False
+        self.result: dict = {}
+
+    def next_pass(self):
+        return None if self.done else _IncrementalAccumulator(*self.args)
+
+    def end_pass(self, acc: _IncrementalAccumulator) -> None:
+        ipca = acc.ipca
+        self.result = {attr: np.asarray(getattr(ipca, attr)) for attr in _IPCA_ATTRS}
+        self.done = True
+
+    def state_dict(self) -> dict:
+        state = {"done": np.bool_(self.done)}
+        state.update({f"result_{k}": v for k, v in self.result.items()})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.done = bool(state["done"])
+        self.result = {
+            k[len("result_") :]: np.array(v, copy=True) for k, v in state.items() if k.startswith("result_")
+        }
+
+
+# ---------------------------------------------------------------------------- estimator
+class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingMixin, BaseEstimator):
+    """Principal component analysis of data streamed from NumPy, zarr or dask arrays.
+
+    The data are read ``batch_size`` rows at a time and never materialised; image stacks
+    of shape ``(n_samples, h, w, c)`` are flattened per batch.  The fitted attributes
+    follow :class:`sklearn.decomposition.PCA`.
+
+    Parameters
+    ----------
+    n_components : int, float or None, default=None
+        Number of components to keep.  ``None`` keeps ``min(n_samples, n_features)``; an
+        int must lie in ``[1, min(n_samples, n_features)]``; a float in ``(0, 1)`` keeps
+        the smallest number of components whose explained variance ratio reaches it,
+        searched among the first ``max_components``.
+    method : {"randomized", "incremental"}, default="randomized"
+        ``"randomized"``: streaming randomized subspace iteration on the covariance
+        (``n_power_iter + 1`` passes).  ``"incremental"``: one pass of
+        :class:`~sklearn.decomposition.IncrementalPCA`.
+    batch_size : int, default=1024
+        Rows read per batch.  With ``"incremental"`` the chunks given to ``partial_fit``
+        hold ``max(batch_size, n_components)`` rows (the last chunk, if shorter than
+        ``n_components``, is merged with the previous one).
+    n_oversamples : int, default=10
+        Extra sketch columns of the randomized method (sketch width
+        ``l = min(n_components + n_oversamples, n_features)``).
+    n_power_iter : int, default=3
+        Power (subspace) iterations of the randomized method; each costs one pass.
+    max_components : int or None, default=None
+        When ``n_components`` is a float, the number of components actually computed,
+        among which the kept ones are chosen; ``None`` means
+        ``min(n_samples, n_features, 256)``.  A ``UserWarning`` says when they do not
+        explain the requested fraction.  Ignored for an int or ``None`` ``n_components``.
+    whiten : bool, default=False
+        Scale the projections to unit variance in :meth:`transform`.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the random sketch of the randomized method.  Pass an int for reproducible
+        (and resumable with a fresh estimator) fits.
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the big matrix products of the randomized method (the sums are
+        always accumulated in float64).  With ``"float32"``, integer pixels up to 16 bits
+        and float32 data are also read as float32 batches.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components_, n_features)
+        Principal axes, by decreasing explained variance; the sign makes the largest
+        absolute entry of each axis positive.
+    explained_variance_ : ndarray of shape (n_components_,)
+        Variance explained by each component (``ddof=1``).
+    explained_variance_ratio_ : ndarray of shape (n_components_,)
+        Fraction of the total variance explained by each component.
+    singular_values_ : ndarray of shape (n_components_,)
+        Singular values of the centred data matrix.
+    mean_ : ndarray of shape (n_features,)
+        Per-feature mean.
+    n_components_ : int
+        Number of components kept.
+    n_samples_ : int
+        Number of rows fitted.
+    noise_variance_ : float
+        Average variance of the discarded directions (probabilistic PCA model), from
+        the exact total variance; 0 when all components are kept.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Feature names, when the input had string column names.
+
+    See Also
+    --------
+    sklearn.decomposition.PCA : In-memory PCA.
+    sklearn.decomposition.IncrementalPCA : The incremental method.
+
+    Notes
+    -----
+    Memory (``d = n_features``, ``b = batch_size``, ``l`` the sketch width, ``k``
+    the number of components): ``"randomized"`` holds the basis ``Q`` and the product
+    ``Z`` (``2 d l`` float64) plus per-batch temporaries of ``b d`` and ``b l`` values
+    in ``dtype``; nothing grows with ``n_samples``.  ``"incremental"`` holds up to two
+    chunks of ``max(b, k)`` rows and the SVD of a ``(k + chunk + 1) x d`` matrix.
+
+    The randomized method's accuracy is that of a randomized SVD with
+    ``n_power_iter`` power iterations; the mean and the total variance (hence
+    ``explained_variance_ratio_`` and ``noise_variance_``) are exact.  The fit can be
+    checkpointed and resumed at batch granularity with
+    :func:`streamclust.models._base.fit_streaming`.
+
+    References
+    ----------
+    N. Halko, P.-G. Martinsson and J. A. Tropp, "Finding structure with randomness:
+    probabilistic algorithms for constructing approximate matrix decompositions",
+    SIAM Review 53(2), 2011.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from streamclust.models.pca import StreamingPCA
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(500, 3)) @ rng.normal(size=(3, 20))
+    >>> pca = StreamingPCA(n_components=3, batch_size=128, random_state=0).fit(X)
+    >>> pca.components_.shape
+    (3, 20)
+    >>> bool(pca.explained_variance_ratio_.sum() > 0.999)
+    True
+    >>> pca.transform(X[:2]).shape
+    (2, 3)
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [
+            Interval(Integral, 1, None, closed="left"),
+            Interval(RealNotInt, 0, 1, closed="neither"),
+            None,
+        ],
+        "method": [StrOptions({"randomized", "incremental"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_oversamples": [Interval(Integral, 0, None, closed="left")],
+        "n_power_iter": [Interval(Integral, 0, None, closed="left")],
+        "max_components": [Interval(Integral, 1, None, closed="left"), None],
+        "whiten": ["boolean"],
+        "random_state": ["random_state"],
+        "dtype": [StrOptions({"float32", "float64"})],
+    }
+
+    def __init__(
+        self,
+        n_components=None,
+        *,
+        method="randomized",
+        batch_size=1024,
+        n_oversamples=10,
+        n_power_iter=3,
+        max_components=None,
+        whiten=False,
+        random_state=None,
+        dtype="float32",
+    ):
+        self.n_components = n_components
+        self.method = method
+        self.batch_size = batch_size
+        self.n_oversamples = n_oversamples
+        self.n_power_iter = n_power_iter
+        self.max_components = max_components
+        self.whiten = whiten
+        self.random_state = random_state
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None):
+        """Fit the model by streaming over ``X``.
+
+        Parameters
+        ----------
+        X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)
+            Training data; trailing axes are flattened into features.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : StreamingPCA
+            The fitted estimator.
+        """
+        return fit_streaming(self, X)
+
+    def _n_tracked(self, n_samples: int, n_features: int) -> int:
+        """Components computed before a fractional ``n_components`` is resolved."""
+        limit = min(n_samples, n_features)
+        k = self.n_components
+        if k is None:
+            return limit
+        if isinstance(k, Integral):
+            if k > limit:
+                raise ValueError(
+                    f"n_components={k} must be between 1 and min(n_samples, n_features)="
+                    f"{limit} (n_samples={n_samples}, n_features={n_features})."
+                )
+            return int(k)
+        cap = _DEFAULT_MAX_COMPONENTS if self.max_components is None else int(self.max_components)
+        return min(limit, cap)
+
+    def _make_plan(self, source: RowSource):
+        self._validate_params()
+        n, d = source.n_samples, source.n_features
+        if n < 2:
+            raise ValueError(
+                f"StreamingPCA needs at least 2 samples to estimate a covariance, got n_samples={n}."
+            )
+        k = self._n_tracked(n, d)
+        if self.method == "incremental":
+            self._batch_dtype = np.float64
+            return _IncrementalPCAPlan(n, d, k, max(int(self.batch_size), k))
+        compute = np.float32 if self.dtype == "float32" else np.float64
+        src_dtype = getattr(source.array, "dtype", np.float64)
+        self._batch_dtype = np.float32 if compute == np.float32 and _small_exact_dtype(src_dtype) else np.float64
+        n_sketch = min(k + int(self.n_oversamples), d)
+        seed = draw_seed(self.random_state)
+        return _RandomizedPCAPlan(d, n_sketch, self.n_power_iter, seed, compute, self._batch_dtype)
+
+    def _finish_plan(self, plan, source: RowSource) -> None:
+        n, d = source.n_samples, source.n_features
+        k = self._n_tracked(n, d)
+        limit = min(n, d)
+        if isinstance(plan, _IncrementalPCAPlan):
+            r = plan.result
+            mean = r["mean_"]
+            total_var = float(np.sum(r["var_"]) * n / (n - 1))
+            components = r["components_"]
+            sv = r["singular_values_"]
+            ev, ratio, noise = r["explained_variance_"], r["explained_variance_ratio_"], float(r["noise_variance_"])
+            ratio = np.where(np.isfinite(ratio), ratio, 0.0)  # constant data: 0 / 0
+        else:
+            mean = plan.mean
+            total_var = float(plan.scatter.sum() / (n - 1))
+            lam = plan.eigvals[:k]
+            components = _flip_rows(plan.eigvecs[:, :k].T)
+            sv = np.sqrt(lam)
+            ev = lam / (n - 1)
+            ratio = ev / total_var if total_var > 0 else np.zeros_like(ev)
+            noise = None
+        if self.n_components is not None and not isinstance(self.n_components, Integral):
+            cum = np.cumsum(ratio)
+            k_frac = int(np.searchsorted(cum, self.n_components, side="right") + 1)
+            if k_frac > k:
+                warnings.warn(
+                    f"the first {k} components explain {cum[-1] if cum.size else 0.0:.4f} of the variance, "
+                    f"less than n_components={self.n_components}; raise max_components to keep more.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            k = min(k_frac, k)
+            noise = None
+        components, sv, ev, ratio = components[:k], sv[:k], ev[:k], ratio[:k]
+        if noise is None:
+            noise = (total_var - float(ev.sum())) / (limit - k) if k < limit else 0.0
+            noise = max(noise, 0.0)
+        self.components_ = np.ascontiguousarray(components, dtype=np.float64)
+        self.singular_values_ = np.asarray(sv, dtype=np.float64).copy()
+        self.explained_variance_ = np.asarray(ev, dtype=np.float64).copy()
+        self.explained_variance_ratio_ = np.asarray(ratio, dtype=np.float64).copy()
+        self.mean_ = np.asarray(mean, dtype=np.float64).copy()
+        self.n_components_ = int(k)
+        self.n_samples_ = int(n)
+        self.noise_variance_ = float(noise)
+
+    # --------------------------------------------------------------- transforming
+    def _input_source(self, X) -> tuple[RowSource, np.dtype]:
+        source = as_row_source(self, X, reset=False)
+        if is_lazy_array(source.array) or isinstance(X, RowSource):
+            return source, np.dtype(np.float64)
+        return source, source.array.dtype
+
+    def transform(self, X):
+        """Project ``X`` on the principal components, streaming over lazy input.
+
+        Parameters
+        ----------
+        X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)
+            Data with ``n_features_in_`` features (trailing axes flattened).
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components_)
+            Projections (float32 for float32 NumPy input, float64 otherwise).
+        """
+        check_is_fitted(self)
+        source, dtype = self._input_source(X)
+        comps = self.components_.astype(dtype, copy=False)
+        offset = (self.mean_ @ self.components_.T).astype(dtype)
+        scale = None
+        if self.whiten:
+            scale = np.sqrt(self.explained_variance_)
+            scale[scale < np.finfo(scale.dtype).eps] = np.finfo(scale.dtype).eps
+            scale = scale.astype(dtype)
+        out = np.empty((source.n_samples, self.n_components_), dtype=dtype)
+        for lo, batch in source.iter_batches(int(self.batch_size), dtype=dtype):
+            Y = batch @ comps.T
+            Y -= offset
+            if scale is not None:
+                Y /= scale
+            out[lo : lo + batch.shape[0]] = Y
+        return out
+
+    def inverse_transform(self, X):
+        """Map projections back to the feature space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_components_)
+            Projections, as returned by :meth:`transform`.
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features_in_)
+            Reconstruction ``X @ components_ + mean_`` (undoing whitening).
+        """
+        check_is_fitted(self)
+        X = check_array(X, input_name="X", dtype=[np.float64, np.float32])
+        comps = self.components_
+        if self.whiten:
+            comps = np.sqrt(self.explained_variance_)[:, None] * comps
+        return X @ comps.astype(X.dtype, copy=False) + self.mean_.astype(X.dtype, copy=False)
+
+    @property
+    def _n_features_out(self):
+        return self.components_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

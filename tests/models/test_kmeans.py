@@ -1,0 +1,257 @@
+"""Tests of streamclust.models.kmeans.StreamingKMeans."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from streamclust.models._base import fit_streaming
+from streamclust.models._passes import Checkpointer
+from streamclust.models.kmeans import StreamingKMeans, _LabelAccumulator, _LloydAccumulator
+
+FITTED = ("cluster_centers_", "labels_", "inertia_", "cluster_sizes_", "n_iter_", "n_steps_", "n_features_in_")
+
+
+def blobs(n=3000, d=8, k=6, std=1.5, seed=0):
+    X, y = make_blobs(n_samples=n, n_features=d, centers=k, cluster_std=std, random_state=seed)
+    return X, y
+
+
+def as_zarr(X, chunk_rows):
+    arr = zarr.create_array(
+        store=zarr.storage.MemoryStore(), shape=X.shape, chunks=(chunk_rows, *X.shape[1:]), dtype=X.dtype
+    )
+    arr[:] = X
+    return arr
+
+
+def assert_same_fit(a, b):
+    for attr in FITTED:
+        assert_array_equal(getattr(a, attr), getattr(b, attr), err_msg=attr)
+
+
+# ------------------------------------------------------------------------ lloyd
+@pytest.mark.parametrize("batch_size", [97, 1000, 5000])
+def test_lloyd_equals_sklearn_with_same_init(batch_size):
+    X, _ = blobs(std=3.0)
+    init = X[np.random.default_rng(1).choice(X.shape[0], 6, replace=False)]
+    ref = KMeans(6, init=init, n_init=1, algorithm="lloyd", max_iter=100, tol=1e-4).fit(X)
+    est = StreamingKMeans(6, method="lloyd", init=init, batch_size=batch_size, max_iter=100, tol=1e-4).fit(X)
+    assert ref.n_iter_ > 3  # a real run, not the first iteration
+    assert_allclose(est.cluster_centers_, ref.cluster_centers_, rtol=0, atol=1e-8)
+    assert_array_equal(est.labels_, ref.labels_)
+    assert_allclose(est.inertia_, ref.inertia_, rtol=1e-8)
+    assert est.n_iter_ == ref.n_iter_
+    assert est.labels_.dtype == np.int32 and est.labels_.shape == (X.shape[0],)
+    assert_array_equal(est.cluster_sizes_, np.bincount(ref.labels_, minlength=6))
+
+
+def test_lloyd_with_empty_cluster_relocates_like_sklearn():
+    X, _ = blobs(n=1000, d=5, k=4, seed=1)
+    init = X[:4].copy()
+    init[3] = 1e3  # attracts no point: relocated to the farthest point
+    ref = KMeans(4, init=init, n_init=1, algorithm="lloyd").fit(X)
+    est = StreamingKMeans(4, method="lloyd", init=init, batch_size=77).fit(X)
+    assert np.isfinite(est.cluster_centers_).all()
+    assert_allclose(est.cluster_centers_, ref.cluster_centers_, atol=1e-8)
+    assert_array_equal(est.labels_, ref.labels_)
+    assert (est.cluster_sizes_ > 0).all()
+
+
+@pytest.mark.parametrize("method", ["lloyd", "minibatch"])
+def test_more_clusters_than_distinct_points_gives_no_nan(method):
+    X = np.repeat(np.arange(3.0), 50)[:, None] * np.ones((1, 2))
+    est = StreamingKMeans(5, method=method, batch_size=16, random_state=0).fit(X)
+    assert np.isfinite(est.cluster_centers_).all()
+    assert est.inertia_ == pytest.approx(0.0, abs=1e-12)
+    init = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [50.0, 50.0], [-50.0, 9.0]])
+    est = StreamingKMeans(5, method=method, init=init, batch_size=16).fit(X)
+    assert np.isfinite(est.cluster_centers_).all()
+
+
+def test_default_lloyd_close_to_sklearn_kmeans():
+    X, _ = blobs(n=4000, k=8, std=2.0)
+    ref = KMeans(8, n_init=10, random_state=0).fit(X).inertia_
+    est = StreamingKMeans(8, method="lloyd", batch_size=256, random_state=0).fit(X)
+    assert est.inertia_ <= 1.02 * ref
+    assert_allclose(est.score(X), -est.inertia_, rtol=1e-12)
+
+
+# -------------------------------------------------------------------- minibatch
+@pytest.mark.parametrize(
+    ("params", "order"),
+    [
+        ({}, "shuffled"),
+        ({}, "sorted by class"),
+        ({"init_sample_size": 100, "n_init": 3}, "sorted by class"),
+        # a 3-rows-per-cluster sample: the mini-batch updates do the work
+        ({"init_sample_size": 24, "n_init": 3}, "shuffled"),
+        ({"init": "random", "init_sample_size": 200, "n_init": 10}, "shuffled"),
+    ],
+)
+def test_minibatch_close_to_sklearn_kmeans(params, order):
+    X, y = blobs(n=4000, k=8, std=2.0)
+    if order != "shuffled":
+        X = X[np.argsort(y, kind="stable")]
+    ref = KMeans(8, n_init=10, random_state=0).fit(X).inertia_
+    est = StreamingKMeans(8, batch_size=128, random_state=0, **params).fit(X)
+    assert est.inertia_ <= 1.05 * ref
+    assert 1 <= est.n_iter_ < 100
+    assert est.n_steps_ == est.n_iter_ * 32
+    assert_array_equal(est.predict(X), est.labels_)
+
+
+def test_minibatch_epoch_equals_sklearn_partial_fit():
+    """One epoch from an array init, without reassignment, is MiniBatchKMeans.partial_fit per batch."""
+    X, _ = blobs(n=1000, d=5, k=4)
+    init = X[:4].copy()
+    ref = MiniBatchKMeans(4, init=init, n_init=1, reassignment_ratio=0.0, batch_size=100)
+    mine = StreamingKMeans(4, init=init, reassignment_ratio=0.0, batch_size=100)
+    for lo in range(0, 1000, 100):
+        ref.partial_fit(X[lo : lo + 100])
+        mine.partial_fit(X[lo : lo + 100])
+        assert_allclose(mine.cluster_centers_, ref.cluster_centers_, atol=1e-10)
+        assert_array_equal(mine.labels_, ref.labels_)
+        assert_allclose(mine.inertia_, ref.inertia_, rtol=1e-10)
+    fitted = StreamingKMeans(4, init=init, reassignment_ratio=0.0, batch_size=100, max_iter=1).fit(X)
+    assert_allclose(fitted.cluster_centers_, ref.cluster_centers_, atol=1e-10)
+    assert fitted.n_iter_ == 1 and fitted.n_steps_ == 10
+
+
+def test_partial_fit_seeds_with_kmeans_plusplus_and_continues_a_fit():
+    X, _ = blobs(n=2000, k=5)
+    est = StreamingKMeans(5, random_state=0)
+    for lo in range(0, 2000, 250):
+        est.partial_fit(X[lo : lo + 250])
+    assert est.n_steps_ == 8 and est.labels_.shape == (250,)
+    assert -est.score(X) <= 1.05 * KMeans(5, n_init=5, random_state=0).fit(X).inertia_
+    fitted = StreamingKMeans(5, method="lloyd", batch_size=500, random_state=0).fit(X)
+    before = fitted.cluster_centers_.copy()
+    fitted.partial_fit(X[:100])
+    assert np.abs(fitted.cluster_centers_ - before).max() < 0.1
+    with pytest.raises(ValueError, match="n_samples=3 should be >= n_clusters=5"):
+        StreamingKMeans(5).partial_fit(X[:3])
+
+
+# -------------------------------------------------------------------- lazy input
+@pytest.mark.parametrize("method", ["lloyd", "minibatch"])
+def test_zarr_with_odd_chunks_equals_numpy(method):
+    X, _ = blobs(n=1500)
+    params = dict(n_clusters=6, method=method, batch_size=128, random_state=4, init_sample_size=300)
+    a = StreamingKMeans(**params).fit(X)
+    b = StreamingKMeans(**params).fit(as_zarr(X, 37))
+    c = StreamingKMeans(**params).fit(da.from_array(X, chunks=(101, 8)))
+    assert_same_fit(a, b)
+    assert_same_fit(a, c)
+    Z = as_zarr(X[:500], 23)
+    assert_array_equal(b.predict(Z), a.predict(X[:500]))
+    assert_array_equal(b.transform(Z), a.transform(X[:500]))
+    assert b.score(Z) == a.score(X[:500])
+
+
+def test_uint8_image_stack_in_zarr():
+    rng = np.random.default_rng(0)
+    protos = rng.integers(0, 256, size=(3, 6, 6, 3))
+    which = rng.integers(0, 3, size=600)
+    images = np.clip(protos[which] + rng.normal(0, 10, (600, 6, 6, 3)), 0, 255).astype(np.uint8)
+    est = StreamingKMeans(3, method="lloyd", batch_size=64, random_state=0).fit(as_zarr(images, 41))
+    flat = images.reshape(600, -1).astype(np.float64)
+    ref = KMeans(3, n_init=5, random_state=0).fit(flat)
+    assert est.n_features_in_ == 108
+    assert_allclose(est.inertia_, ref.inertia_, rtol=1e-8)
+    assert est.transform(as_zarr(images[:10], 3)).shape == (10, 3)
+
+
+def test_row_subset():
+    X, _ = blobs(n=900)
+    rows = np.flatnonzero(np.arange(900) % 3 != 1)
+    a = fit_streaming(StreamingKMeans(6, batch_size=64, random_state=0), as_zarr(X, 31), rows=rows)
+    b = StreamingKMeans(6, batch_size=64, random_state=0).fit(X[rows])
+    assert_same_fit(a, b)
+
+
+# ------------------------------------------------------------------------ merge
+def test_pass_accumulators_merge():
+    X, _ = blobs(n=600, d=4, k=3)
+    centers = X[:3].copy()
+    for make in (lambda: _LloydAccumulator(centers, track_moments=True), lambda: _LabelAccumulator(centers, 600)):
+        whole, left, right = make(), make(), make()
+        for lo in range(0, 600, 70):
+            whole.update(X[lo : lo + 70], lo)
+            (left if lo < 300 else right).update(X[lo : lo + 70], lo)
+        left.merge(right)
+        for key, value in whole.state_dict().items():
+            assert_allclose(left.state_dict()[key], value, rtol=1e-10, atol=1e-8, err_msg=key)
+
+
+# ----------------------------------------------------------------------- resume
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(n_batches):
+    seen = []
+
+    def progress(name, done, total):
+        seen.append(name)
+        if len(seen) == n_batches:
+            raise Interrupted(name)
+
+    return progress
+
+
+@pytest.mark.parametrize(
+    ("method", "stop_at"),
+    [("lloyd", 4), ("lloyd", 3 * 12 + 5), ("minibatch", 12 + 7), ("minibatch", 2 * 12 + 11)],
+)
+def test_resume_after_interruption_is_identical(tmp_path, method, stop_at):
+    X, _ = blobs(n=1500, std=3.0)  # 12 batches of 128 per pass
+    params = dict(n_clusters=6, method=method, batch_size=128, random_state=11, init_sample_size=60)
+    full = StreamingKMeans(**params).fit(X)
+    assert full.n_iter_ >= 3
+    path = tmp_path / "km.ckpt.npz"
+    with pytest.raises(Interrupted):
+        fit_streaming(StreamingKMeans(**params), X, checkpoint=Checkpointer(path, "k", every_seconds=0),
+                      progress=interrupt_after(stop_at))
+    firsts = []
+    resumed = fit_streaming(StreamingKMeans(**params), X, checkpoint=Checkpointer(path, "k", every_seconds=0),
+                            progress=lambda name, done, n: firsts.append(done))
+    assert firsts[0] > 128
+    assert_same_fit(resumed, full)
+
+
+# ----------------------------------------------------------------------- errors
+def test_errors():
+    X, _ = blobs(n=50, d=3)
+    with pytest.raises(ValueError, match="n_samples=50 should be >= n_clusters=51"):
+        StreamingKMeans(51).fit(X)
+    with pytest.raises(ValueError, match="n_samples=50 should be >= n_clusters=51"):
+        StreamingKMeans(51).fit(as_zarr(X, 7))
+    bad = X.copy()
+    bad[33, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        StreamingKMeans(3, batch_size=8).fit(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        StreamingKMeans(3, batch_size=8).fit(as_zarr(bad, 9))
+    with pytest.raises(ValueError, match="init should have shape"):
+        StreamingKMeans(3, init=np.zeros((3, 2))).fit(X)
+    with pytest.raises(NotFittedError):
+        StreamingKMeans(3).predict(X)
+
+
+# --------------------------------------------------------------- sklearn checks
+@parametrize_with_checks(
+    [
+        StreamingKMeans(n_clusters=3, method="lloyd", batch_size=7, random_state=0),
+        StreamingKMeans(n_clusters=3, method="minibatch", batch_size=7, random_state=0),
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)

@@ -1,0 +1,288 @@
+"""Tests of streamclust.models.pca.StreamingPCA."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.linalg import subspace_angles
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA, IncrementalPCA
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from streamclust.models._base import fit_streaming
+from streamclust.models._passes import Checkpointer
+from streamclust.models.pca import StreamingPCA
+
+FITTED = (
+    "components_",
+    "explained_variance_",
+    "explained_variance_ratio_",
+    "singular_values_",
+    "mean_",
+    "noise_variance_",
+    "n_components_",
+    "n_samples_",
+    "n_features_in_",
+)
+
+
+def low_rank(n=1500, d=40, rank=5, noise=0.1, seed=0):
+    """Rank-``rank`` signal with well separated variances, isotropic noise, an offset."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(d, rank)))
+    scales = np.array([10.0, 7.0, 5.0, 3.5, 2.5])[:rank]
+    return rng.normal(size=(n, rank)) * scales @ basis.T + noise * rng.normal(size=(n, d)) + 3.0
+
+
+def as_zarr(X, chunk_rows, dtype=None):
+    arr = zarr.create_array(
+        store=zarr.storage.MemoryStore(),
+        shape=X.shape,
+        chunks=(chunk_rows, *X.shape[1:]),
+        dtype=dtype or X.dtype,
+    )
+    arr[:] = X
+    return arr
+
+
+def assert_same_fit(a, b):
+    for attr in FITTED:
+        assert_array_equal(getattr(a, attr), getattr(b, attr), err_msg=attr)
+
+
+def assert_matches_pca(est, ref, k, angle_deg=1.0):
+    assert est.explained_variance_ratio_.sum() >= 0.99 * ref.explained_variance_ratio_[:k].sum()
+    angles = np.rad2deg(subspace_angles(est.components_[:k].T, ref.components_[:k].T))
+    assert angles.max() < angle_deg
+    assert_allclose(est.mean_, ref.mean_, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------- accuracy
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_randomized_matches_full_pca_on_low_rank_data(dtype):
+    X = low_rank()
+    est = StreamingPCA(5, batch_size=128, random_state=0, dtype=dtype).fit(X)
+    ref = PCA(5, svd_solver="full").fit(X)
+    assert_matches_pca(est, ref, 5, angle_deg=0.01)
+    # well separated eigenvalues: each component agrees up to sign, and signs follow svd_flip
+    assert_allclose(est.components_, ref.components_, atol=1e-4)
+    assert_allclose(est.explained_variance_, ref.explained_variance_, rtol=1e-4)
+    assert_allclose(est.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-4)
+    assert_allclose(est.singular_values_, ref.singular_values_, rtol=1e-4)
+    assert_allclose(est.noise_variance_, ref.noise_variance_, rtol=1e-3)
+    assert est.n_components_ == 5 and est.n_samples_ == X.shape[0]
+
+
+def test_randomized_on_digits():
+    X = load_digits().data
+    est = StreamingPCA(10, batch_size=200, random_state=0).fit(X)
+    ref = PCA(10, svd_solver="full").fit(X)
+    assert_matches_pca(est, ref, 10, angle_deg=2.0)
+    # the first four eigenvalues are well separated: components agree up to sign
+    cos = np.abs(np.sum(est.components_[:4] * ref.components_[:4], axis=1))
+    assert np.all(cos > 1 - 1e-6)
+    assert_allclose(est.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-3)
+
+
+def test_all_components_is_exact():
+    X = load_digits().data[:, 8:24]
+    est = StreamingPCA(batch_size=100, random_state=1, dtype="float64").fit(X)
+    ref = PCA(svd_solver="full").fit(X)
+    assert est.n_components_ == 16
+    assert_allclose(est.explained_variance_, ref.explained_variance_, rtol=1e-8, atol=1e-10)
+    assert_allclose(est.explained_variance_ratio_.sum(), 1.0)
+    assert est.noise_variance_ == 0.0
+
+
+def test_transform_inverse_transform_consistent():
+    X = low_rank(n=600, d=20)
+    est = StreamingPCA(5, batch_size=64, random_state=0, dtype="float64").fit(X)
+    Z = est.transform(X)
+    assert Z.shape == (600, 5) and Z.dtype == np.float64
+    assert_allclose(Z, (X - est.mean_) @ est.components_.T, atol=1e-9)
+    # projecting the reconstruction gives back the projections
+    X_back = est.inverse_transform(Z)
+    assert_allclose(est.transform(X_back), Z, atol=1e-8)
+    # the reconstruction error is the noise
+    assert np.mean((X - X_back) ** 2) < 0.02
+    # float32 in, float32 out
+    assert est.transform(X.astype(np.float32)).dtype == np.float32
+    assert_allclose(est.fit_transform(X), Z, atol=1e-9)
+
+
+def test_whiten():
+    X = low_rank(n=800, d=20)
+    white = StreamingPCA(3, whiten=True, batch_size=100, random_state=0).fit(X)
+    plain = StreamingPCA(3, batch_size=100, random_state=0).fit(X)
+    Z = white.transform(X)
+    assert_allclose(Z.var(axis=0, ddof=1), 1.0, rtol=1e-3)
+    assert_allclose(white.inverse_transform(Z), plain.inverse_transform(plain.transform(X)), atol=1e-6)
+
+
+def test_accumulators_merge_like_one_pass():
+    """Partial sums of two halves (other shifts), merged, equal one accumulator over all batches."""
+    from streamclust.models.pca import _SketchAccumulator
+
+    X = low_rank(n=300, d=12)
+    Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(12, 5)))
+    whole = _SketchAccumulator(Q, None, np.float64, "p")
+    left, right = (_SketchAccumulator(Q, None, np.float64, "p") for _ in range(2))
+    for lo in range(0, 300, 50):
+        whole.update(X[lo : lo + 50], lo)
+        (left if lo < 150 else right).update(X[lo : lo + 50], lo)
+    left.merge(right)
+    for got, want in zip(left.result(), whole.result()):
+        assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["randomized", "incremental"])
+def test_fraction_of_variance(method):
+    X = low_rank(noise=0.5)
+    est = StreamingPCA(0.9, method=method, batch_size=256, random_state=0).fit(X)
+    ref = PCA(0.9, svd_solver="full").fit(X)
+    assert est.n_components_ == ref.n_components_
+    assert est.components_.shape == (ref.n_components_, X.shape[1])
+    assert est.explained_variance_ratio_.sum() >= 0.9
+    assert_allclose(est.noise_variance_, ref.noise_variance_, rtol=1e-3)
+
+
+def test_fraction_not_reached_warns():
+    X = np.random.default_rng(0).normal(size=(300, 30))
+    with pytest.warns(UserWarning, match="raise max_components"):
+        est = StreamingPCA(0.99, max_components=3, batch_size=64, random_state=0).fit(X)
+    assert est.n_components_ == 3
+
+
+# -------------------------------------------------------------------- incremental
+@pytest.mark.parametrize(("n", "batch_size", "k"), [(1050, 100, 10), (1005, 100, 10), (203, 4, 10), (500, 500, 5)])
+def test_incremental_equals_incremental_pca(n, batch_size, k):
+    X = low_rank(n=n, d=30)
+    est = StreamingPCA(k, method="incremental", batch_size=batch_size).fit(X)
+    ref = IncrementalPCA(k, batch_size=max(batch_size, k)).fit(X)
+    for attr in ("components_", "explained_variance_", "explained_variance_ratio_", "singular_values_", "mean_"):
+        assert_allclose(getattr(est, attr), getattr(ref, attr), rtol=1e-10, atol=1e-10, err_msg=attr)
+    assert_allclose(est.noise_variance_, ref.noise_variance_, rtol=1e-10)
+    assert_allclose(est.transform(X), ref.transform(X), atol=1e-10)
+
+
+# ---------------------------------------------------------------- lazy inputs
+@pytest.mark.parametrize("method", ["randomized", "incremental"])
+def test_zarr_with_odd_chunks_equals_numpy(method):
+    X = low_rank(n=1000, d=24)
+    params = dict(n_components=4, method=method, batch_size=96, random_state=3)
+    a = StreamingPCA(**params).fit(X)
+    b = StreamingPCA(**params).fit(as_zarr(X, 37))
+    c = StreamingPCA(**params).fit(da.from_array(X, chunks=(53, 24)))
+    assert_same_fit(a, b)
+    assert_same_fit(a, c)
+    assert_array_equal(b.transform(as_zarr(X, 41)), a.transform(X))
+
+
+def test_uint8_image_stack_in_zarr():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(4, 8, 8, 3)).astype(float)
+    weights = rng.random((500, 4))
+    images = np.clip(weights @ base.reshape(4, -1) / weights.sum(1, keepdims=True)
+                     + rng.normal(0, 3, (500, 192)), 0, 255).astype(np.uint8).reshape(500, 8, 8, 3)
+    store = as_zarr(images, 33)
+    est = StreamingPCA(3, batch_size=64, random_state=0).fit(store)
+    flat = images.reshape(500, -1).astype(np.float64)
+    ref = PCA(3, svd_solver="full").fit(flat)
+    assert est.n_features_in_ == 192
+    assert_matches_pca(est, ref, 3)
+    assert_allclose(est.mean_, flat.mean(axis=0), rtol=1e-12)
+    Z = est.transform(store)
+    assert Z.shape == (500, 3) and Z.dtype == np.float64
+    assert_allclose(Z, est.transform(flat), rtol=1e-6, atol=1e-6)
+
+
+def test_row_subset_equals_fit_on_subset():
+    X = low_rank(n=700, d=16)
+    rows = np.flatnonzero(np.random.default_rng(0).random(700) < 0.6)
+    a = fit_streaming(StreamingPCA(3, batch_size=50, random_state=0), as_zarr(X, 29), rows=rows)
+    b = StreamingPCA(3, batch_size=50, random_state=0).fit(X[rows])
+    assert_same_fit(a, b)
+
+
+# ---------------------------------------------------------------------- resume
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(n_batches):
+    seen = []
+
+    def progress(name, done, total):
+        seen.append(name)
+        if len(seen) == n_batches:
+            raise Interrupted(name)
+
+    return progress
+
+
+@pytest.mark.parametrize(
+    ("method", "stop_at"),
+    [("randomized", 5), ("randomized", 2 * 16 + 7), ("incremental", 9)],
+)
+def test_resume_after_interruption_is_identical(tmp_path, method, stop_at):
+    X = low_rank(n=1000, d=20)  # 16 batches of 64 per pass
+    params = dict(n_components=4, method=method, batch_size=64, random_state=7, n_power_iter=3)
+    path = tmp_path / "pca.ckpt.npz"
+    with pytest.raises(Interrupted):
+        fit_streaming(StreamingPCA(**params), X, checkpoint=Checkpointer(path, "k", every_seconds=0),
+                      progress=interrupt_after(stop_at))
+    assert path.exists()
+    names = []
+    resumed = fit_streaming(StreamingPCA(**params), X, checkpoint=Checkpointer(path, "k", every_seconds=0),
+                            progress=lambda name, done, n: names.append(done))
+    assert names[0] > 64  # it did not start again from the first row
+    assert_same_fit(resumed, StreamingPCA(**params).fit(X))
+
+
+# ----------------------------------------------------------------------- errors
+def test_nan_rows_raise():
+    X = low_rank(n=200, d=10)
+    X[150, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        StreamingPCA(2, batch_size=32).fit(X)
+    with pytest.raises(ValueError, match="NaN"):
+        StreamingPCA(2, batch_size=32).fit(as_zarr(X, 19))
+
+
+def test_too_many_components_raise():
+    X = low_rank(n=30, d=10)
+    with pytest.raises(ValueError, match=r"min\(n_samples, n_features\)=10"):
+        StreamingPCA(11).fit(X)
+    with pytest.raises(ValueError, match=r"min\(n_samples, n_features\)=5"):
+        StreamingPCA(6, method="incremental").fit(X[:5])
+
+
+def test_single_sample_raises():
+    with pytest.raises(ValueError, match="n_samples=1"):
+        StreamingPCA().fit(np.ones((1, 4)))
+
+
+def test_wrong_n_features_on_transform():
+    est = StreamingPCA(2, batch_size=16, random_state=0).fit(low_rank(n=100, d=10))
+    with pytest.raises(ValueError, match="10 features"):
+        est.transform(as_zarr(np.zeros((5, 9)), 3))
+
+
+def test_feature_names_out():
+    est = StreamingPCA(3, batch_size=16, random_state=0).fit(low_rank(n=100, d=10))
+    assert list(est.get_feature_names_out()) == ["streamingpca0", "streamingpca1", "streamingpca2"]
+
+
+# -------------------------------------------------------------- sklearn checks
+@parametrize_with_checks(
+    [
+        StreamingPCA(batch_size=7, random_state=0),
+        StreamingPCA(batch_size=7, random_state=0, dtype="float64", n_power_iter=1),
+        StreamingPCA(method="incremental", batch_size=7),
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)

@@ -1,0 +1,146 @@
+"""`streamclust fit` end to end: stages, model files, resume after SIGKILL, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from streamclust.cli import main
+from streamclust.config import FitConfig, IngestConfig
+from streamclust.errors import ConfigMismatchError, MemoryLimitError, StageNotDoneError, UsageError
+from streamclust.ingest import ingest
+from streamclust.models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
+from streamclust.models.io import load_model
+from streamclust.pipeline.fit import fit_run
+from streamclust.store import ok_rows
+
+from ..ingest.hostile import encode, noise, synthetic_jpegs, write_zip
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fit")
+    members = list(synthetic_jpegs(400, side=24, seed=3))
+    members.append(("dup.jpg", members[5][1]))
+    members.append(("bad.jpg", b"broken"))
+    src = write_zip(tmp / "s.zip", members)
+    run = tmp / "base"
+    ingest(IngestConfig(str(src), size=12, chunk_size=64, workers=1), run, progress=False)
+    return src, run
+
+
+def _copy_run(base: Path, dest: Path) -> Path:
+    import shutil
+    shutil.copytree(base, dest)
+    return dest
+
+
+CFG = dict(pca_components=12, clusters=6, gmm_components=4, covariance="diag", seed=1, batch_size=50, max_iter=30)
+
+
+def test_fit_writes_models_equal_to_the_estimators_on_the_same_rows(ingested, tmp_path):
+    _, base = ingested
+    run = _copy_run(base, tmp_path / "run")
+    summary = fit_run(run, FitConfig(**CFG), progress=False)
+    assert summary.n_images == 400  # the duplicate and the broken member are left out
+    for name in ("pca", "kmeans", "gmm"):
+        with np.load(run / "model" / f"{name}.npz", allow_pickle=False) as data:
+            assert data.files
+    pca, km, gmm = (load_model(run / "model" / f"{n}.npz") for n in ("pca", "kmeans", "gmm"))
+    assert isinstance(pca, StreamingPCA) and isinstance(km, StreamingKMeans)
+    assert isinstance(gmm, StreamingGaussianMixture)
+
+    rows = ok_rows(run)
+    X = zarr.open_array(run / "images.zarr")[:][rows].reshape(len(rows), -1).astype(np.float64)
+    ref_pca = StreamingPCA(n_components=12, batch_size=50, random_state=1).fit(X)
+    np.testing.assert_allclose(pca.components_, ref_pca.components_, atol=1e-6)  # float32 products
+    feats = zarr.open_array(run / "features.zarr")[:]
+    np.testing.assert_allclose(feats, ref_pca.transform(X), rtol=1e-4, atol=1e-3)
+    F = feats.astype(np.float64)
+    ref_km = StreamingKMeans(n_clusters=6, batch_size=50, max_iter=30, random_state=1, method="lloyd").fit(F)
+    np.testing.assert_allclose(km.cluster_centers_, ref_km.cluster_centers_, rtol=1e-10)
+    ref_gmm = StreamingGaussianMixture(n_components=4, covariance_type="diag", batch_size=50, max_iter=30,
+                                       random_state=1).fit(F)
+    np.testing.assert_allclose(gmm.means_, ref_gmm.means_, rtol=1e-10)
+    # the loaded estimators work
+    assert km.predict(F[:10]).shape == (10,)
+    assert np.isfinite(gmm.score(F))
+    # re-running is a no-op
+    assert fit_run(run, FitConfig(**CFG), progress=False).line().startswith("fit already complete")
+
+
+def test_fit_refuses_other_settings_unless_overwrite(ingested, tmp_path):
+    _, base = ingested
+    run = _copy_run(base, tmp_path / "run")
+    fit_run(run, FitConfig(**{**CFG, "gmm_components": 0}), progress=False)
+    with pytest.raises(ConfigMismatchError, match="clusters"):
+        fit_run(run, FitConfig(**{**CFG, "gmm_components": 0, "clusters": 3}), progress=False)
+    fit_run(run, FitConfig(**{**CFG, "gmm_components": 0, "clusters": 3}), overwrite=True, progress=False)
+    assert load_model(run / "model" / "kmeans.npz").cluster_centers_.shape == (3, 12)
+    assert not (run / "model" / "gmm.npz").exists()
+
+
+def test_fit_errors(ingested, tmp_path):
+    _, base = ingested
+    with pytest.raises(StageNotDoneError, match="streamclust ingest"):
+        fit_run(tmp_path / "nothing", FitConfig(), progress=False)
+    run = _copy_run(base, tmp_path / "run")
+    with pytest.raises(MemoryLimitError, match="--memory-limit"):
+        fit_run(run, FitConfig(**{**CFG, "batch_size": None, "memory_limit": 100 * 2**20}), progress=False)
+    with pytest.raises(UsageError, match="--clusters"):
+        fit_run(run, FitConfig(**{**CFG, "clusters": 5000}), overwrite=True, progress=False)
+    # a store with no usable image
+    src = tmp_path / "bad.zip"
+    with zipfile.ZipFile(src, "w") as zf:
+        zf.writestr("a.jpg", b"nope")
+    ingest(IngestConfig(str(src), workers=1), tmp_path / "empty", progress=False)
+    with pytest.raises(UsageError, match="0 usable"):
+        fit_run(tmp_path / "empty", FitConfig(), progress=False)
+    assert main(["fit", str(tmp_path / "empty"), "--quiet"]) == 2
+
+
+def _fit_cmd(run: Path) -> list[str]:
+    return [sys.executable, "-m", "streamclust", "fit", str(run), "--pca-components", "12", "--clusters", "6",
+            "--gmm-components", "4", "--seed", "1", "--batch-size", "20", "--max-iter", "30", "--quiet"]
+
+
+def test_sigkill_and_resume_fit_equals_an_unbroken_fit(ingested, tmp_path):
+    _, base = ingested
+    ref = _copy_run(base, tmp_path / "ref")
+    run = _copy_run(base, tmp_path / "run")
+    env = {**os.environ, "STREAMCLUST_CHECKPOINT_SECONDS": "0"}
+    subprocess.run(_fit_cmd(ref), check=True, env=env)
+    state = run / ".streamclust"
+    kills, seen = 0, set()
+    # kill once inside each stage: when its checkpoint (or the features state) first appears
+    for target in ("fit-pca.ckpt.npz", "fit-features.json", "fit-kmeans.ckpt.npz", "fit-gmm.ckpt.npz"):
+        proc = subprocess.Popen(_fit_cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not (state / target).exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            time.sleep(0.05)
+            seen |= {p.name for p in state.glob("fit-*")}
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2
+    assert any(name.endswith(".ckpt.npz") for name in seen), seen
+    done = subprocess.run(_fit_cmd(run), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("pca", "kmeans", "gmm"):
+        a = np.load(ref / "model" / f"{name}.npz", allow_pickle=False)
+        b = np.load(run / "model" / f"{name}.npz", allow_pickle=False)
+        assert a.files == b.files
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+    np.testing.assert_array_equal(zarr.open_array(ref / "features.zarr")[:], zarr.open_array(run / "features.zarr")[:])
+    assert not list(state.glob("*.ckpt.npz"))

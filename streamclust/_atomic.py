@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["write_bytes", "write_text", "write_json", "save_npz", "load_npz", "fsync_dir"]
+__all__ = ["write_bytes", "write_text", "write_json", "save_npz", "load_npz", "fsync_dir", "atomic_open"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -81,3 +81,35 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Load every array of an ``.npz`` file, never unpickling."""
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+class atomic_open:
+    """``with atomic_open(path, "w") as fh:`` writes a temp file, renamed over ``path`` on success.
+
+    On an exception the temp file is removed and ``path`` is untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "w", **kwargs):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.partial")
+        self.mode = mode
+        self.kwargs = kwargs
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.tmp, self.mode, **self.kwargs)
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.fh.flush()
+                os.fsync(self.fh.fileno())
+            self.fh.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+                fsync_dir(self.path.parent)
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+        return False

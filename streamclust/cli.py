@@ -56,7 +56,7 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="streamclust", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="streamclust", description="Cluster and model image collections far larger than memory.")
     parser.add_argument("--version", action="version", version=f"streamclust {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -77,7 +77,144 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard an earlier fit with other settings")
     _add_common(p)
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("assign", help="cluster and mixture component of every ok image → assignments.csv",
+                       description="Write RUN_DIR/assignments.csv: index, member, cluster, distance, "
+                                   "component, log_likelihood for every ok image (streamed).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_common(p)
+    p.set_defaults(func=_cmd_assign)
+
+    p = sub.add_parser("select-k", help="fit one model per k (shared passes) and compare BIC/AIC/...",
+                       description="Fit one model per candidate k on the PCA features, sharing every read "
+                                   "of the data; write RUN_DIR/select_k.csv and select_k.png.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--k", required=True, help="candidates: START:STOP:STEP (e.g. 10:200:10), a list 2,4,8, or one k")
+    p.add_argument("--method", choices=("gmm", "kmeans"), default="gmm")
+    p.add_argument("--covariance", choices=("diag", "full", "tied", "spherical"), default="diag")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-iter", type=_positive_int, default=100)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier sweep with other settings")
+    _add_common(p)
+    p.set_defaults(func=_cmd_select_k)
+
+    p = sub.add_parser("sample", help="draw images from the Gaussian mixture, decoded through the PCA",
+                       description="Sample images from the mixture in PCA space, map them back to pixels "
+                                   "and write a grid PNG.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("-n", type=_positive_int, default=64, help="number of images (default 64)")
+    p.add_argument("-o", "--output", default=None, help="PNG path (default RUN_DIR/samples.png)")
+    p.add_argument("--npy", default=None, help="also save the images as a .npy array (uint8, N x s x s x 3)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("evaluate", help="score the clusterings against labels (ARI, NMI, accuracy, ...)",
+                       description="Score k-means and mixture assignments against known labels; "
+                                   "prints a table and writes RUN_DIR/evaluation.json.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_label_args(p)
+    _add_common(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report/index.html with pictures of the results",
+                       description="Write an offline HTML report of the run with its pictures beside it.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("run", help="ingest → fit → assign → (evaluate) → report, resumable as a whole",
+                       description="Run every stage on SOURCE; re-running skips the stages already done.")
+    p.add_argument("source", metavar="SOURCE", help="a .zip, .tar, .tar.gz/.tgz or a folder")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="output folder (created if missing)")
+    _add_ingest_args(p)
+    _add_fit_args(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", default=None, help="CSV with columns member,label: evaluate against it")
+    g.add_argument("--labels-from-folders", action="store_true", help="evaluate against each image's folder name")
+    _add_common(p)
+    p.set_defaults(func=_cmd_run)
     return parser
+
+
+def _add_label_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--labels", default=None, help="CSV with columns member,label")
+    g.add_argument("--labels-from-folders", action="store_true",
+                   help="the label of each image is the name of its folder")
+
+
+def _progress(args):
+    return False if args.quiet else None
+
+
+def _cmd_assign(args) -> int:
+    from .pipeline.assign import assign_run
+
+    path = assign_run(args.run_dir, progress=_progress(args))
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_select_k(args) -> int:
+    from .pipeline.select_k import parse_k_range, select_k_run
+
+    ks = parse_k_range(args.k)
+    result = select_k_run(args.run_dir, ks, method=args.method, covariance=args.covariance, seed=args.seed,
+                          max_iter=args.max_iter, batch_size=args.batch_size, overwrite=args.overwrite,
+                          progress=_progress(args))
+    picks = ", ".join(f"{crit} picks k={k}" for crit, k in result["picked"].items())
+    print(f"wrote {args.run_dir}/select_k.csv and select_k.png: {picks}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from .pipeline.sample import sample_run
+
+    path = sample_run(args.run_dir, args.n, out=args.output, seed=args.seed, npy=args.npy)
+    print(f"wrote {path}" + (f" and {args.npy}" if args.npy else ""))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .pipeline.evaluate import evaluate_run, format_table
+
+    result = evaluate_run(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders)
+    print(format_table(result))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.run_dir, seed=args.seed, progress=_progress(args))
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .ingest import ingest
+    from .pipeline.assign import assign_run
+    from .pipeline.evaluate import evaluate_run, format_table
+    from .pipeline.fit import fit_run
+    from .report import build_report
+    from .store import RunLayout
+
+    layout = RunLayout.of(args.run_dir)
+    progress = _progress(args)
+    summary = ingest(_ingest_config(args), args.run_dir, overwrite=args.overwrite, progress=progress)
+    print(summary.line())
+    fitted = fit_run(args.run_dir, _fit_config(args), overwrite=args.overwrite, progress=progress)
+    print(fitted.line())
+    if not layout.is_done("assign"):
+        assign_run(args.run_dir, progress=progress)
+    if args.labels or args.labels_from_folders:
+        print(format_table(evaluate_run(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders)))
+    path = build_report(args.run_dir, progress=progress)
+    print(f"report: {path}")
+    return 0
 
 
 def _pca_components(text: str):
@@ -143,8 +280,7 @@ def _fit_config(args):
 def _cmd_fit(args) -> int:
     from .pipeline.fit import fit_run
 
-    summary = fit_run(args.run_dir, _fit_config(args), overwrite=args.overwrite,
-                      progress=False if args.quiet else None)
+    summary = fit_run(args.run_dir, _fit_config(args), overwrite=args.overwrite, progress=_progress(args))
     print(summary.line())
     return 0
 
@@ -162,8 +298,7 @@ def _ingest_config(args):
 def _cmd_ingest(args) -> int:
     from .ingest import ingest
 
-    summary = ingest(_ingest_config(args), args.run_dir, overwrite=args.overwrite,
-                     progress=False if args.quiet else None)
+    summary = ingest(_ingest_config(args), args.run_dir, overwrite=args.overwrite, progress=_progress(args))
     print(summary.line())
     return 0
 

@@ -1,0 +1,113 @@
+"""``streamclust assign``: the cluster and mixture component of every ok image, streamed.
+
+Writes ``RUN_DIR/assignments.csv`` with one row per ok image (duplicates included),
+sorted by ``index``: ``index, member, duplicate_of, cluster, distance, component,
+log_likelihood``.  ``distance`` is the Euclidean distance to the k-means centroid in PCA
+space; ``log_likelihood`` is the mixture's log density of the image's PCA scores (low
+values are outliers).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .._atomic import atomic_open, write_json
+from ..ingest.manifest import read_manifest
+from ..models._batches import RowSource
+from ..models.io import load_model
+from ..store import RunLayout
+from .progress import PassBars
+
+__all__ = ["assign_run", "ASSIGN_COLUMNS", "read_assignments", "load_fitted"]
+
+ASSIGN_COLUMNS = ("index", "member", "duplicate_of", "cluster", "distance", "component", "log_likelihood")
+
+
+def load_fitted(run_dir) -> dict:
+    """The fitted models of a run: ``{"pca": ..., "kmeans": ... or None, "gmm": ... or None}``."""
+    layout = RunLayout.of(run_dir)
+    layout.require("fit", f"streamclust fit {run_dir}")
+    out = {"pca": load_model(layout.model_dir / "pca.npz")}
+    for name in ("kmeans", "gmm"):
+        path = layout.model_dir / f"{name}.npz"
+        out[name] = load_model(path) if path.exists() else None
+    out["gmm_columns"] = (out["gmm"]._streamclust_extra.get("pca_components") if out["gmm"] is not None else None)
+    return out
+
+
+def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, progress: bool | None = None) -> Path:
+    """Assign every ok image of ``run_dir``; returns the path of ``assignments.csv``."""
+    layout = RunLayout.of(run_dir)
+    models = load_fitted(run_dir)
+    pca, km, gmm = models["pca"], models["kmeans"], models["gmm"]
+    m = models["gmm_columns"]
+    rows, members, dups = [], [], []
+    for r in read_manifest(layout.manifest):
+        if r["status"] == "ok":
+            rows.append(int(r["index"]))
+            members.append(r["member"])
+            dups.append(r["duplicate_of"])
+    order = np.argsort(rows)
+    rows = np.asarray(rows, dtype=np.int64)[order]
+    members = [members[i] for i in order]
+    dups = [dups[i] for i in order]
+    images = zarr.open_array(str(layout.images), mode="r")
+    bs = batch_size or int(images.chunks[0])
+    source = RowSource(images, rows)
+    t0 = time.perf_counter()
+    path = layout.root / "assignments.csv"
+    bars = PassBars("assign", progress)
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(ASSIGN_COLUMNS)
+        for start, X in source.iter_batches(bs, dtype=np.float32):
+            F = pca.transform(X).astype(np.float32).astype(np.float64)  # as stored in features.zarr
+            n = F.shape[0]
+            cluster = distance = component = loglik = [""] * n
+            if km is not None:
+                d = km.transform(F)
+                cluster = np.argmin(d, axis=1)
+                distance = d[np.arange(n), cluster]
+            if gmm is not None:
+                G = F[:, :m] if m else F
+                component = gmm.predict(G)
+                loglik = gmm.score_samples(G)
+            for i in range(n):
+                j = start + i
+                writer.writerow([rows[j], members[j], dups[j],
+                                 cluster[i], _num(distance[i]), component[i], _num(loglik[i])])
+            bars("assigning", start + n, source.n_samples)
+    bars.close()
+    write_json(layout.state_dir / "assign.done", {"rows": int(rows.size), "seconds": round(time.perf_counter() - t0, 3)})
+    return path
+
+
+def _num(x) -> str:
+    return "" if x == "" else f"{float(x):.6g}"
+
+
+def read_assignments(run_dir) -> dict[str, np.ndarray]:
+    """``assignments.csv`` as arrays (``cluster``/``component`` are -1 where absent)."""
+    path = RunLayout.of(run_dir).root / "assignments.csv"
+    RunLayout.of(run_dir).require("assign", f"streamclust assign {run_dir}")
+    cols = {c: [] for c in ASSIGN_COLUMNS}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            for c in ASSIGN_COLUMNS:
+                cols[c].append(r[c])
+    out = {
+        "index": np.asarray(cols["index"], dtype=np.int64),
+        "member": np.asarray(cols["member"], dtype=object),
+        "duplicate_of": np.asarray([int(v) if v else -1 for v in cols["duplicate_of"]], dtype=np.int64),
+    }
+    for c in ("cluster", "component"):
+        out[c] = np.asarray([int(v) if v else -1 for v in cols[c]], dtype=np.int64)
+    for c in ("distance", "log_likelihood"):
+        out[c] = np.asarray([float(v) if v else np.nan for v in cols[c]], dtype=np.float64)
+    return out

@@ -1,0 +1,80 @@
+"""``streamclust sample``: images drawn from the Gaussian mixture, decoded through the PCA."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .._atomic import write_bytes
+from ..errors import StageNotDoneError, UsageError
+from .assign import load_fitted
+
+__all__ = ["sample_images", "montage", "save_png", "sample_run"]
+
+
+def sample_images(run_dir: str | os.PathLike, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images sampled from the run's mixture: ``(images uint8 (n, s, s, 3), components)``.
+
+    Samples are drawn in (the leading components of) PCA space, the remaining PCA
+    coordinates are zero, then mapped back to pixels with ``inverse_transform`` and
+    clipped to [0, 255].
+    """
+    if n < 1:
+        raise UsageError(f"-n must be a positive integer, got {n}")
+    models = load_fitted(run_dir)
+    pca, gmm = models["pca"], models["gmm"]
+    if gmm is None:
+        raise StageNotDoneError(f"{run_dir} has no mixture; run `streamclust fit {run_dir} --gmm-components K`")
+    gmm.random_state = seed
+    Z, comp = gmm.sample(n)
+    full = np.zeros((n, int(pca.n_components_)))
+    full[:, : Z.shape[1]] = Z
+    pixels = pca.inverse_transform(full)
+    side = int(round(np.sqrt(pixels.shape[1] / 3)))
+    imgs = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(n, side, side, 3)
+    return imgs, np.asarray(comp)
+
+
+def montage(images: np.ndarray, *, cols: int | None = None, pad: int = 1, scale: int = 1,
+            background: int = 255) -> np.ndarray:
+    """Tile ``(n, h, w, 3)`` uint8 images into one grid image (optionally upscaled)."""
+    n, h, w = images.shape[:3]
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    H, W = h * scale, w * scale
+    grid = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad, 3), background, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        img = images[i]
+        if scale > 1:
+            img = img.repeat(scale, axis=0).repeat(scale, axis=1)
+        y, x = pad + r * (H + pad), pad + c * (W + pad)
+        grid[y:y + H, x:x + W] = img
+    return grid
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 RGB array as a PNG, atomically."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return write_bytes(path, buf.getvalue())
+
+
+def sample_run(run_dir, n: int = 64, *, out: str | os.PathLike | None = None, seed: int = 0,
+               npy: str | os.PathLike | None = None) -> Path:
+    """Sample ``n`` images and write a grid PNG (default ``RUN_DIR/samples.png``)."""
+    imgs, _ = sample_images(run_dir, n, seed=seed)
+    side = imgs.shape[1]
+    out = Path(out) if out else Path(run_dir) / "samples.png"
+    save_png(montage(imgs, scale=max(1, 64 // side)), out)
+    if npy:
+        buf = __import__("io").BytesIO()
+        np.save(buf, imgs)
+        write_bytes(npy, buf.getvalue())
+    return out

@@ -167,6 +167,11 @@ def _cmd_select_k(args) -> int:
                           progress=_progress(args))
     picks = ", ".join(f"{crit} picks k={k}" for crit, k in result["picked"].items())
     print(f"wrote {args.run_dir}/select_k.csv and select_k.png: {picks}")
+    if result.get("note"):
+        print(result["note"])
+    for key, what in (("failed", "degenerated (no model)"), ("not_converged", "did not converge within --max-iter")):
+        if result.get(key):
+            print(f"k = {', '.join(map(str, result[key]))}: {what}")
     return 0
 
 

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write an offline HTML report of the run with its pictures beside it.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tsne-samples", type=_positive_int, default=None,
+                   help="images in the t-SNE embedding, a sample stratified by cluster (default 2000)")
     _add_common(p)
     p.set_defaults(func=_cmd_report)
 
@@ -194,7 +196,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_report(args) -> int:
     from .report import build_report
 
-    path = build_report(args.run_dir, seed=args.seed, progress=_progress(args))
+    path = build_report(args.run_dir, seed=args.seed, tsne_samples=args.tsne_samples, progress=_progress(args))
     print(f"report: {path}")
     return 0
 

@@ -63,7 +63,9 @@ def test_fit_writes_models_equal_to_the_estimators_on_the_same_rows(ingested, tm
     ref_pca = StreamingPCA(n_components=12, batch_size=50, random_state=1).fit(X)
     np.testing.assert_allclose(pca.components_, ref_pca.components_, atol=1e-6)  # float32 products
     feats = zarr.open_array(run / "features.zarr")[:]
-    np.testing.assert_allclose(feats, ref_pca.transform(X), rtol=1e-4, atol=1e-3)
+    ref_feats = ref_pca.transform(X)
+    # float32 scores: compare at float32 precision relative to the scores' scale
+    np.testing.assert_allclose(feats, ref_feats, rtol=1e-4, atol=1e-5 * np.abs(ref_feats).max())
     F = feats.astype(np.float64)
     ref_km = StreamingKMeans(n_clusters=6, batch_size=50, max_iter=30, random_state=1, method="lloyd").fit(F)
     np.testing.assert_allclose(km.cluster_centers_, ref_km.cluster_centers_, rtol=1e-10)

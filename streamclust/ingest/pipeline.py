@@ -7,12 +7,13 @@ import multiprocessing as mp
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from .decode import DecodeParams, Decoded, decode_image, decode_many
 from .readers import Member
 
-__all__ = ["decoded_members"]
+__all__ = ["decoded_members", "decoded_members_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,3 +130,63 @@ def _drain_one(pool: _Pool, inflight: deque, params: DecodeParams):
         for b in pending:
             inflight.append((b, pool.submit(b, params)))
     yield from zip(batch, results)
+
+
+# --------------------------------------------------------------------------- dask.distributed
+def _decode_range(kind: str, path: str, max_bytes: int, lo: int, hi: int, params: DecodeParams):
+    """Task: read members ``lo:hi`` of a zip or folder on the worker and decode them."""
+    from .readers import open_reader
+
+    reader = open_reader(path, max_bytes)
+    out = []
+    try:
+        for m in reader.members(lo):
+            if m.position >= hi:
+                break
+            dec = decode_image(m.data, m.name, params) if _needs_decode(m) else None
+            if m.data is not None:  # the bytes need not travel back to the driver
+                m.size, m.data = len(m.data), None
+            out.append((m, dec))
+    finally:
+        reader.close()
+    return out
+
+
+def _decode_shipped(batch: list[Member], params: DecodeParams):
+    """Task: decode members whose bytes the driver read (tar streams)."""
+    out = []
+    for m, dec in zip(batch, _decode_local(batch, params)):
+        if m.data is not None:
+            m.size, m.data = len(m.data), None
+        out.append((m, dec))
+    return out
+
+
+def decoded_members_distributed(reader, start: int, params: DecodeParams, client,
+                                task_members: int = 256) -> Iterator[tuple[Member, Decoded | None]]:
+    """Like :func:`decoded_members`, with one dask task per block of members.
+
+    For zips and folders each task reads its own members from the shared path (the source
+    must be visible to the workers); for tar streams the driver reads the members and ships
+    their bytes.  Results are consumed in source order with at most ``2 x workers`` tasks in
+    flight.  A task lost with a worker is re-run by the scheduler (tasks are pure).
+    """
+    n_workers = max(1, len(client.scheduler_info()["workers"]))
+    inflight: deque = deque()
+    count = reader.count()
+
+    def submissions():
+        if reader.kind in ("zip", "dir") and count is not None:
+            for lo in range(start, count, task_members):
+                yield client.submit(_decode_range, reader.kind, str(Path(reader.path).resolve()),
+                                    reader.max_bytes, lo, min(lo + task_members, count), params, pure=False)
+        else:
+            for batch in _tasks(reader.members(start)):
+                yield client.submit(_decode_shipped, batch, params, pure=False)
+
+    for fut in submissions():
+        inflight.append(fut)
+        if len(inflight) >= 2 * n_workers:
+            yield from inflight.popleft().result()
+    while inflight:
+        yield from inflight.popleft().result()

@@ -34,6 +34,11 @@ class Member:
     status: str = ""  # set when the reader itself could not deliver the bytes
     reason: str = ""
     note: str = ""
+    size: int | None = None  # bytes read, when ``data`` was dropped after decoding
+
+    @property
+    def nbytes(self) -> int | None:
+        return len(self.data) if self.data is not None else self.size
 
 
 def _display_name(raw: bytes) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from ..errors import ConfigMismatchError, SourceError
 from ..store import RunLayout
 from .decode import DecodeParams, Decoded
 from .manifest import COLUMNS, format_rows, header, read_manifest
-from .pipeline import decoded_members
+from .pipeline import decoded_members, decoded_members_distributed
 from .readers import ArchiveReader, Member, open_reader
 
 __all__ = ["ingest", "IngestSummary", "IMAGE_CODEC"]
@@ -167,7 +167,7 @@ class _Writer:
 
     def add(self, member: Member, dec: Decoded | None) -> None:
         row = {"position": member.position, "member": member.name,
-               "bytes": len(member.data) if member.data is not None else ""}
+               "bytes": member.nbytes if member.nbytes is not None else ""}
         if dec is None:  # the reader could not deliver the member
             row.update(status=member.status, reason=member.reason, note=member.note)
         else:
@@ -218,6 +218,7 @@ def ingest(
     *,
     overwrite: bool = False,
     progress: bool | None = None,
+    client=None,
 ) -> IngestSummary:
     """Ingest ``config.source`` into ``run_dir``; resumes an interrupted run.
 
@@ -232,6 +233,9 @@ def ingest(
         Remove an earlier run's outputs and start again.
     progress : bool or None, default=None
         Show a tqdm bar; ``None`` shows it only when stderr is a terminal.
+    client : distributed.Client, default=None
+        Decode on a dask cluster (one task per block of members); the driver writes the
+        store and manifest in source order, so the result is identical.
 
     Returns
     -------
@@ -255,7 +259,7 @@ def ingest(
         run_cfg = load_run_config(layout.root)
         run_cfg["ingest"] = {**identity, "workers": config.workers}
         write_json(layout.config, run_cfg)
-        return _run(reader, config, layout, progress)
+        return _run(reader, config, layout, progress, client)
     finally:
         reader.close()
 
@@ -270,7 +274,8 @@ def _fill_counts(summary: IngestSummary, manifest: Path) -> None:
     summary.skipped = dict(counts)
 
 
-def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progress: bool | None) -> IngestSummary:
+def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progress: bool | None,
+         client=None) -> IngestSummary:
     t0 = time.perf_counter()
     state_path = layout.state_dir / "ingest_state.json"
     if state_path.exists() and json.loads(state_path.read_text()).get("finished") and layout.manifest.exists() \
@@ -286,7 +291,11 @@ def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progres
         bar = tqdm(total=total, initial=start, unit="img", desc="ingest", dynamic_ncols=True,
                    disable=(not progress) if progress is not None else None, file=sys.stderr)
         try:
-            for member, dec in decoded_members(reader.members(start), params, config.resolved_workers):
+            if client is not None:
+                stream = decoded_members_distributed(reader, start, params, client)
+            else:
+                stream = decoded_members(reader.members(start), params, config.resolved_workers)
+            for member, dec in stream:
                 writer.add(member, dec)
                 bar.update(1)
                 if bar.n % 256 == 0:

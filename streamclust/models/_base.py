@@ -44,14 +44,24 @@ def fit_streaming(
     rows=None,
     checkpoint: Checkpointer | None = None,
     progress: ProgressFn | None = None,
+    client=None,
 ):
     """Fit ``estimator`` on ``X`` (NumPy, zarr or dask; optionally a subset of ``rows``).
 
     With ``checkpoint`` the fit saves its state as it goes and resumes a saved state first.
+    With a dask.distributed ``client`` the mergeable passes run as one task per block of
+    rows (see :mod:`streamclust.distributed`).
     Returns the fitted estimator.
     """
     source = as_row_source(estimator, X, reset=True, rows=rows)
     plan = estimator._make_plan(source)
+    if client is not None:
+        from ..distributed import run_passes_distributed
+
+        run_passes_distributed(plan, source, int(estimator.batch_size), client,
+                               dtype=estimator._batch_dtype, checkpoint=checkpoint, progress=progress)
+        estimator._finish_plan(plan, source)
+        return estimator
     run_passes(
         plan,
         source,

@@ -1,0 +1,32 @@
+"""Ingestion with decoding on a dask LocalCluster gives the same store and manifest."""
+
+import numpy as np
+import pytest
+import zarr
+
+from streamclust.config import IngestConfig
+from streamclust.distributed import scheduler_client
+from streamclust.ingest import ingest
+
+from ..ingest.hostile import hostile_members, synthetic_jpegs, write_dir, write_tar, write_zip
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::DeprecationWarning",
+                                        "ignore::UserWarning:distributed")
+
+
+@pytest.mark.parametrize("kind", ["zip", "tgz", "dir"])
+def test_distributed_ingest_equals_in_process(tmp_path, kind):
+    members = [*synthetic_jpegs(600, side=24), *[m[:2] for m in hostile_members()]]
+    if kind == "zip":
+        src = write_zip(tmp_path / "s.zip", members)
+    elif kind == "tgz":
+        src = write_tar(tmp_path / "s.tgz", members, "w:gz")
+    else:
+        src = write_dir(tmp_path / "src", members)
+    cfg = IngestConfig(str(src), size=12, chunk_size=64, workers=1)
+    ingest(cfg, tmp_path / "ref", progress=False)
+    with scheduler_client("local", n_workers=2) as client:
+        ingest(cfg, tmp_path / "dist", progress=False, client=client)
+    assert (tmp_path / "ref" / "manifest.csv").read_bytes() == (tmp_path / "dist" / "manifest.csv").read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "ref" / "images.zarr")[:],
+                                  zarr.open_array(tmp_path / "dist" / "images.zarr")[:])

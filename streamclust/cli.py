@@ -35,6 +35,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_scheduler(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on dask.distributed: 'local' starts a LocalCluster (one worker per core), "
+                        "tcp://host:8786 connects to a running scheduler (default: in-process)")
+
+
+def _client(args):
+    """A context manager yielding the dask client for ``--scheduler`` (or None)."""
+    from .distributed import scheduler_client
+
+    return scheduler_client(getattr(args, "scheduler", None), memory_limit=getattr(args, "memory_limit", None))
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings and errors only")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -66,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE", help="a .zip, .tar, .tar.gz/.tgz or a folder")
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder (created if missing)")
     _add_ingest_args(p)
+    _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_ingest)
 
@@ -75,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `streamclust ingest`")
     _add_fit_args(p)
     p.add_argument("--overwrite", action="store_true", help="discard an earlier fit with other settings")
+    _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_fit)
 
@@ -82,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write RUN_DIR/assignments.csv: index, member, cluster, distance, "
                                    "component, log_likelihood for every ok image (streamed).")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_assign)
 
@@ -96,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=_positive_int, default=100)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--overwrite", action="store_true", help="discard an earlier sweep with other settings")
+    _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_select_k)
 
@@ -136,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--labels", default=None, help="CSV with columns member,label: evaluate against it")
     g.add_argument("--labels-from-folders", action="store_true", help="evaluate against each image's folder name")
+    _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_run)
     return parser
@@ -164,9 +182,10 @@ def _cmd_select_k(args) -> int:
     from .pipeline.select_k import parse_k_range, select_k_run
 
     ks = parse_k_range(args.k)
-    result = select_k_run(args.run_dir, ks, method=args.method, covariance=args.covariance, seed=args.seed,
-                          max_iter=args.max_iter, batch_size=args.batch_size, overwrite=args.overwrite,
-                          progress=_progress(args))
+    with _client(args) as client:
+        result = select_k_run(args.run_dir, ks, method=args.method, covariance=args.covariance, seed=args.seed,
+                              max_iter=args.max_iter, batch_size=args.batch_size, overwrite=args.overwrite,
+                              progress=_progress(args), client=client)
     picks = ", ".join(f"{crit} picks k={k}" for crit, k in result["picked"].items())
     print(f"wrote {args.run_dir}/select_k.csv and select_k.png: {picks}")
     if result.get("note"):
@@ -305,7 +324,9 @@ def _ingest_config(args):
 def _cmd_ingest(args) -> int:
     from .ingest import ingest
 
-    summary = ingest(_ingest_config(args), args.run_dir, overwrite=args.overwrite, progress=_progress(args))
+    with _client(args) as client:
+        summary = ingest(_ingest_config(args), args.run_dir, overwrite=args.overwrite, progress=_progress(args),
+                         client=client)
     print(summary.line())
     return 0
 

@@ -146,7 +146,7 @@ def run_passes_distributed(
         acc = plan.next_pass()
         if acc is None:
             break
-        if not hasattr(acc, "merge"):
+        if not (hasattr(acc, "merge") and getattr(acc, "mergeable", True)):
             for offset, X in source.iter_batches(batch_size, dtype=dtype):
                 acc.update(X, offset)
                 if progress is not None:

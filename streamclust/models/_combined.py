@@ -51,6 +51,12 @@ class CombinedAccumulator:
         self.labels = labels
         self.parts = parts
         self.name = name
+        #: a dask cluster may split this pass over blocks only if every part can merge
+        self.mergeable = all(hasattr(p, "merge") and getattr(p, "mergeable", True) for p in parts)
+
+    def merge(self, other: "CombinedAccumulator") -> None:
+        for a, b in zip(self.parts, other.parts):
+            a.merge(b)
 
     def update(self, X: np.ndarray, offset: int) -> None:
         if X.flags.writeable:

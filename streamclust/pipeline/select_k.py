@@ -189,6 +189,17 @@ class CandidateFits:
         return i not in self.failed
 
 
+def _drive(plan, source, batch_size, dtype, checkpoint, progress, client) -> None:
+    """Run a plan in-process, or on a dask cluster when ``client`` is given."""
+    if client is None:
+        run_passes(plan, source, batch_size, dtype=dtype, checkpoint=checkpoint, progress=progress)
+    else:
+        from ..distributed import run_passes_distributed
+
+        run_passes_distributed(plan, source, batch_size, client, dtype=dtype, checkpoint=checkpoint,
+                               progress=progress)
+
+
 def fit_candidates(
     estimators: Sequence,
     X,
@@ -196,6 +207,7 @@ def fit_candidates(
     rows=None,
     checkpoint: Checkpointer | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    client=None,
 ) -> CandidateFits:
     """Fit several streaming estimators on ``X`` sharing every read (one combined plan).
 
@@ -223,7 +235,7 @@ def fit_candidates(
         labels = [f"{i}-{s}" for i, s in enumerate(labels)]
     result = CandidateFits(estimators)
     plan = CombinedPlan(plans, labels)
-    run_passes(plan, source, sizes.pop(), dtype=dtypes.pop(), checkpoint=checkpoint, progress=progress)
+    _drive(plan, source, sizes.pop(), dtypes.pop(), checkpoint, progress, client)
     result.passes = plan.pass_index
     result.failed = dict(plan.errors)
     for i, (est, sub) in enumerate(zip(estimators, plans)):
@@ -269,6 +281,12 @@ class _GMMScoreAccumulator:
         self.n_held += n_held
         self.n_train += X.shape[0] - n_held
 
+    def merge(self, other: "_GMMScoreAccumulator") -> None:
+        self.ll_train += other.ll_train
+        self.ll_held += other.ll_held
+        self.n_train += other.n_train
+        self.n_held += other.n_held
+
     def state_dict(self) -> dict:
         return {"ll_train": self.ll_train, "ll_held": self.ll_held,
                 "n_train": np.int64(self.n_train), "n_held": np.int64(self.n_held)}
@@ -294,6 +312,10 @@ class _KMeansScoreAccumulator:
             onehot = np.zeros((k, X.shape[0]))
             onehot[labels, np.arange(X.shape[0])] = 1.0
             self.sums[j] += onehot @ X
+
+    def merge(self, other: "_KMeansScoreAccumulator") -> None:
+        for a, b in zip(self.sums, other.sums):
+            a += b
 
     def state_dict(self) -> dict:
         return {f"sums/{j}": s for j, s in enumerate(self.sums)}
@@ -356,7 +378,7 @@ def calinski_harabasz_streaming(sums: np.ndarray, counts: np.ndarray, centers: n
 
 def score_candidates(method: str, fits: CandidateFits, source: RowSource, batch_size: int, *,
                      n_fit_rows: int, checkpoint: Checkpointer | None = None,
-                     progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+                     progress: Callable[[str, int, int], None] | None = None, client=None) -> list[dict]:
     """One pass over ``source`` (all rows) giving each fitted candidate's criteria.
 
     GMM: BIC/AIC from the training rows (those not held out by :func:`heldout_split`),
@@ -373,7 +395,7 @@ def score_candidates(method: str, fits: CandidateFits, source: RowSource, batch_
             return _KMeansScoreAccumulator(models)
     plan = _ScorePlan(make)
     if models:
-        run_passes(plan, source, int(batch_size), checkpoint=checkpoint, progress=progress)
+        _drive(plan, source, int(batch_size), np.float64, checkpoint, progress, client)
     rows = []
     for i, est in enumerate(fits.estimators):
         k = int(getattr(est, "n_components", None) or est.n_clusters)
@@ -568,8 +590,11 @@ def select_k_run(
     batch_size: int | None = None,
     overwrite: bool = False,
     progress: bool | None | Callable[[str, int, int], None] = None,
+    client=None,
 ) -> dict:
     """Fit one model per k in ``ks`` on the run's PCA features, sharing the passes; resumes.
+
+    With a dask.distributed ``client`` the shared passes run as per-block tasks.
 
     Parameters
     ----------
@@ -645,9 +670,10 @@ def select_k_run(
                   for k in ks]
     fn, bars = _progress_fn(progress)
     try:
-        fits = fit_candidates(estimators, fit_source, checkpoint=_checkpointer(fit_ck_path, key), progress=fn)
+        fits = fit_candidates(estimators, fit_source, checkpoint=_checkpointer(fit_ck_path, key), progress=fn,
+                              client=client)
         rows = score_candidates(method, fits, score_source, bs, n_fit_rows=int(train.size),
-                                checkpoint=_checkpointer(score_ck_path, key), progress=fn)
+                                checkpoint=_checkpointer(score_ck_path, key), progress=fn, client=client)
     finally:
         if bars is not None:
             bars.close()

@@ -135,3 +135,22 @@ def test_bad_scheduler_address_is_a_usage_error():
     with pytest.raises(UsageError, match="--scheduler"):
         with scheduler_client("localhost:1234"):
             pass
+
+
+def test_select_k_candidates_on_a_cluster_equal_in_process(client, data):
+    from streamclust.pipeline.select_k import fit_candidates, score_candidates
+
+    X, store = data
+    make = lambda: [StreamingGaussianMixture(k, covariance_type="diag", batch_size=97, random_state=0)
+                    for k in (2, 4, 6)]
+    local = fit_candidates(make(), store)
+    dist = fit_candidates(make(), store, client=client)
+    for a, b in zip(local.estimators, dist.estimators):
+        np.testing.assert_allclose(b.means_, a.means_, rtol=1e-8, atol=1e-10)
+    src = RowSource(store)
+    n_fit = int(np.sum(np.arange(store.shape[0]) % 10 != 9))  # select-k holds out every tenth row
+    s_local = score_candidates("gmm", local, src, 97, n_fit_rows=n_fit)
+    s_dist = score_candidates("gmm", dist, src, 97, n_fit_rows=n_fit, client=client)
+    for a, b in zip(s_local, s_dist):
+        assert b["bic"] == pytest.approx(a["bic"], rel=1e-9)
+        assert b["heldout_loglik"] == pytest.approx(a["heldout_loglik"], rel=1e-9)

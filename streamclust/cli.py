@@ -173,7 +173,8 @@ def _progress(args):
 def _cmd_assign(args) -> int:
     from .pipeline.assign import assign_run
 
-    path = assign_run(args.run_dir, progress=_progress(args))
+    with _client(args) as client:
+        path = assign_run(args.run_dir, progress=_progress(args), client=client)
     print(f"wrote {path}")
     return 0
 

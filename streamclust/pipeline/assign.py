@@ -41,12 +41,59 @@ def load_fitted(run_dir) -> dict:
     return out
 
 
-def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, progress: bool | None = None) -> Path:
-    """Assign every ok image of ``run_dir``; returns the path of ``assignments.csv``."""
+def assign_rows(models: dict, X: np.ndarray) -> dict:
+    """Pure: the assignment columns for a batch of pixel rows ``X`` (n, pixels)."""
+    pca, km, gmm, m = models["pca"], models["kmeans"], models["gmm"], models["gmm_columns"]
+    F = pca.transform(X).astype(np.float32).astype(np.float64)  # as stored in features.zarr
+    n = F.shape[0]
+    blank = [""] * n
+    out = {"cluster": blank, "distance": blank, "component": blank, "log_likelihood": blank}
+    if km is not None:
+        d = km.transform(F)
+        out["cluster"] = np.argmin(d, axis=1)
+        out["distance"] = d[np.arange(n), out["cluster"]]
+    if gmm is not None:
+        G = F[:, :m] if m else F
+        out["component"] = gmm.predict(G)
+        out["log_likelihood"] = gmm.score_samples(G)
+    return out
+
+
+def _assign_block(models: dict, source: RowSource, lo: int, hi: int, batch_size: int) -> list:
+    return [(start, assign_rows(models, source.read(start, min(start + batch_size, hi), dtype=np.float32)))
+            for start in range(lo, hi, batch_size)]
+
+
+def _assigned_blocks(models: dict, source: RowSource, batch_size: int, client):
+    """``(start, columns)`` in row order; on a dask cluster, one task per block of rows."""
+    if client is None:
+        for start, X in source.iter_batches(batch_size, dtype=np.float32):
+            yield start, assign_rows(models, X)
+        return
+    from collections import deque
+
+    from ..distributed import _put, block_ranges
+
+    n_workers = max(1, len(client.scheduler_info()["workers"]))
+    models_f, source_f = _put(client, models), _put(client, source)
+    inflight: deque = deque()
+    for lo, hi in block_ranges(source.n_samples, batch_size, source.chunk_rows, min_blocks=2 * n_workers):
+        inflight.append(client.submit(_assign_block, models_f, source_f, lo, hi, batch_size, pure=False))
+        if len(inflight) >= 2 * n_workers:
+            yield from inflight.popleft().result()
+    while inflight:
+        yield from inflight.popleft().result()
+
+
+def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, progress: bool | None = None,
+               client=None) -> Path:
+    """Assign every ok image of ``run_dir``; returns the path of ``assignments.csv``.
+
+    With a dask.distributed ``client`` the blocks of rows are assigned by tasks and written
+    here in order, so the file is the same.
+    """
     layout = RunLayout.of(run_dir)
     models = load_fitted(run_dir)
-    pca, km, gmm = models["pca"], models["kmeans"], models["gmm"]
-    m = models["gmm_columns"]
     rows, members, dups = [], [], []
     for r in read_manifest(layout.manifest):
         if r["status"] == "ok":
@@ -66,22 +113,12 @@ def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, pro
     with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(ASSIGN_COLUMNS)
-        for start, X in source.iter_batches(bs, dtype=np.float32):
-            F = pca.transform(X).astype(np.float32).astype(np.float64)  # as stored in features.zarr
-            n = F.shape[0]
-            cluster = distance = component = loglik = [""] * n
-            if km is not None:
-                d = km.transform(F)
-                cluster = np.argmin(d, axis=1)
-                distance = d[np.arange(n), cluster]
-            if gmm is not None:
-                G = F[:, :m] if m else F
-                component = gmm.predict(G)
-                loglik = gmm.score_samples(G)
+        for start, cols in _assigned_blocks(models, source, bs, client):
+            n = len(cols["cluster"])
             for i in range(n):
                 j = start + i
-                writer.writerow([rows[j], members[j], dups[j],
-                                 cluster[i], _num(distance[i]), component[i], _num(loglik[i])])
+                writer.writerow([rows[j], members[j], dups[j], cols["cluster"][i], _num(cols["distance"][i]),
+                                 cols["component"][i], _num(cols["log_likelihood"][i])])
             bars("assigning", start + n, source.n_samples)
     bars.close()
     write_json(layout.state_dir / "assign.done", {"rows": int(rows.size), "seconds": round(time.perf_counter() - t0, 3)})

@@ -30,3 +30,17 @@ def test_distributed_ingest_equals_in_process(tmp_path, kind):
     assert (tmp_path / "ref" / "manifest.csv").read_bytes() == (tmp_path / "dist" / "manifest.csv").read_bytes()
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "ref" / "images.zarr")[:],
                                   zarr.open_array(tmp_path / "dist" / "images.zarr")[:])
+
+
+def test_assign_on_a_cluster_writes_the_same_file(tmp_path):
+    from streamclust.config import FitConfig
+    from streamclust.pipeline.assign import assign_run
+    from streamclust.pipeline.fit import fit_run
+
+    src = write_zip(tmp_path / "s.zip", list(synthetic_jpegs(300, side=16)))
+    run = tmp_path / "run"
+    ingest(IngestConfig(str(src), size=8, chunk_size=32, workers=1), run, progress=False)
+    fit_run(run, FitConfig(pca_components=6, clusters=4, gmm_components=3), progress=False)
+    ref = assign_run(run, progress=False).read_bytes()
+    with scheduler_client("local", n_workers=2) as client:
+        assert assign_run(run, progress=False, client=client).read_bytes() == ref

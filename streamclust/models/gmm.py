@@ -330,7 +330,11 @@ class GMMPlan:
                 GMMStatsAccumulator(self.weights[i], self.means[i], self.precisions_cholesky[i], ct)
                 for i in active
             ]
-            return _MultiAccumulator(parts, f"EM iteration {int(self.n_iter[active].max()) + 1}")
+            name = f"EM iteration {int(self.n_iter[active].max()) + 1}"
+            best = float(np.max(self.lower_bound[active]))
+            if np.isfinite(best):  # the progress bar shows the last average log-likelihood
+                name += f" (log-lik {best:.6g})"
+            return _MultiAccumulator(parts, name)
         return None
 
     def end_pass(self, acc) -> None:

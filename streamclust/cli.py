@@ -6,6 +6,7 @@ Every error streamclust raises on purpose becomes one line on stderr and exit st
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from typing import Sequence
@@ -144,6 +145,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=_cmd_report)
 
+    p = sub.add_parser("train", help="train a convolutional autoencoder or VAE by streaming over the store",
+                       description="Train a convolutional autoencoder (ae) or variational autoencoder (vae) on "
+                                   "RUN_DIR/images.zarr with shuffled streamed mini-batches; checkpoints let a "
+                                   "killed run resume. Needs PyTorch: pip install \"streamclust[deep]\".")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--model", choices=("ae", "vae"), default="ae")
+    p.add_argument("--latent", type=_positive_int, default=128, help="latent dimension (default 128)")
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=_positive_int, default=32, help="channels of the first conv layer (default 32)")
+    p.add_argument("--buffer-chunks", type=_positive_int, default=4,
+                   help="store chunks in the shuffle buffer (default 4)")
+    p.add_argument("--checkpoint-steps", type=_positive_int, default=200)
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads; a resume must use the same number to be bit-identical")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier training with other settings")
+    _add_common(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("encode", help="write the trained network's latents to RUN_DIR/latents.zarr",
+                       description="Encode every fitted image with a trained ae/vae into RUN_DIR/latents.zarr "
+                                   "(then `streamclust fit RUN_DIR --features latents`).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--model", choices=("ae", "vae"), default="ae")
+    p.add_argument("--batch-size", type=_positive_int, default=512)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+    p.set_defaults(func=_cmd_encode)
+
     p = sub.add_parser("run", help="ingest → fit → assign → (evaluate) → report, resumable as a whole",
                        description="Run every stage on SOURCE; re-running skips the stages already done.")
     p.add_argument("source", metavar="SOURCE", help="a .zip, .tar, .tar.gz/.tgz or a folder")
@@ -218,6 +252,26 @@ def _cmd_report(args) -> int:
 
     path = build_report(args.run_dir, seed=args.seed, tsne_samples=args.tsne_samples, progress=_progress(args))
     print(f"report: {path}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .deep.train import train_run
+
+    out = train_run(args.run_dir, model=args.model, latent=args.latent, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, width=args.width,
+                    buffer_chunks=args.buffer_chunks, checkpoint_steps=args.checkpoint_steps, device=args.device,
+                    threads=args.threads, progress=_progress(args), overwrite=args.overwrite)
+    print(json.dumps(out))
+    return 0
+
+
+def _cmd_encode(args) -> int:
+    from .deep.encode import encode_run
+
+    path = encode_run(args.run_dir, model=args.model, batch_size=args.batch_size, device=args.device,
+                      progress=_progress(args), overwrite=args.overwrite)
+    print(f"wrote {path}")
     return 0
 
 

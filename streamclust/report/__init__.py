@@ -33,6 +33,7 @@ import numpy as np
 import zarr
 
 from .._atomic import write_bytes, write_text
+from ..errors import StreamclustError
 from ..store import RunLayout
 from . import figures
 from .data import manifest_overview, read_features, read_json, read_rows, read_select_k, stratified_sample
@@ -164,6 +165,7 @@ class _Report:
             ("reconstructions", self.reconstructions), ("centroids", self.centroids),
             ("clusters", self.clusters), ("samples", self.samples), ("select-k", self.select_k),
             ("embedding", self.embedding), ("outliers", self.outliers), ("evaluation", self.evaluation),
+            ("deep", self.deep),
         ]
         sections = []
         with tqdm(total=len(steps), desc="report", unit="section", leave=False, file=sys.stderr,
@@ -380,6 +382,36 @@ class _Report:
         sec.picture(self.save("gmm_samples.png",
                               figures.grid_png(imgs, labels=[f"comp {c}" for c in comp], cols=8),
                               f"{N_SAMPLES} images sampled from the Gaussian mixture", pixelated=True))
+        return sec
+
+    def deep(self) -> Section:
+        """Trained autoencoders: the loss curves, originals vs reconstructions, VAE samples."""
+        sec = Section("deep", "Learned features (autoencoders)")
+        trained = [m for m in ("ae", "vae") if self.layout.is_done(f"train-{m}")]
+        if not trained:
+            return sec.note("No network trained in this run (`streamclust train RUN_DIR --model ae|vae`).")
+        try:
+            from ..deep.encode import reconstruct, vae_samples
+            from ..deep.train import read_history
+            histories = {m: read_history(self.layout.root, m) for m in trained}
+        except StreamclustError as exc:  # e.g. PyTorch is not installed here
+            return sec.note(f"Trained networks exist but cannot be shown: {exc}")
+        sec.text("Training loss of each network, logged every few steps.")
+        sec.picture(self.save("deep_loss.png", figures.loss_png(histories), "training loss curves"))
+        rows = np.sort(self.rng(71).choice(self.a["index"], size=min(8, self.a["index"].size), replace=False))
+        for m in trained:
+            orig, rec = reconstruct(self.layout.root, rows, model=m)
+            pairs = np.concatenate([orig, rec])
+            labels = ["original"] * len(orig) + [f"{m.upper()}"] * len(rec)
+            sec.text(f"{m.upper()}: originals (top row) and their reconstructions (bottom row).")
+            sec.picture(self.save(f"deep_{m}_reconstructions.png",
+                                  figures.grid_png(pairs, labels=labels, cols=len(orig)),
+                                  f"{m.upper()} reconstructions of {len(orig)} images", pixelated=True))
+        if "vae" in trained:
+            imgs = vae_samples(self.layout.root, 32, seed=self.seed)
+            sec.text("32 images decoded from latent vectors drawn from the VAE's prior N(0, I).")
+            sec.picture(self.save("deep_vae_samples.png", figures.grid_png(imgs, cols=8),
+                                  "32 images sampled from the VAE", pixelated=True))
         return sec
 
     def select_k(self) -> Section:

@@ -286,3 +286,22 @@ def select_k_png(records: list[dict]) -> tuple[bytes, int, int] | None:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
         ax.legend(fontsize=7)
     return figure_png(fig)
+
+
+def loss_png(histories: dict[str, dict]) -> tuple[bytes, int, int]:
+    """Training loss per logged step for each trained network (``{"ae": history, ...}``)."""
+    fig = Figure(figsize=(7.5, 3.0), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    for name, hist in histories.items():
+        steps = hist.get("steps") or []
+        if steps:
+            ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], label=name.upper())
+        else:
+            epochs = hist.get("epochs") or []
+            ax.plot(range(1, len(epochs) + 1), [e["loss"] for e in epochs], marker="o", label=name.upper())
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title("training loss", fontsize=10)
+    ax.legend(fontsize=8)
+    return figure_png(fig)

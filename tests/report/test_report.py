@@ -24,7 +24,7 @@ from streamclust.report import build_report
 from .conftest import HOSTILE_NAMES, HOSTILE_SKIPPED, blob_images, make_run, png
 
 SECTIONS = ("summary", "eigenfaces", "reconstructions", "centroids", "clusters", "samples",
-            "select-k", "embedding", "outliers", "evaluation")
+            "select-k", "embedding", "outliers", "evaluation", "deep")
 
 
 class Page(HTMLParser):

@@ -4,22 +4,38 @@ The estimators follow scikit-learn's conventions and accept NumPy, zarr or dask 
 streaming over them ``batch_size`` rows at a time::
 
     >>> from streamclust import StreamingPCA, StreamingKMeans, StreamingGaussianMixture
+
+Names are imported on first use (PEP 562), so that light modules such as the image
+decoder, which every ingestion worker process imports, do not pull in scikit-learn.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .config import FitConfig, IngestConfig
-from .models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA, fit_streaming
-from .models.io import load_model, save_model
+_LAZY = {
+    "StreamingPCA": "streamclust.models",
+    "StreamingKMeans": "streamclust.models",
+    "StreamingGaussianMixture": "streamclust.models",
+    "fit_streaming": "streamclust.models",
+    "IngestConfig": "streamclust.config",
+    "FitConfig": "streamclust.config",
+    "load_model": "streamclust.models.io",
+    "save_model": "streamclust.models.io",
+}
 
-__all__ = [
-    "StreamingPCA",
-    "StreamingKMeans",
-    "StreamingGaussianMixture",
-    "fit_streaming",
-    "IngestConfig",
-    "FitConfig",
-    "load_model",
-    "save_model",
-    "__version__",
-]
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'streamclust' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -43,6 +44,28 @@ def _decode_local(batch: list[Member], params: DecodeParams) -> list[Decoded | N
     return [decode_image(m.data, m.name, params) if _needs_decode(m) else None for m in batch]
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when the ingesting process is gone (e.g. SIGKILLed).
+
+    A worker blocked writing a large result, or waiting for its next task, would otherwise
+    never notice, and would keep the killed command's output pipes open.
+    """
+    import threading
+    import time
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # pragma: no cover - pid reused by another user's process
+                os._exit(1)
+
+    threading.Thread(target=watch, name="streamclust-parent-watch", daemon=True).start()
+
+
 class _Pool:
     """A process pool that is rebuilt when a worker dies (a decoder crash, an OOM kill)."""
 
@@ -52,7 +75,8 @@ class _Pool:
         self.ex = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=self.ctx)
+        return ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_watch_parent,
+                                   initargs=(os.getpid(),))
 
     def submit(self, batch: list[Member], params: DecodeParams) -> Future:
         items = [(m.position, m.name, m.data) for m in batch if _needs_decode(m)]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import zarr
 
@@ -38,8 +39,15 @@ def _kill_when(run: Path, cmd: list[str], rows_at_least: int, timeout: float = 6
         if proc.poll() is not None:
             return False
         if _state(run).get("rows_done", 0) >= rows_at_least:
+            try:
+                family = psutil.Process(proc.pid).children(recursive=True)  # forkserver, decode workers
+            except psutil.NoSuchProcess:
+                family = []
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+            # nothing the killed run started may outlive it (the workers watch their parent)
+            gone, alive = psutil.wait_procs(family, timeout=10)
+            assert not alive, f"processes left behind by the killed run: {alive}"
             return True
         time.sleep(0.005)
     proc.kill()

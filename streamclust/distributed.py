@@ -23,11 +23,15 @@ import logging
 import os
 from typing import Iterator
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .errors import UsageError
-from .models._batches import RowSource
-from .models._passes import Checkpointer, Plan, ProgressFn
+
+if TYPE_CHECKING:  # importing the models pulls in scikit-learn: not for `ingest --scheduler`
+    from .models._batches import RowSource
+    from .models._passes import Checkpointer, Plan, ProgressFn
 
 __all__ = ["scheduler_client", "run_passes_distributed", "block_ranges"]
 

@@ -71,7 +71,12 @@ class _Pool:
 
     def __init__(self, workers: int):
         self.workers = workers
-        self.ctx = mp.get_context("forkserver") if "forkserver" in mp.get_all_start_methods() else None
+        self.successes = 0
+        self.ctx = None
+        if "forkserver" in mp.get_all_start_methods():
+            self.ctx = mp.get_context("forkserver")
+            # the fork server imports the decoder once; workers fork from it ready to decode
+            self.ctx.set_forkserver_preload(["streamclust.ingest.decode"])
         self.ex = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
@@ -115,28 +120,41 @@ def _isolate(pool: _Pool, batch: list[Member], params: DecodeParams) -> list[Dec
     return out
 
 
+class _PoolUnusable(RuntimeError):
+    """Worker processes die before decoding anything: they cannot start in this environment."""
+
+
 def decoded_members(
     members: Iterable[Member], params: DecodeParams, workers: int
 ) -> Iterator[tuple[Member, Decoded | None]]:
     """Yield ``(member, decoded)`` in source order; ``decoded`` is None for reader-level skips.
 
     With ``workers > 1`` decoding runs in a process pool with at most ``2 * workers``
-    tasks in flight, so memory stays bounded whatever the archive size.
+    tasks in flight, so memory stays bounded whatever the archive size.  If the worker
+    processes cannot run at all here (they die before decoding anything, e.g. when the
+    main program was read from stdin), decoding falls back to this process with a warning
+    rather than marking every member as an error.
     """
+    tasks = _tasks(members)
     if workers <= 1:
-        for batch in _tasks(members):
+        for batch in tasks:
             yield from zip(batch, _decode_local(batch, params))
         return
     pool = _Pool(workers)
     inflight: deque[tuple[list[Member], Future]] = deque()
     try:
-        tasks = _tasks(members)
         for batch in tasks:
             inflight.append((batch, pool.submit(batch, params)))
             if len(inflight) >= 2 * workers:
                 yield from _drain_one(pool, inflight, params)
         while inflight:
             yield from _drain_one(pool, inflight, params)
+    except _PoolUnusable:
+        logger.warning("decoder worker processes cannot run here; decoding in this process instead")
+        pending = [b for b, _ in inflight]
+        inflight.clear()
+        for batch in [*pending, *tasks]:
+            yield from zip(batch, _decode_local(batch, params))
     finally:
         pool.close()
 
@@ -145,7 +163,11 @@ def _drain_one(pool: _Pool, inflight: deque, params: DecodeParams):
     batch, fut = inflight.popleft()
     try:
         results = _merge(batch, fut.result())
-    except BrokenProcessPool:
+        pool.successes += 1
+    except (BrokenProcessPool, OSError) as exc:
+        if pool.successes == 0:
+            inflight.appendleft((batch, fut))
+            raise _PoolUnusable(str(exc)) from exc
         pool.restart()
         results = _isolate(pool, batch, params)
         # everything else in flight died with the pool: submit it again

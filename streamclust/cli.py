@@ -345,6 +345,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None, help="rows per batch (default: from --memory-limit)")
     p.add_argument("--memory-limit", type=_memory, default=None, help="e.g. 1GB: choose batch sizes to stay under it")
     p.add_argument("--keep-duplicates", action="store_true", help="fit on byte-identical duplicate images too")
+    p.add_argument("--features", choices=("pixels", "latents"), default="pixels",
+                   help="fit on the pixels, or on a trained autoencoder's latents "
+                        "(after `streamclust train` and `streamclust encode`)")
 
 
 def _fit_config(args):
@@ -355,6 +358,7 @@ def _fit_config(args):
         kmeans_method=args.kmeans_method, gmm_components=args.gmm_components, covariance=args.covariance,
         gmm_pca_components=args.gmm_pca_components, seed=args.seed, max_iter=args.max_iter,
         batch_size=args.batch_size, memory_limit=args.memory_limit, drop_duplicates=not args.keep_duplicates,
+        features=args.features,
     )
 
 

@@ -171,6 +171,9 @@ class FitConfig:
         change the result beyond floating-point rounding, so a resume may change it.
     drop_duplicates : bool, default=True
         Leave byte-identical duplicate images out of the fit.
+    features : {"pixels", "latents"}, default="pixels"
+        What the models are fitted on: the images' pixels, or the latents of a trained
+        autoencoder (``streamclust train`` then ``streamclust encode``).
     """
 
     pca_components: int | float | None = None
@@ -185,6 +188,7 @@ class FitConfig:
     batch_size: int | None = None
     memory_limit: int | None = None
     drop_duplicates: bool = True
+    features: str = "pixels"
 
     #: fields that do not change the result (beyond rounding); a resume may change them
     NON_IDENTITY = ("batch_size", "memory_limit")
@@ -208,6 +212,11 @@ class FitConfig:
             raise UsageError("--max-iter must be a positive integer")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError("--batch-size must be a positive integer")
+        if self.features not in ("pixels", "latents"):
+            raise UsageError(f"--features must be pixels or latents, got {self.features!r}")
+        if self.features == "latents" and not self.drop_duplicates:
+            raise UsageError("--features latents cannot be combined with --keep-duplicates "
+                             "(latents are encoded for the de-duplicated images)")
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)

@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 
 from .._atomic import atomic_open, write_json
+from ..config import load_run_config
 from ..ingest.manifest import read_manifest
 from ..models._batches import RowSource
 from ..models.io import load_model
@@ -108,6 +109,9 @@ def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, pro
     bs = batch_size or int(images.chunks[0])
     source = RowSource(images, rows)
     t0 = time.perf_counter()
+    features = (load_run_config(layout.root).get("fit") or {}).get("features", "pixels")
+    if features == "latents":
+        return _assign_latents(layout, models, rows, members, dups, bs, client, progress, t0)
     path = layout.root / "assignments.csv"
     bars = PassBars("assign", progress)
     with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
@@ -122,6 +126,32 @@ def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, pro
             bars("assigning", start + n, source.n_samples)
     bars.close()
     write_json(layout.state_dir / "assign.done", {"rows": int(rows.size), "seconds": round(time.perf_counter() - t0, 3)})
+    return path
+
+
+def _assign_latents(layout, models, rows, members, dups, bs, client, progress, t0) -> Path:
+    """Models fitted on autoencoder latents: assign every fitted image from ``latents.zarr``;
+    a duplicate gets the values of the image it repeats (identical bytes, identical latents)."""
+    lat = zarr.open_array(str(layout.root / "latents.zarr"), mode="r")
+    fit_rows = np.load(layout.model_dir / "fit_rows.npy", allow_pickle=False)
+    cols: dict[str, list] = {c: [] for c in ("cluster", "distance", "component", "log_likelihood")}
+    bars = PassBars("assign", progress)
+    source = RowSource(lat)
+    for start, block in _assigned_blocks(models, source, bs, client):
+        for c in cols:
+            cols[c].extend(list(block[c]))
+        bars("assigning (latents)", start + len(block["cluster"]), source.n_samples)
+    bars.close()
+    key = np.array([int(d) if d else r for r, d in zip(rows, dups)], dtype=np.int64)
+    pos = np.searchsorted(fit_rows, key)
+    path = layout.root / "assignments.csv"
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(ASSIGN_COLUMNS)
+        for j, p in enumerate(pos):
+            writer.writerow([rows[j], members[j], dups[j], cols["cluster"][p], _num(cols["distance"][p]),
+                             cols["component"][p], _num(cols["log_likelihood"][p])])
+    write_json(layout.state_dir / "assign.done", {"rows": int(len(rows)), "seconds": round(time.perf_counter() - t0, 3)})
     return path
 
 

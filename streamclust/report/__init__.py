@@ -117,6 +117,10 @@ class _Report:
         self.tsne_samples = max(1, int(tsne_samples))
         self.models = load_fitted(layout.root)
         self.pca = self.models["pca"]
+        from ..config import load_run_config
+
+        #: "pixels", or "latents" when the models were fitted on an autoencoder's latents
+        self.features = (load_run_config(layout.root).get("fit") or {}).get("features", "pixels")
         self.km = self.models["kmeans"]
         self.gmm = self.models["gmm"]
         self.a = read_assignments(layout.root)
@@ -264,6 +268,9 @@ class _Report:
 
     def eigenfaces(self) -> Section:
         sec = Section("eigenfaces", "Mean image and eigenfaces")
+        if self.features != "pixels":
+            return sec.note(f"The models were fitted on {self.features}, not pixels: eigenfaces cannot be drawn "
+                            "as images (see the learned-features section for reconstructions).")
         pca = self.pca
         mean = np.clip(np.rint(pca.mean_), 0, 255).astype(np.uint8).reshape(self.side, self.side, 3)
         n = min(N_EIGENFACES, int(pca.n_components_))
@@ -281,6 +288,9 @@ class _Report:
 
     def reconstructions(self) -> Section:
         sec = Section("reconstructions", "PCA reconstructions")
+        if self.features != "pixels":
+            return sec.note(f"The models were fitted on {self.features}, not pixels: PCA reconstructions cannot be drawn "
+                            "as images (see the learned-features section for reconstructions).")
         labels, _ = self.group_labels()
         pool = np.flatnonzero(self.unique)
         pos = pool[stratified_sample(labels[pool], N_RECONSTRUCTIONS, self.rng(1))]
@@ -312,6 +322,9 @@ class _Report:
 
     def centroids(self) -> Section:
         sec = Section("centroids", "k-means centroids")
+        if self.features != "pixels":
+            return sec.note(f"The models were fitted on {self.features}, not pixels: centroids cannot be drawn "
+                            "as images (see the learned-features section for reconstructions).")
         if self.km is None:
             return sec.note("No k-means model in this run (fit with --clusters K).")
         order = np.argsort(-self.sizes, kind="stable")
@@ -372,6 +385,9 @@ class _Report:
         sec = Section("samples", "Gaussian mixture samples")
         if self.gmm is None:
             return sec.note("No Gaussian mixture in this run (fit with --gmm-components K).")
+        if self.features != "pixels":
+            return sec.note(f"The models were fitted on {self.features}, not pixels: mixture samples cannot be drawn "
+                            "as images (see the learned-features section for reconstructions).")
         from ..pipeline.sample import sample_images
 
         imgs, comp = sample_images(self.layout.root, N_SAMPLES, seed=self.seed)

@@ -8,6 +8,7 @@ and yields float batches of shape ``(n, n_features)``; image arrays of shape
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -97,13 +98,39 @@ class RowSource:
         return out
 
     def iter_batches(
-        self, batch_size: int, *, start: int = 0, dtype=np.float64
+        self, batch_size: int, *, start: int = 0, dtype=np.float64, prefetch: bool | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(offset, X_batch)`` from row ``start`` to the end."""
+        """Yield ``(offset, X_batch)`` from row ``start`` to the end.
+
+        ``prefetch`` (default: for zarr and dask arrays) reads and decodes the next batch
+        in a background thread while the caller works on the current one; the batches,
+        their order and any error (raised when its batch is reached) are the same.
+        """
         n = self.n_samples
-        for lo in range(start, n, batch_size):
-            hi = min(lo + batch_size, n)
-            yield lo, self.read(lo, hi, dtype=dtype)
+        bounds = [(lo, min(lo + batch_size, n)) for lo in range(start, n, batch_size)]
+        yield from self.iter_ranges(bounds, dtype=dtype, prefetch=prefetch)
+
+    def iter_ranges(
+        self, bounds, *, dtype=np.float64, prefetch: bool | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(lo, rows lo:hi)`` for each ``(lo, hi)`` of ``bounds``, in order (see :meth:`iter_batches`)."""
+        bounds = [(int(lo), int(hi)) for lo, hi in bounds]
+        if prefetch is None:
+            prefetch = is_lazy_array(self.array)
+        if not prefetch or len(bounds) < 2:
+            for lo, hi in bounds:
+                yield lo, self.read(lo, hi, dtype=dtype)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamclust-read") as pool:
+            pending = pool.submit(self.read, *bounds[0], dtype)
+            try:
+                for i, (lo, _) in enumerate(bounds):
+                    X = pending.result()
+                    if i + 1 < len(bounds):
+                        pending = pool.submit(self.read, *bounds[i + 1], dtype)
+                    yield lo, X
+            finally:  # the caller stopped early: do not decode another batch for nothing
+                pending.cancel()
 
 
 def as_row_source(estimator, X, *, reset: bool, rows=None, dtype=(np.float64, np.float32)) -> RowSource:

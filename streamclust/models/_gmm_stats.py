@@ -30,6 +30,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from ..errors import ConvergenceError
 from ._passes import pass_rng
@@ -302,17 +303,19 @@ class GMMSuffStats:
             return
         self._ensure_shift(X)
         ct = self.covariance_type
-        self.nk += resp.sum(axis=0)
-        for k in range(self.n_components):
-            D = X - self.shift[k]
-            rD = resp[:, k : k + 1] * D
-            self.sx[k] += rD.sum(axis=0)
-            if ct == "full":
-                self.sxx[k] += rD.T @ D
-            elif ct == "tied":
-                self.sxx += rD.T @ D
-            elif ct in ("diag", "spherical"):
-                self.sxx[k] += np.einsum("ij,ij->j", rD, D)
+        nk = resp.sum(axis=0)
+        self.nk += nk
+        if ct in ("diag", "spherical", None):
+            self._add_diag_moments(X, resp.T, nk)
+        else:
+            for k in range(self.n_components):
+                D = X - self.shift[k]
+                rD = resp[:, k : k + 1] * D
+                self.sx[k] += rD.sum(axis=0)
+                if ct == "full":
+                    self.sxx[k] += rD.T @ D
+                else:  # tied
+                    self.sxx += rD.T @ D
         self._count(X, log_prob_norm)
 
     def accumulate_hard(self, X: np.ndarray, labels: np.ndarray, log_prob_norm: np.ndarray | None = None) -> None:
@@ -321,17 +324,44 @@ class GMMSuffStats:
             return
         self._ensure_shift(X)
         ct = self.covariance_type
-        for k in np.unique(labels):
-            D = X[labels == k] - self.shift[k]
-            self.nk[k] += D.shape[0]
-            self.sx[k] += D.sum(axis=0)
-            if ct == "full":
-                self.sxx[k] += D.T @ D
-            elif ct == "tied":
-                self.sxx += D.T @ D
-            elif ct in ("diag", "spherical"):
-                self.sxx[k] += np.einsum("ij,ij->j", D, D)
+        if ct in ("diag", "spherical", None):
+            n, k = X.shape[0], self.n_components
+            counts = np.bincount(labels, minlength=k)
+            indptr = np.zeros(k + 1, dtype=np.int64)
+            np.cumsum(counts, out=indptr[1:])
+            onehot = sparse.csr_matrix((np.ones(n), np.argsort(labels, kind="stable"), indptr), shape=(k, n))
+            nk = counts.astype(np.float64)
+            self.nk += nk
+            self._add_diag_moments(X, onehot, nk)
+        else:
+            for k in np.unique(labels):
+                D = X[labels == k] - self.shift[k]
+                self.nk[k] += D.shape[0]
+                self.sx[k] += D.sum(axis=0)
+                if ct == "full":
+                    self.sxx[k] += D.T @ D
+                else:  # tied
+                    self.sxx += D.T @ D
         self._count(X, log_prob_norm)
+
+    def _add_diag_moments(self, X: np.ndarray, R, nk: np.ndarray) -> None:
+        """``sx`` and the diagonal ``sxx`` of a batch from matrix products.
+
+        ``R`` is the ``(n_components, n)`` responsibility matrix (dense or sparse) and
+        ``nk`` its row sums.  With ``Y = X - g`` centred on the batch mean ``g`` and
+        ``a_k = shift_k - g``: ``sum_i r_ik (x_i - shift_k) = R Y - nk a`` and
+        ``sum_i r_ik (x_i - shift_k)^2 = R Y^2 - 2 a (R Y) + nk a^2`` (two products
+        for all components instead of a pass over the batch per component).
+        """
+        g = X.mean(axis=0)
+        Y = X - g
+        RY = np.asarray(R @ Y)
+        a = self.shift - g
+        self.sx += RY - nk[:, None] * a
+        if self.sxx is not None:
+            np.multiply(Y, Y, out=Y)
+            RY2 = np.asarray(R @ Y)
+            self.sxx += RY2 - 2.0 * a * RY + nk[:, None] * a**2
 
     def _count(self, X, log_prob_norm) -> None:
         self.n_rows += int(X.shape[0])

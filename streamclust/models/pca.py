@@ -11,8 +11,15 @@
     computes the mean and the per-feature variance, exactly, with shifted sums
     (every product is done around a shift and corrected to the exact mean when the pass
     ends).  ``Q`` is re-orthonormalised (QR) between passes; the last pass gives the
-    Rayleigh-Ritz matrix ``Q.T C Q`` whose eigendecomposition yields the components.
+    Rayleigh-Ritz matrix ``Q.T C Q = sum P.T @ P`` (``P = X_c @ Q``: half the products
+    of the other passes) whose eigendecomposition yields the components.
     ``n_power_iter + 1`` passes in all.
+
+    Integer pixels are read unconverted and centred (on an integer shift, exactly)
+    straight into a reused buffer of the compute dtype; their sums are exact integer
+    sums.  A large batch's products are split into blocks of rows (``X_c @ Q``) and of
+    features (``X_c.T @ P``) computed by one thread per core with single-threaded BLAS,
+    so the result does not depend on the number of threads.
 
 ``"incremental"``
     :class:`sklearn.decomposition.IncrementalPCA` fed the same chunks as
@@ -21,7 +28,9 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
 import numpy as np
@@ -59,18 +68,140 @@ def _small_exact_dtype(dtype) -> bool:
 
 
 # --------------------------------------------------------------------------- randomized
+#: a batch whose products need fewer multiply-adds than this is done in the calling thread
+_PARALLEL_MIN_WORK = 5e7
+#: blocks per worker thread of a parallel product (load balancing), and their least size
+_BLOCKS_PER_WORKER = 2
+_MIN_BLOCK = 32
+
+_executor: ThreadPoolExecutor | None = None
+_blas = None
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _workers() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=_cpu_count(), thread_name_prefix="streamclust-pca")
+    return _executor
+
+
+def _single_threaded_blas():
+    """Context in which BLAS runs one thread per caller (the workers share the cores)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
+def _blocks(n: int, work: float) -> list[tuple[int, int]]:
+    """Ranges ``0:n`` is split into: one when the work is small or there is one core."""
+    workers = _cpu_count()
+    if work < _PARALLEL_MIN_WORK or workers < 2 or n < 2 * _MIN_BLOCK:
+        return [(0, n)]
+    size = max(_MIN_BLOCK, -(-n // (_BLOCKS_PER_WORKER * workers)))
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+
+def _map_blocks(fn, blocks: list[tuple[int, int]]):
+    """``fn(lo, hi)`` for every block, results in block order.
+
+    Several blocks are computed at once by a pool of one thread per core, each with
+    single-threaded BLAS: coarse-grained parallelism that keeps every core busy even
+    when another process holds one of them (where multi-threaded BLAS, which splits
+    each product evenly and waits for its slowest thread, loses most of its speed).
+    The results are combined by the caller in block order, so they do not depend on
+    which thread computed what.
+    """
+    if len(blocks) == 1:
+        return [fn(*blocks[0])]
+    with _single_threaded_blas():
+        futures = [_workers().submit(fn, lo, hi) for lo, hi in blocks]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:  # never leave a block writing into a buffer after an error
+                f.cancel()
+                if not f.cancelled():
+                    f.exception()
+
+
+def _orthonormal_basis(Z: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the columns of ``Z`` (Householder QR, single-threaded BLAS).
+
+    Householder QR of a tall, skinny matrix is mostly level-2 work: more threads gain
+    little, and lose a lot when another process holds a core.
+    """
+    with _single_threaded_blas():
+        return linalg.qr(Z, mode="economic")[0]
+
+
+def _representable_shift(shift: np.ndarray, batch_dtype) -> np.ndarray:
+    """``shift`` rounded so that centring a batch on it loses nothing to the shift itself.
+
+    Integer batches are centred on the nearest integers (``x - s`` is then exact in
+    float32 as well as float64); float batches on the shift rounded to their dtype.
+    """
+    batch_dtype = np.dtype(batch_dtype)
+    if batch_dtype.kind in "iub":
+        return np.round(shift)
+    return np.asarray(shift).astype(batch_dtype).astype(np.float64)
+
+
+def _integer_sums(X: np.ndarray, squares: bool):
+    """Exact per-column sums (and sums of squares) of an integer batch, as float64."""
+    kind, size = X.dtype.kind, X.dtype.itemsize
+    top = 1 if kind == "b" else max(abs(int(np.iinfo(X.dtype).min)), int(np.iinfo(X.dtype).max))
+    rows = X.shape[0]
+    acc = np.int32 if rows * top < 2**31 else np.int64
+    s1 = np.add.reduce(X, axis=0, dtype=acc).astype(np.float64)
+    if not squares:
+        return s1, None
+    if size == 1:  # squares of 8-bit values fit 16 bits (unsigned for uint8/bool)
+        Y = X.astype(np.uint16 if kind in "ub" else np.int16)
+        np.multiply(Y, Y, out=Y)
+        acc2 = np.int32 if rows * top * top < 2**31 else np.int64
+    else:
+        Y = X.astype(np.int64)
+        np.multiply(Y, Y, out=Y)
+        acc2 = np.int64
+    s2 = np.add.reduce(Y, axis=0, dtype=acc2).astype(np.float64)
+    return s1, s2
+
+
 class _SketchAccumulator:
     """One pass of the randomized method: ``Z_s = sum (x - s)(x - s)^T Q`` and shifted moments.
 
     ``s`` is the pass's shift (the first batch's mean on the first pass, the mean rounded
-    to the batch dtype afterwards).  :meth:`result` corrects to the exact mean:
-    ``Z = Z_s - S1 (S1^T Q) / n`` and ``sum (x - m)^2 = S2 - S1^2 / n`` with
+    to the dtype the batches are centred in afterwards).  :meth:`result` corrects to the
+    exact mean: ``Z = Z_s - S1 (S1^T Q) / n`` and ``sum (x - m)^2 = S2 - S1^2 / n`` with
     ``S1 = sum (x - s)``, ``S2 = sum (x - s)^2``.
+
+    With ``rayleigh=True`` (the last pass) only the ``l x l`` matrix
+    ``M_s = sum P^T P`` with ``P = (x - s) Q`` is accumulated (half the products of a
+    power iteration): :meth:`result` then returns ``M = Q^T C Q = M_s - (Q^T S1)(S1^T Q) / n``
+    in place of ``Z``.  ``projection_sink(offset, P)``, when set, receives each batch's
+    ``P`` on that pass, computed in float64 (from the centred batch in the compute dtype).
+
+    Integer batches (e.g. uint8 pixels, passed through unconverted) are centred on an
+    integer shift, exactly, straight into a reused buffer of the compute dtype, and
+    their sums ``S1``, ``S2`` are taken exactly in integer arithmetic.
     """
 
-    def __init__(self, Q: np.ndarray, shift: np.ndarray | None, compute_dtype, name: str, *, moments: bool = True):
+    def __init__(self, Q: np.ndarray, shift: np.ndarray | None, compute_dtype, name: str, *, moments: bool = True,
+                 rayleigh: bool = False, projection_sink=None):
         self.name = name
         self.moments = bool(moments)  # accumulate S2 (only the first pass needs it)
+        self.rayleigh = bool(rayleigh)
+        self.projection_sink = projection_sink
         self.Q = Q
         self._Qc = Q.astype(compute_dtype)
         self.compute_dtype = np.dtype(compute_dtype)
@@ -78,32 +209,89 @@ class _SketchAccumulator:
         self.has_shift = shift is not None
         self.shift = np.zeros(d) if shift is None else np.asarray(shift, dtype=np.float64)
         self.n = 0
-        self.Zs = np.zeros((d, l))
+        self.Zs = np.zeros((l, l) if self.rayleigh else (d, l))
         self.s1 = np.zeros(d)
         self.s2 = np.zeros(d)
+        self._buf: np.ndarray | None = None
+        self._proj: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        # the work buffers are scratch space, not state: never pickled (e.g. shipped to a worker)
+        state = self.__dict__.copy()
+        state["_buf"] = state["_proj"] = None
+        return state
+
+    def _buffers(self, rows: int, n_features: int, centred: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """The centred batch ``(rows, d)`` (if ``centred``) and its projection ``(rows, l)``, reused."""
+        if self._proj is None or self._proj.shape[0] < rows:
+            proj_dtype = np.float64 if self.projection_sink is not None else self.compute_dtype
+            self._proj = np.empty((rows, self.Q.shape[1]), dtype=proj_dtype)
+        if centred and (self._buf is None or self._buf.shape[0] < rows):
+            self._buf = np.empty((rows, n_features), dtype=self.compute_dtype)
+        return (self._buf[:rows] if centred else None), self._proj[:rows]
 
     def update(self, X: np.ndarray, offset: int) -> None:
+        cdt = X.dtype if X.dtype.kind == "f" else self.compute_dtype  # dtype the batch is centred in
         if not self.has_shift:
-            shift = X.mean(axis=0, dtype=np.float64)
-            # use exactly the shift that the batch dtype can represent
-            self.shift = shift.astype(X.dtype).astype(np.float64)
+            self.shift = _representable_shift(X.mean(axis=0, dtype=np.float64), X.dtype)
             self.has_shift = True
-        Xc = X - self.shift.astype(X.dtype)  # never in place: X may be the caller's array
-        if Xc.dtype != self.compute_dtype:
-            Xc = Xc.astype(self.compute_dtype)
-        P = Xc @ self._Qc
-        self.Zs += Xc.T @ P
-        self.s1 += Xc.sum(axis=0, dtype=np.float64)
-        if self.moments:
-            self.s2 += np.square(Xc).sum(axis=0, dtype=np.float64)
-        self.n += X.shape[0]
+        shift_c = self.shift.astype(cdt)
+        b, d = X.shape
+        # float64 projections for the sink: the rows are centred in float64, block by block
+        exact = self.projection_sink is not None
+        Xc, P = self._buffers(b, d, centred=not exact)
+        integer = X.dtype.kind in "iub"
+        moments, Qc = self.moments, self._Qc
+
+        def rows_block(lo: int, hi: int):  # centre, project, column sums of rows lo:hi
+            if exact:
+                xc = np.subtract(X[lo:hi], self.shift)
+                np.matmul(xc, self.Q, out=P[lo:hi])
+            else:
+                xc = Xc[lo:hi]
+                np.subtract(X[lo:hi], shift_c, out=xc)  # never in place: X may be the caller's array
+                np.matmul(xc, Qc, out=P[lo:hi])
+            if integer:
+                return _integer_sums(X[lo:hi], moments)
+            s2 = np.einsum("ij,ij->j", xc, xc, dtype=np.float64) if moments else None
+            return xc.sum(axis=0, dtype=np.float64), s2
+
+        work = 2.0 * b * d * Qc.shape[1]
+        blocks = _blocks(b, work)
+        for (lo, hi), (s1, s2) in zip(blocks, _map_blocks(rows_block, blocks)):
+            if integer:  # exact integer sums, shifted here
+                rows = hi - lo
+                self.s1 += s1 - rows * self.shift
+                if moments:
+                    self.s2 += s2 - 2.0 * self.shift * s1 + rows * self.shift**2
+            else:
+                self.s1 += s1
+                if moments:
+                    self.s2 += s2
+        if self.rayleigh:
+            P64 = P.astype(np.float64)
+            self.Zs += P64.T @ P64
+        else:
+            Zs = self.Zs
+
+            def features_block(lo: int, hi: int):  # rows lo:hi of Z (disjoint: no reduction)
+                Zs[lo:hi] += Xc[:, lo:hi].T @ P
+
+            _map_blocks(features_block, _blocks(d, work))
+        if self.projection_sink is not None:
+            self.projection_sink(offset, P)
+        self.n += b
 
     def _shift_to(self, new_shift: np.ndarray) -> None:
         """Re-express the shifted sums around ``new_shift`` (exact algebra)."""
         e = self.shift - new_shift  # (x - new) = (x - old) + e
         n = self.n
         eQ = e @ self.Q
-        self.Zs += np.outer(e, self.s1 @ self.Q) + np.outer(self.s1, eQ) + n * np.outer(e, eQ)
+        s1Q = self.s1 @ self.Q
+        if self.rayleigh:  # P_new = P_old + 1 (e Q)
+            self.Zs += np.outer(eQ, s1Q) + np.outer(s1Q, eQ) + n * np.outer(eQ, eQ)
+        else:
+            self.Zs += np.outer(e, s1Q) + np.outer(self.s1, eQ) + n * np.outer(e, eQ)
         self.s2 += 2.0 * e * self.s1 + n * e * e
         self.s1 += n * e
         self.shift = np.array(new_shift, dtype=np.float64, copy=True)
@@ -116,7 +304,7 @@ class _SketchAccumulator:
             self.load_state_dict(other.state_dict())
             return
         other = _SketchAccumulator(
-            other.Q, None, other.compute_dtype, other.name, moments=other.moments
+            other.Q, None, other.compute_dtype, other.name, moments=other.moments, rayleigh=other.rayleigh
         )._copy_from(other)
         other._shift_to(self.shift)
         self.Zs += other.Zs
@@ -129,11 +317,15 @@ class _SketchAccumulator:
         return self
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(mean, scatter_diag, Z)`` around the exact mean."""
+        """``(mean, scatter_diag, Z)`` around the exact mean (``M = Q^T C Q`` for ``rayleigh``)."""
         n = self.n
         mean = self.shift + self.s1 / n
         scatter = np.maximum(self.s2 - self.s1**2 / n, 0.0)
-        Z = self.Zs - np.outer(self.s1, (self.s1 @ self.Q) / n)
+        s1Q = self.s1 @ self.Q
+        if self.rayleigh:
+            Z = self.Zs - np.outer(s1Q, s1Q / n)
+        else:
+            Z = self.Zs - np.outer(self.s1, s1Q / n)
         return mean, scatter, Z
 
     def state_dict(self) -> dict:
@@ -156,7 +348,12 @@ class _SketchAccumulator:
 
 
 class _RandomizedPCAPlan:
-    """``n_power_iter + 1`` passes of subspace iteration on the covariance, then Rayleigh-Ritz."""
+    """``n_power_iter + 1`` passes of subspace iteration on the covariance, then Rayleigh-Ritz.
+
+    The last pass accumulates only ``Q^T C Q`` (see :class:`_SketchAccumulator`);
+    ``projection_sink``, when set, receives that pass's projections ``(x - s) Q`` batch by
+    batch (``s`` = :attr:`last_shift`, ``Q`` = the final :attr:`Q`).
+    """
 
     def __init__(self, n_features, n_sketch, n_power_iter, seed, compute_dtype, batch_dtype):
         self.n_power_iter = int(n_power_iter)
@@ -165,41 +362,45 @@ class _RandomizedPCAPlan:
         self.seed = int(seed)
         self.pass_index = 0
         G = pass_rng(self.seed, 0).standard_normal((int(n_features), int(n_sketch)))
-        self.Q, _ = linalg.qr(G, mode="economic")
+        self.Q = _orthonormal_basis(G)
         self.n = 0
         self.mean = np.zeros(n_features)
         self.scatter = np.zeros(n_features)
         self.eigvals = np.zeros(0)
         self.eigvecs = np.zeros((n_features, 0))
+        self.last_shift = np.zeros(n_features)
         self.done = False
+        self.projection_sink = None
 
     def next_pass(self):
         if self.done:
             return None
         shift = None
         if self.pass_index > 0:
-            shift = self.mean.astype(self.batch_dtype).astype(np.float64)
+            shift = _representable_shift(self.mean, self.batch_dtype)
+        last = self.pass_index >= self.n_power_iter
         if self.pass_index == 0:
             name = "PCA mean + power iteration 1" if self.n_power_iter else "PCA mean + projection"
-        elif self.pass_index < self.n_power_iter:
+        elif not last:
             name = f"PCA power iteration {self.pass_index + 1}"
         else:
             name = "PCA projection"
-        return _SketchAccumulator(self.Q, shift, self.compute_dtype, name, moments=self.pass_index == 0)
+        return _SketchAccumulator(self.Q, shift, self.compute_dtype, name, moments=self.pass_index == 0,
+                                  rayleigh=last, projection_sink=self.projection_sink if last else None)
 
     def end_pass(self, acc: _SketchAccumulator) -> None:
         mean, scatter, Z = acc.result()
         if self.pass_index == 0:
             self.n, self.mean, self.scatter = acc.n, mean, scatter
         if self.pass_index < self.n_power_iter:
-            self.Q, _ = linalg.qr(Z, mode="economic")
+            self.Q = _orthonormal_basis(Z)
         else:
-            M = self.Q.T @ Z
-            M = 0.5 * (M + M.T)
+            M = 0.5 * (Z + Z.T)
             w, V = linalg.eigh(M)
             order = np.argsort(w)[::-1]
             self.eigvals = np.maximum(w[order], 0.0)
             self.eigvecs = self.Q @ V[:, order]
+            self.last_shift = acc.shift.copy()
             self.done = True
         self.pass_index += 1
 
@@ -213,6 +414,7 @@ class _RandomizedPCAPlan:
             "scatter": self.scatter,
             "eigvals": self.eigvals,
             "eigvecs": self.eigvecs,
+            "last_shift": self.last_shift,
             "done": np.bool_(self.done),
         }
 
@@ -225,6 +427,7 @@ class _RandomizedPCAPlan:
         self.scatter = np.array(state["scatter"], dtype=np.float64, copy=True)
         self.eigvals = np.array(state["eigvals"], dtype=np.float64, copy=True)
         self.eigvecs = np.array(state["eigvecs"], dtype=np.float64, copy=True)
+        self.last_shift = np.array(state.get("last_shift", np.zeros_like(self.mean)), dtype=np.float64, copy=True)
         self.done = bool(state["done"])
 
 
@@ -528,11 +731,18 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             self._batch_dtype = np.float64
             return _IncrementalPCAPlan(n, d, k, max(int(self.batch_size), k))
         compute = np.float32 if self.dtype == "float32" else np.float64
-        src_dtype = getattr(source.array, "dtype", np.float64)
-        self._batch_dtype = np.float32 if compute == np.float32 and _small_exact_dtype(src_dtype) else np.float64
+        src_dtype = np.dtype(getattr(source.array, "dtype", np.float64))
+        if src_dtype.kind in "iub" and src_dtype.itemsize <= 2:
+            # small integers (pixels) come unconverted: centred straight into the compute dtype
+            self._batch_dtype = src_dtype
+        else:
+            self._batch_dtype = np.float32 if compute == np.float32 and _small_exact_dtype(src_dtype) else np.float64
         n_sketch = min(k + int(self.n_oversamples), d)
         seed = draw_seed(self.random_state)
-        return _RandomizedPCAPlan(d, n_sketch, self.n_power_iter, seed, compute, self._batch_dtype)
+        plan = _RandomizedPCAPlan(d, n_sketch, self.n_power_iter, seed, compute, self._batch_dtype)
+        # private hook (streamclust fit): receives the last pass's projections, see _SketchAccumulator
+        plan.projection_sink = getattr(self, "_projection_sink", None)
+        return plan
 
     def _finish_plan(self, plan, source: RowSource) -> None:
         n, d = source.n_samples, source.n_features
@@ -547,6 +757,8 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             ev, ratio, noise = r["explained_variance_"], r["explained_variance_ratio_"], float(r["noise_variance_"])
             ratio = np.where(np.isfinite(ratio), ratio, 0.0)  # constant data: 0 / 0
         else:
+            if plan.projection_sink is not None:  # what turns the sink's projections into scores
+                self._sketch_basis, self._sketch_shift = plan.Q, plan.last_shift
             mean = plan.mean
             total_var = float(plan.scatter.sum() / (n - 1))
             lam = plan.eigvals[:k]

@@ -3,12 +3,15 @@
 Stages, each resumable and marked done when its output is written:
 
 1. ``pca``: :class:`StreamingPCA` over the ok, non-duplicate rows of ``images.zarr``
-   → ``model/pca.npz``.
-2. ``features``: the PCA scores of those rows → ``features.zarr`` (float32, ``(n, k)``),
-   written chunk by chunk, so the later passes read ``k`` numbers per image, not pixels.
+   → ``model/pca.npz``.  Its last pass also keeps every row's projection on the final
+   sketch basis (``.streamclust/pca-sketch.zarr``, float64, removed after stage 2).
+2. ``features``: the PCA scores of those rows → ``features.zarr`` (float32, ``(n, k)``,
+   uncompressed, chunks of ``FEATURE_CHUNK_ROWS`` rows), written chunk by chunk, so the
+   later passes read ``k`` numbers per image, not pixels.  The scores come from the
+   kept projections (a small product per row), or from the pixels when there are none.
 3. ``kmeans``: :class:`StreamingKMeans` on the features → ``model/kmeans.npz``.
 4. ``gmm``: :class:`StreamingGaussianMixture` on the leading ``gmm_pca_components``
-   features → ``model/gmm.npz``.
+   features → ``model/gmm.npz``.  Stages 3 and 4 run with single-threaded BLAS.
 
 A model stage checkpoints its plan (model state, pass, row, random seed) every
 ``CHECKPOINT_SECONDS`` and at the end of each pass; a killed fit re-run with the same
@@ -28,13 +31,15 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from threadpoolctl import threadpool_limits
 
-from .._atomic import write_bytes, write_json
+from .._atomic import load_npz, save_npz, write_bytes, write_json
 from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
 from ..models._base import fit_streaming
 from ..models._batches import RowSource
+from ..models.pca import _blocks, _map_blocks
 from ..models._passes import Checkpointer, fingerprint
 from ..models.io import load_model, save_model
 from ..store import RunLayout, ok_rows
@@ -48,6 +53,10 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = float(os.environ.get("STREAMCLUST_CHECKPOINT_SECONDS", "20"))
 DEFAULT_PCA_COMPONENTS = 256
 STAGES = ("pca", "features", "kmeans", "gmm")
+#: rows per chunk of ``features.zarr`` (stored uncompressed: float32 scores hardly compress,
+#: and the k-means and mixture passes read it tens of times); the model stages read
+#: whole chunks per batch
+FEATURE_CHUNK_ROWS = 8192
 
 
 @dataclass
@@ -72,8 +81,16 @@ def _reset_fit(layout: RunLayout) -> None:
             shutil.rmtree(child)
     for stage in (*STAGES, "fit"):
         layout.marker(f"fit-{stage}" if stage != "fit" else "fit").unlink(missing_ok=True)
+    # everything computed from the old models is stale too
+    for name in ("assign", "select-k", "report"):
+        layout.marker(name).unlink(missing_ok=True)
+    for stale in ("assignments.csv", "evaluation.json", "select_k.csv", "select_k.png", "samples.png"):
+        (layout.root / stale).unlink(missing_ok=True)
+    if (layout.root / "report").exists():
+        shutil.rmtree(layout.root / "report")
     for ck in layout.state_dir.glob("fit-*"):
         ck.unlink()
+    _SketchScores(layout, 0).clear()
 
 
 def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None:
@@ -90,8 +107,6 @@ def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None
                     f"{layout.root} was fitted with other settings ({', '.join(diff)} differ); "
                     "pass --overwrite to fit again"
                 )
-            _reset_fit(layout)
-        elif overwrite:
             _reset_fit(layout)
     elif overwrite:
         _reset_fit(layout)
@@ -152,12 +167,24 @@ def fit_run(
     if not layout.is_done("fit-pca"):
         t0 = time.perf_counter()
         k_sketch = (k_req if isinstance(k_req, int) else DEFAULT_PCA_COMPONENTS) + 10
+        # per row: the raw pixels (being read, and the next batch), the float32 centred
+        # batch, float64 blocks of it and the float64 projections of the last pass
+        chunk_rows = int(images.chunks[0])
         bs = batch_rows("PCA", fixed=4 * n_pixels * k_sketch * 8 + 2 * chunk_bytes,
-                        per_row=n_pixels * 13 + k_sketch * 8, limit=config.memory_limit,
-                        requested=config.batch_size)
+                        per_row=n_pixels * 9 + k_sketch * 16, limit=config.memory_limit,
+                        requested=config.batch_size, preferred=-(-1024 // chunk_rows) * chunk_rows)
+        if config.batch_size is None and bs > chunk_rows:
+            bs -= bs % chunk_rows  # whole chunks: a batch straddling two would decode both
         pca = StreamingPCA(n_components=k_req, method=config.pca_method, batch_size=bs,
                            random_state=config.seed)
+        sketch = _SketchScores(layout, int(rows.size), chunk_rows=bs)
+        if config.pca_method == "randomized":
+            if not (layout.state_dir / "fit-pca.ckpt.npz").exists():
+                sketch.clear()  # a fresh PCA fit: no projections of another fit may remain
+            pca._projection_sink = sketch
         _fit_stage(layout, "pca", pca, images, rows, data_key, config, progress)
+        if hasattr(pca, "_sketch_basis"):
+            sketch.save_basis(pca._sketch_basis, pca._sketch_shift)
         save_model(pca, pca_path)
         layout.marker("fit-pca").write_text("done\n")
         summary.seconds["pca"] = time.perf_counter() - t0
@@ -168,7 +195,7 @@ def fit_run(
     feat_path = layout.root / "features.zarr"
     if not layout.is_done("fit-features"):
         t0 = time.perf_counter()
-        _write_features(layout, pca, images, rows, config, progress)
+        _write_features(layout, pca, images, rows, config, progress, _SketchScores(layout, int(rows.size)))
         summary.seconds["features"] = time.perf_counter() - t0
     features = zarr.open_array(str(feat_path), mode="r")
     n_feat = features.shape[1]
@@ -181,10 +208,12 @@ def fit_run(
             t0 = time.perf_counter()
             k = config.clusters
             bs = batch_rows("k-means", fixed=4 * k * n_feat * 8, per_row=n_feat * 16 + k * 24,
-                            limit=config.memory_limit, requested=config.batch_size, preferred=4096)
+                            limit=config.memory_limit, requested=config.batch_size,
+                            preferred=FEATURE_CHUNK_ROWS)
             km = StreamingKMeans(n_clusters=k, method=config.kmeans_method, batch_size=bs,
                                  max_iter=config.max_iter, random_state=config.seed)
-            _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress)
+            with _small_products():
+                _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress)
             save_model(km, layout.model_dir / "kmeans.npz")
             layout.marker("fit-kmeans").write_text("done\n")
             summary.seconds["kmeans"] = time.perf_counter() - t0
@@ -205,13 +234,18 @@ def fit_run(
             g = config.gmm_components
             cov = m * m if config.covariance in ("full", "tied") else m
             fixed = 6 * g * cov * 8 if config.covariance == "full" else 6 * m * m * 8 + 6 * g * m * 8
-            bs = batch_rows("the Gaussian mixture", fixed=fixed, per_row=g * m * 16 + g * 32 + m * 16,
-                            limit=config.memory_limit, requested=config.batch_size, preferred=4096)
+            # full / tied loop over the components with (rows, m) temporaries; diag / spherical
+            # take their moments with matrix products: a few (rows, m) and (rows, g) arrays
+            per_row = g * m * 16 + g * 32 + m * 16 if config.covariance in ("full", "tied") else 6 * m * 8 + 8 * g * 8
+            bs = batch_rows("the Gaussian mixture", fixed=fixed, per_row=per_row,
+                            limit=config.memory_limit, requested=config.batch_size,
+                            preferred=FEATURE_CHUNK_ROWS)
             gmm = StreamingGaussianMixture(n_components=g, covariance_type=config.covariance,
                                            max_iter=config.max_iter, batch_size=bs,
                                            random_state=config.seed)
             source = RowSource(features, columns=m if m < n_feat else None)
-            _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress)
+            with _small_products():
+                _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress)
             save_model(gmm, layout.model_dir / "gmm.npz", extra={"pca_components": m})
             layout.marker("fit-gmm").write_text("done\n")
             summary.seconds["gmm"] = time.perf_counter() - t0
@@ -228,44 +262,207 @@ def fit_run(
     return summary
 
 
+class _SketchScores:
+    """The last PCA pass's projections ``(x - s) Q`` of every fitted row (float64).
+
+    The randomized PCA's last pass projects every row on the final sketch basis ``Q``
+    anyway (for the Rayleigh-Ritz step); kept in ``.streamclust/pca-sketch.zarr``, they
+    give the PCA scores without reading and projecting the pixels again:
+    ``scores = (P + (s - mean) Q) W`` with ``W = Q^T components_^T`` (``l x k``).
+    Rows never written (NaN, the fill value) fall back to the pixels.  The basis and
+    shift are saved (``pca-sketch.npz``) when the PCA stage ends; both files go once
+    the features are written.
+    """
+
+    def __init__(self, layout: RunLayout, n_rows: int, chunk_rows: int = 1024):
+        self.path = layout.state_dir / "pca-sketch.zarr"
+        self.basis_path = layout.state_dir / "pca-sketch.npz"
+        self.n_rows, self.chunk_rows = int(n_rows), int(chunk_rows)
+        self.array = None
+
+    def clear(self) -> None:
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.basis_path.unlink(missing_ok=True)
+        self.array = None
+
+    def __call__(self, offset: int, P: np.ndarray) -> None:
+        """The projection sink: store rows ``offset .. offset + len(P)``."""
+        if self.array is None:
+            shape = (self.n_rows, P.shape[1])
+            if self.path.exists():
+                self.array = zarr.open_array(str(self.path), mode="r+")
+            if self.array is None or self.array.shape != shape:
+                self.array = zarr.create_array(store=str(self.path), shape=shape, dtype="float64",
+                                               chunks=(self.chunk_rows, P.shape[1]), fill_value=np.nan,
+                                               compressors=None, overwrite=True)
+        self.array[offset : offset + P.shape[0]] = P
+
+    def save_basis(self, Q: np.ndarray, shift: np.ndarray) -> None:
+        save_npz(self.basis_path, {"Q": np.asarray(Q), "shift": np.asarray(shift)})
+
+    def scorer(self, pca):
+        """``fn(lo, hi) -> scores or None`` from the stored projections; ``None`` when there are none."""
+        if not (self.path.exists() and self.basis_path.exists()):
+            return None
+        arrays = load_npz(self.basis_path)
+        Q, shift = arrays["Q"], arrays["shift"]
+        array = zarr.open_array(str(self.path), mode="r")
+        comps = np.asarray(pca.components_, dtype=np.float64)
+        if array.shape[0] != self.n_rows or Q.shape != (comps.shape[1], array.shape[1]):
+            return None
+        W = Q.T @ comps.T  # (l, k): comps.T = Q V S, Q orthonormal
+        offset = ((shift - pca.mean_) @ Q) @ W
+        scale = None
+        if pca.whiten:
+            scale = np.sqrt(pca.explained_variance_)
+            scale[scale < np.finfo(scale.dtype).eps] = np.finfo(scale.dtype).eps
+
+        def score(lo: int, hi: int):
+            P = array[lo:hi]
+            if not np.all(np.isfinite(P)):
+                return None
+            Y = P @ W + offset
+            return Y / scale if scale is not None else Y
+
+        return score
+
+
+def _small_products():
+    """Single-threaded BLAS for the stages in PCA space.
+
+    Their products are small (a batch of rows times ``k`` centres of ``m`` features):
+    splitting each over threads gains little on an idle machine and, when another
+    process holds a core, the threads wait for each other and a pass is several
+    times slower (measured: docs/benchmarks.md).
+    """
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress) -> None:
     params = {k: v for k, v in estimator.get_params().items() if k != "batch_size"}
     ck = Checkpointer(layout.state_dir / f"fit-{stage}.ckpt.npz",
                       key=fingerprint([stage, params, data_key]), every_seconds=CHECKPOINT_SECONDS)
     logger.info("fitting %s", stage)
     with _progress(stage, progress) as bars:
-        fit_streaming(estimator, X, rows=rows, checkpoint=ck, progress=bars)
+
+        def report(name: str, done: int, total: int) -> None:
+            bars(name, done, total)
+            if done >= total:  # a pass is over: its batches' memory is free again
+                _release_free_memory()
+
+        fit_streaming(estimator, X, rows=rows, checkpoint=ck, progress=report)
     ck.clear()
 
 
-def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: FitConfig, progress) -> None:
-    """PCA scores of the fitted rows, chunk by chunk; resumable at chunk granularity."""
+_libc = None
+
+
+def _release_free_memory() -> None:
+    """Return the allocator's free pages to the OS (glibc ``malloc_trim``; elsewhere a no-op).
+
+    Every pass frees what its batches used, but in the heaps of several threads (the
+    reader, the PCA workers, zarr's decoders), where freed blocks that are not at a
+    heap's top stay resident: without this, the resident size creeps up with every pass
+    (more passes on more images), though the memory in use does not.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+class _Projector:
+    """PCA scores of raw pixel batches: ``(x - mean) @ components_.T``, in float64.
+
+    Float32 products would be twice as fast but are off by ~1e-6 of the row norm (the
+    sums run over every pixel), visible in small scores; the products are split over
+    the cores in blocks of rows, each centred in its own small float64 array.
+    """
+
+    def __init__(self, pca):
+        self.mean = np.asarray(pca.mean_, dtype=np.float64)
+        self.comps = np.ascontiguousarray(pca.components_.T, dtype=np.float64)  # (d, k)
+        self.scale = None
+        if pca.whiten:
+            scale = np.sqrt(pca.explained_variance_)
+            scale[scale < np.finfo(scale.dtype).eps] = np.finfo(scale.dtype).eps
+            self.scale = scale
+
+    def __call__(self, X: np.ndarray, out: np.ndarray) -> None:
+        b, d = X.shape
+        comps = self.comps
+
+        def block(lo: int, hi: int) -> None:
+            Y = np.subtract(X[lo:hi], self.mean) @ comps
+            if self.scale is not None:
+                Y /= self.scale
+            out[lo:hi] = Y
+
+        blocks = _blocks(b, 2.0 * b * d * comps.shape[1])
+        if len(blocks) == 1 and b > _PROJECT_ROWS:  # one thread: still bound the float64 copy
+            blocks = [(lo, min(lo + _PROJECT_ROWS, b)) for lo in range(0, b, _PROJECT_ROWS)]
+            for lo, hi in blocks:
+                block(lo, hi)
+            return
+        _map_blocks(block, blocks)
+
+
+#: rows centred at a time (float64) when the projection runs in one thread
+_PROJECT_ROWS = 256
+
+
+def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: FitConfig, progress,
+                    sketch: _SketchScores) -> None:
+    """PCA scores of the fitted rows, chunk by chunk; resumable at chunk granularity.
+
+    From the projections kept by the PCA's last pass when there are (see
+    :class:`_SketchScores`), else (and for any chunk they miss) from the pixels.
+    """
     path = layout.root / "features.zarr"
     state_path = layout.state_dir / "fit-features.json"
     k = int(pca.n_components_)
-    chunk = int(images.chunks[0])
+    chunk = FEATURE_CHUNK_ROWS
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state is None or not path.exists():
         feats = zarr.create_array(store=str(path), shape=(rows.size, k), chunks=(chunk, k),
-                                  dtype="float32", fill_value=0.0, overwrite=True,
+                                  dtype="float32", fill_value=0.0, overwrite=True, compressors=None,
                                   dimension_names=("image", "component"))
         state = {"rows_done": 0}
         write_json(state_path, state)
     else:
         feats = zarr.open_array(str(path), mode="r+")
+        chunk = int(feats.chunks[0])
+    score = sketch.scorer(pca)
     source = RowSource(images, rows)
+    project = None
+    step = int(images.chunks[0])  # pixels read at a time: one chunk of the image store
     bars = _progress("features", progress)
     try:
-        for start in range(state["rows_done"], rows.size, chunk):
-            stop = min(start + chunk, rows.size)
-            X = source.read(start, stop, dtype=np.float32)
-            feats[start:stop] = pca.transform(X).astype(np.float32)
-            state["rows_done"] = stop
+        for c0 in range(int(state["rows_done"]), rows.size, chunk):
+            c1 = min(c0 + chunk, rows.size)
+            out = score(c0, c1) if score is not None else None
+            if out is None:
+                project = project or _Projector(pca)
+                out = np.empty((c1 - c0, k), dtype=np.float32)
+                ranges = [(lo, min(lo + step, c1)) for lo in range(c0, c1, step)]
+                for lo, X in source.iter_ranges(ranges, dtype=images.dtype):
+                    project(X, out[lo - c0 : lo - c0 + X.shape[0]])
+            feats[c0:c1] = out.astype(np.float32, copy=False)
+            state["rows_done"] = c1
             write_json(state_path, state)
-            bars("PCA scores", stop, rows.size)
+            bars("PCA scores", c1, rows.size)
     finally:
         bars.close()
     buf = io.BytesIO()
     np.save(buf, rows)
     write_bytes(layout.model_dir / "fit_rows.npy", buf.getvalue())
     layout.marker("fit-features").write_text("done\n")
+    sketch.clear()

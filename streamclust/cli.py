@@ -285,12 +285,15 @@ def _cmd_run(args) -> int:
 
     layout = RunLayout.of(args.run_dir)
     progress = _progress(args)
-    summary = ingest(_ingest_config(args), args.run_dir, overwrite=args.overwrite, progress=progress)
-    print(summary.line())
-    fitted = fit_run(args.run_dir, _fit_config(args), overwrite=args.overwrite, progress=progress)
-    print(fitted.line())
-    if not layout.is_done("assign"):
-        assign_run(args.run_dir, progress=progress)
+    fit_config = _fit_config(args)  # flags are checked before anything runs
+    with _client(args) as client:
+        summary = ingest(_ingest_config(args), args.run_dir, overwrite=args.overwrite, progress=progress,
+                         client=client)
+        print(summary.line())
+        fitted = fit_run(args.run_dir, fit_config, overwrite=args.overwrite, progress=progress, client=client)
+        print(fitted.line())
+        if not layout.is_done("assign"):
+            assign_run(args.run_dir, progress=progress, client=client)
     if args.labels or args.labels_from_folders:
         print(format_table(evaluate_run(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders)))
     path = build_report(args.run_dir, progress=progress)
@@ -365,7 +368,9 @@ def _fit_config(args):
 def _cmd_fit(args) -> int:
     from .pipeline.fit import fit_run
 
-    summary = fit_run(args.run_dir, _fit_config(args), overwrite=args.overwrite, progress=_progress(args))
+    with _client(args) as client:
+        summary = fit_run(args.run_dir, _fit_config(args), overwrite=args.overwrite, progress=_progress(args),
+                          client=client)
     print(summary.line())
     return 0
 

@@ -98,7 +98,7 @@ def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None
     saved = run_cfg.get("fit")
     identity = config.identity()
     if saved is not None:
-        saved_identity = {k: v for k, v in saved.items() if k not in FitConfig.NON_IDENTITY}
+        saved_identity = FitConfig.from_dict(saved).identity()  # defaults for fields added since
         if saved_identity != identity:
             if not overwrite:
                 diff = sorted(k for k in set(saved_identity) | set(identity)
@@ -124,6 +124,7 @@ def fit_run(
     *,
     overwrite: bool = False,
     progress: bool | None = None,
+    client=None,
 ) -> FitSummary:
     """Fit PCA, k-means and the mixture on an ingested run directory; resumes.
 
@@ -137,6 +138,8 @@ def fit_run(
         Discard an earlier fit with other settings instead of refusing.
     progress : bool or None, default=None
         Progress bars; ``None`` shows them only on a terminal.
+    client : distributed.Client, default=None
+        Run the exact passes on a dask cluster (see :mod:`streamclust.distributed`).
     """
     layout = RunLayout.of(run_dir)
     layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
@@ -145,6 +148,13 @@ def fit_run(
         config = FitConfig.from_dict(saved) if saved else FitConfig()
     images = zarr.open_array(str(layout.images), mode="r")
     rows = ok_rows(layout.root, drop_duplicates=config.drop_duplicates)
+    data, data_rows = images, rows  # what the PCA reads: pixels, or an autoencoder's latents
+    if config.features == "latents":
+        layout.require("encode", f"streamclust encode {run_dir}")
+        data, data_rows = zarr.open_array(str(layout.root / "latents.zarr"), mode="r"), None
+        if data.shape[0] != rows.size:
+            raise UsageError(f"latents.zarr has {data.shape[0]} rows for {rows.size} images; "
+                             f"run `streamclust encode {run_dir} --overwrite`")
     if rows.size < 2:
         raise UsageError(
             f"{layout.root} has {rows.size} usable image(s); fitting needs at least 2 "
@@ -155,9 +165,11 @@ def fit_run(
     if layout.is_done("fit"):
         return summary
     layout.model_dir.mkdir(parents=True, exist_ok=True)
-    data_key = fingerprint([load_run_config(layout.root).get("ingest"), int(rows.size)])
-    n_pixels = int(np.prod(images.shape[1:]))
-    chunk_bytes = int(np.prod(images.chunks)) * images.dtype.itemsize
+    run_cfg = load_run_config(layout.root)
+    data_key = fingerprint([run_cfg.get("ingest"), int(rows.size), config.features,
+                            run_cfg.get("encode") if config.features == "latents" else None])
+    n_pixels = int(np.prod(data.shape[1:]))
+    chunk_bytes = int(np.prod(data.chunks)) * data.dtype.itemsize
 
     # -- 1. PCA on pixels -------------------------------------------------------------
     pca_path = layout.model_dir / "pca.npz"
@@ -169,7 +181,7 @@ def fit_run(
         k_sketch = (k_req if isinstance(k_req, int) else DEFAULT_PCA_COMPONENTS) + 10
         # per row: the raw pixels (being read, and the next batch), the float32 centred
         # batch, float64 blocks of it and the float64 projections of the last pass
-        chunk_rows = int(images.chunks[0])
+        chunk_rows = int(data.chunks[0])
         bs = batch_rows("PCA", fixed=4 * n_pixels * k_sketch * 8 + 2 * chunk_bytes,
                         per_row=n_pixels * 9 + k_sketch * 16, limit=config.memory_limit,
                         requested=config.batch_size, preferred=-(-1024 // chunk_rows) * chunk_rows)
@@ -178,11 +190,11 @@ def fit_run(
         pca = StreamingPCA(n_components=k_req, method=config.pca_method, batch_size=bs,
                            random_state=config.seed)
         sketch = _SketchScores(layout, int(rows.size), chunk_rows=bs)
-        if config.pca_method == "randomized":
+        if config.pca_method == "randomized" and client is None:
             if not (layout.state_dir / "fit-pca.ckpt.npz").exists():
                 sketch.clear()  # a fresh PCA fit: no projections of another fit may remain
             pca._projection_sink = sketch
-        _fit_stage(layout, "pca", pca, images, rows, data_key, config, progress)
+        _fit_stage(layout, "pca", pca, data, data_rows, data_key, config, progress, client)
         if hasattr(pca, "_sketch_basis"):
             sketch.save_basis(pca._sketch_basis, pca._sketch_shift)
         save_model(pca, pca_path)
@@ -195,7 +207,8 @@ def fit_run(
     feat_path = layout.root / "features.zarr"
     if not layout.is_done("fit-features"):
         t0 = time.perf_counter()
-        _write_features(layout, pca, images, rows, config, progress, _SketchScores(layout, int(rows.size)))
+        _write_features(layout, pca, data, rows, config, progress, _SketchScores(layout, int(rows.size)),
+                        data_rows=data_rows)
         summary.seconds["features"] = time.perf_counter() - t0
     features = zarr.open_array(str(feat_path), mode="r")
     n_feat = features.shape[1]
@@ -213,7 +226,7 @@ def fit_run(
             km = StreamingKMeans(n_clusters=k, method=config.kmeans_method, batch_size=bs,
                                  max_iter=config.max_iter, random_state=config.seed)
             with _small_products():
-                _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress)
+                _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress, client)
             save_model(km, layout.model_dir / "kmeans.npz")
             layout.marker("fit-kmeans").write_text("done\n")
             summary.seconds["kmeans"] = time.perf_counter() - t0
@@ -245,7 +258,7 @@ def fit_run(
                                            random_state=config.seed)
             source = RowSource(features, columns=m if m < n_feat else None)
             with _small_products():
-                _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress)
+                _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress, client)
             save_model(gmm, layout.model_dir / "gmm.npz", extra={"pca_components": m})
             layout.marker("fit-gmm").write_text("done\n")
             summary.seconds["gmm"] = time.perf_counter() - t0
@@ -339,7 +352,7 @@ def _small_products():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress) -> None:
+def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, client=None) -> None:
     params = {k: v for k, v in estimator.get_params().items() if k != "batch_size"}
     ck = Checkpointer(layout.state_dir / f"fit-{stage}.ckpt.npz",
                       key=fingerprint([stage, params, data_key]), every_seconds=CHECKPOINT_SECONDS)
@@ -351,7 +364,7 @@ def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress) ->
             if done >= total:  # a pass is over: its batches' memory is free again
                 _release_free_memory()
 
-        fit_streaming(estimator, X, rows=rows, checkpoint=ck, progress=report)
+        fit_streaming(estimator, X, rows=rows, checkpoint=ck, progress=report, client=client)
     ck.clear()
 
 
@@ -420,7 +433,7 @@ _PROJECT_ROWS = 256
 
 
 def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: FitConfig, progress,
-                    sketch: _SketchScores) -> None:
+                    sketch: _SketchScores, data_rows="rows") -> None:
     """PCA scores of the fitted rows, chunk by chunk; resumable at chunk granularity.
 
     From the projections kept by the PCA's last pass when there are (see
@@ -441,7 +454,7 @@ def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: Fi
         feats = zarr.open_array(str(path), mode="r+")
         chunk = int(feats.chunks[0])
     score = sketch.scorer(pca)
-    source = RowSource(images, rows)
+    source = RowSource(images, rows if isinstance(data_rows, str) else data_rows)
     project = None
     step = int(images.chunks[0])  # pixels read at a time: one chunk of the image store
     bars = _progress("features", progress)

@@ -44,3 +44,23 @@ def test_assign_on_a_cluster_writes_the_same_file(tmp_path):
     ref = assign_run(run, progress=False).read_bytes()
     with scheduler_client("local", n_workers=2) as client:
         assert assign_run(run, progress=False, client=client).read_bytes() == ref
+
+
+def test_fit_on_a_cluster_equals_in_process(tmp_path):
+    import shutil
+
+    from streamclust.config import FitConfig
+    from streamclust.models.io import load_model
+    from streamclust.pipeline.fit import fit_run
+
+    src = write_zip(tmp_path / "s.zip", list(synthetic_jpegs(300, side=16)))
+    ingest(IngestConfig(str(src), size=8, chunk_size=32, workers=1), tmp_path / "a", progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    cfg = FitConfig(pca_components=6, clusters=4, gmm_components=3, batch_size=32)
+    fit_run(tmp_path / "a", cfg, progress=False)
+    with scheduler_client("local", n_workers=2) as client:
+        fit_run(tmp_path / "b", cfg, progress=False, client=client)
+    for name, attr in (("pca", "components_"), ("kmeans", "cluster_centers_"), ("gmm", "means_")):
+        a = getattr(load_model(tmp_path / "a" / "model" / f"{name}.npz"), attr)
+        b = getattr(load_model(tmp_path / "b" / "model" / f"{name}.npz"), attr)
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * np.abs(a).max())

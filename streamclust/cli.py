@@ -136,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser("compare", help="one table comparing every fitted method (errors, scores, labels)",
+                       description="Compare the fitted methods: reconstruction error, inertia / log-likelihood, "
+                                   "silhouette on a sample, and ARI/NMI/accuracy with labels; writes compare.csv.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", default=None, help="CSV with columns member,label")
+    g.add_argument("--labels-from-folders", action="store_true")
+    p.add_argument("--sample", type=_positive_int, default=2000, help="images in the silhouette sample")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("report", help="write RUN_DIR/report/index.html with pictures of the results",
                        description="Write an offline HTML report of the run with its pictures beside it.")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -247,6 +259,15 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .pipeline.compare import compare_run, format_compare
+
+    rows = compare_run(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders,
+                       sample=args.sample, seed=args.seed)
+    print(format_compare(rows))
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .report import build_report
 
@@ -348,6 +369,13 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None, help="rows per batch (default: from --memory-limit)")
     p.add_argument("--memory-limit", type=_memory, default=None, help="e.g. 1GB: choose batch sizes to stay under it")
     p.add_argument("--keep-duplicates", action="store_true", help="fit on byte-identical duplicate images too")
+    p.add_argument("--reduce", choices=("pca", "kpca"), default="pca",
+                   help="kpca: also fit a streaming RBF kernel PCA on the PCA features")
+    p.add_argument("--kpca-components", type=_positive_int, default=200)
+    p.add_argument("--embed", choices=("tsne",), default=None,
+                   help="tsne: a t-SNE map of every image (embedding.zarr) and k-means on it")
+    p.add_argument("--cluster", default="kmeans,gmm", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+                   help="clusterings to fit, comma-separated: kmeans, gmm, agglomerative (default kmeans,gmm)")
     p.add_argument("--features", choices=("pixels", "latents"), default="pixels",
                    help="fit on the pixels, or on a trained autoencoder's latents "
                         "(after `streamclust train` and `streamclust encode`)")
@@ -361,7 +389,8 @@ def _fit_config(args):
         kmeans_method=args.kmeans_method, gmm_components=args.gmm_components, covariance=args.covariance,
         gmm_pca_components=args.gmm_pca_components, seed=args.seed, max_iter=args.max_iter,
         batch_size=args.batch_size, memory_limit=args.memory_limit, drop_duplicates=not args.keep_duplicates,
-        features=args.features,
+        features=args.features, reduce=args.reduce, kpca_components=args.kpca_components, embed=args.embed,
+        cluster=args.cluster,
     )
 
 

@@ -171,6 +171,16 @@ class FitConfig:
         change the result beyond floating-point rounding, so a resume may change it.
     drop_duplicates : bool, default=True
         Leave byte-identical duplicate images out of the fit.
+    reduce : {"pca", "kpca"}, default="pca"
+        ``"kpca"`` also fits a streaming kernel PCA (RBF, Nystroem landmarks) on the PCA
+        features (``model/kpca.npz``).
+    kpca_components : int, default=200
+    embed : {None, "tsne"}, default=None
+        ``"tsne"``: a t-SNE map of every image (fitted on a sample, the rest placed by
+        streaming ``transform``) in ``embedding.zarr``, and k-means with ``clusters``
+        clusters on that map (``model/tsne_kmeans.npz``).
+    cluster : tuple of {"kmeans", "gmm", "agglomerative"}, default=("kmeans", "gmm")
+        The clusterings to fit; agglomerative uses ``clusters`` clusters.
     features : {"pixels", "latents"}, default="pixels"
         What the models are fitted on: the images' pixels, or the latents of a trained
         autoencoder (``streamclust train`` then ``streamclust encode``).
@@ -189,6 +199,10 @@ class FitConfig:
     memory_limit: int | None = None
     drop_duplicates: bool = True
     features: str = "pixels"
+    reduce: str = "pca"
+    kpca_components: int = 200
+    embed: str | None = None
+    cluster: tuple[str, ...] = ("kmeans", "gmm")
 
     #: fields that do not change the result (beyond rounding); a resume may change them
     NON_IDENTITY = ("batch_size", "memory_limit")
@@ -212,6 +226,18 @@ class FitConfig:
             raise UsageError("--max-iter must be a positive integer")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError("--batch-size must be a positive integer")
+        if self.reduce not in ("pca", "kpca"):
+            raise UsageError(f"--reduce must be pca or kpca, got {self.reduce!r}")
+        if self.embed not in (None, "tsne"):
+            raise UsageError(f"--embed must be tsne, got {self.embed!r}")
+        cluster = tuple(self.cluster)
+        unknown = sorted(set(cluster) - {"kmeans", "gmm", "agglomerative"})
+        if unknown or not cluster:
+            raise UsageError(f"--cluster takes a comma-separated list of kmeans, gmm, agglomerative; "
+                             f"got {','.join(cluster) or 'nothing'}")
+        object.__setattr__(self, "cluster", cluster)
+        if self.kpca_components < 1:
+            raise UsageError("--kpca-components must be a positive integer")
         if self.features not in ("pixels", "latents"):
             raise UsageError(f"--features must be pixels or latents, got {self.features!r}")
         if self.features == "latents" and not self.drop_duplicates:
@@ -219,15 +245,20 @@ class FitConfig:
                              "(latents are encoded for the de-duplicated images)")
 
     def identity(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = self.to_dict()
         for key in self.NON_IDENTITY:
             d.pop(key, None)
         return d
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["cluster"] = list(self.cluster)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FitConfig":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if "cluster" in kwargs:
+            kwargs["cluster"] = tuple(kwargs["cluster"])
+        return cls(**kwargs)

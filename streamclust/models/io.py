@@ -25,8 +25,12 @@ _META = "__streamclust__"
 
 def _registry() -> dict[str, type]:
     from . import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
+    from .agglomerative import StreamingAgglomerative
+    from .embed import StreamingTSNE
+    from .kpca import StreamingKernelPCA
 
-    return {cls.__name__: cls for cls in (StreamingPCA, StreamingKMeans, StreamingGaussianMixture)}
+    return {cls.__name__: cls for cls in (StreamingPCA, StreamingKMeans, StreamingGaussianMixture,
+                                          StreamingKernelPCA, StreamingAgglomerative, StreamingTSNE)}
 
 
 def _jsonable(value: Any):

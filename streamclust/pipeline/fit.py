@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = float(os.environ.get("STREAMCLUST_CHECKPOINT_SECONDS", "20"))
 DEFAULT_PCA_COMPONENTS = 256
-STAGES = ("pca", "features", "kmeans", "gmm")
+STAGES = ("pca", "features", "kmeans", "gmm", "agglomerative", "kpca", "tsne", "embedding", "tsne_kmeans")
 #: rows per chunk of ``features.zarr`` (stored uncompressed: float32 scores hardly compress,
 #: and the k-means and mixture passes read it tens of times); the model stages read
 #: whole chunks per batch
@@ -76,7 +76,7 @@ class FitSummary:
 
 
 def _reset_fit(layout: RunLayout) -> None:
-    for child in (layout.model_dir, layout.root / "features.zarr"):
+    for child in (layout.model_dir, layout.root / "features.zarr", layout.root / "embedding.zarr"):
         if child.exists():
             shutil.rmtree(child)
     for stage in (*STAGES, "fit"):
@@ -214,7 +214,7 @@ def fit_run(
     n_feat = features.shape[1]
 
     # -- 3. k-means ---------------------------------------------------------------------
-    if config.clusters:
+    if config.clusters and "kmeans" in config.cluster:
         if config.clusters > rows.size:
             raise UsageError(f"--clusters {config.clusters} is more than the {rows.size} usable images; lower it")
         if not layout.is_done("fit-kmeans"):
@@ -236,7 +236,7 @@ def fit_run(
         summary.skipped_stages.append("kmeans")
 
     # -- 4. Gaussian mixture --------------------------------------------------------------
-    if config.gmm_components:
+    if config.gmm_components and "gmm" in config.cluster:
         m = config.gmm_pca_components or n_feat
         if m > n_feat:
             raise UsageError(f"--gmm-pca-components {m} exceeds the {n_feat} PCA components; lower it")
@@ -266,6 +266,12 @@ def fit_run(
         summary.results["gmm_lower_bound"] = float(gmm.lower_bound_)
     else:
         summary.skipped_stages.append("gmm")
+
+    # -- 5. the other methods: kernel PCA, agglomerative, a t-SNE map (pipeline/methods.py)
+    from .methods import fit_methods
+
+    fit_methods(layout, config, features, data_key, summary, progress=progress, client=client,
+                fit_stage=_fit_stage)
 
     write_json(layout.root / "fit_summary.json", {
         "n_images": summary.n_images, "seconds": {k: round(v, 3) for k, v in summary.seconds.items()},

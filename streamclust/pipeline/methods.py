@@ -1,0 +1,88 @@
+"""The other methods of ``streamclust fit``: kernel PCA, agglomerative clustering, a t-SNE map.
+
+Run after the PCA features exist, each as its own resumable stage with a marker
+(``fit-kpca``, ``fit-agglomerative``, ``fit-tsne``, ``fit-embedding``, ``fit-tsne_kmeans``):
+
+- ``--reduce kpca``: :class:`~streamclust.models.kpca.StreamingKernelPCA` (RBF kernel,
+  ``gamma="scale"``, Nystroem landmarks) on ``features.zarr`` → ``model/kpca.npz``;
+- ``--cluster ...,agglomerative``: :class:`~streamclust.models.agglomerative.StreamingAgglomerative`
+  with ``--clusters`` clusters (Ward on k-means micro-clusters) → ``model/agglomerative.npz``;
+- ``--embed tsne``: :class:`~streamclust.models.embed.StreamingTSNE` fitted on a sample of
+  the kernel-PCA scores (or of the PCA features without ``--reduce kpca``), every image
+  placed by streaming ``transform`` into ``embedding.zarr`` (float32, ``(n, 2)``), then
+  k-means with ``--clusters`` clusters on that map → ``model/tsne_kmeans.npz`` (the
+  notebook pipeline features → kernel PCA → t-SNE → k-means is
+  ``--reduce kpca --embed tsne --clusters 2``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import zarr
+
+from ..models.io import load_model, save_model
+
+__all__ = ["fit_methods"]
+
+
+def _stage(layout, name, summary, run):
+    if layout.is_done(f"fit-{name}"):
+        return
+    t0 = time.perf_counter()
+    run()
+    layout.marker(f"fit-{name}").write_text("done\n")
+    summary.seconds[name] = time.perf_counter() - t0
+
+
+def fit_methods(layout, config, features, data_key, summary, *, progress, client, fit_stage) -> None:
+    """Fit the methods that ``config`` asks for on ``features`` (the PCA scores)."""
+    model = layout.model_dir
+    n = int(features.shape[0])
+    bs = int(features.chunks[0])
+    if "agglomerative" in config.cluster and config.clusters:
+        from ..models.agglomerative import StreamingAgglomerative
+
+        def agglomerative():
+            est = StreamingAgglomerative(config.clusters, n_subclusters=min(1000, n), batch_size=bs,
+                                         random_state=config.seed)
+            fit_stage(layout, "agglomerative", est, features, None, data_key, config, progress, client)
+            save_model(est, model / "agglomerative.npz")
+
+        _stage(layout, "agglomerative", summary, agglomerative)
+    scores = features
+    if config.reduce == "kpca":
+        from ..models.kpca import StreamingKernelPCA
+
+        def kpca():
+            est = StreamingKernelPCA(min(config.kpca_components, n), gamma="scale", fit_inverse_transform=True,
+                                     batch_size=bs, random_state=config.seed)
+            fit_stage(layout, "kpca", est, features, None, data_key, config, progress, client)
+            save_model(est, model / "kpca.npz")
+
+        _stage(layout, "kpca", summary, kpca)
+        scores = None  # computed below when needed
+    if config.embed == "tsne":
+        from ..models.embed import StreamingTSNE, embed_to_zarr
+        from ..models.kmeans import StreamingKMeans
+
+        if scores is None:
+            scores = load_model(model / "kpca.npz").transform(features)  # (n, kpca) in memory: small
+
+        def tsne():
+            est = StreamingTSNE(sample_size=min(5000, n), batch_size=bs, random_state=config.seed)
+            fit_stage(layout, "tsne", est, scores, None, data_key, config, progress, client)
+            save_model(est, model / "tsne.npz")
+
+        _stage(layout, "tsne", summary, tsne)
+        _stage(layout, "embedding", summary,
+               lambda: embed_to_zarr(load_model(model / "tsne.npz"), scores, layout.root / "embedding.zarr"))
+
+        def tsne_kmeans():
+            emb = zarr.open_array(str(layout.root / "embedding.zarr"), mode="r")
+            est = StreamingKMeans(max(1, min(config.clusters or 2, n)), method="lloyd", batch_size=bs,
+                                  random_state=config.seed)
+            fit_stage(layout, "tsne_kmeans", est, emb, None, data_key, config, progress, client)
+            save_model(est, model / "tsne_kmeans.npz")
+
+        _stage(layout, "tsne_kmeans", summary, tsne_kmeans)

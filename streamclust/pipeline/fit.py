@@ -161,6 +161,9 @@ def fit_run(
             "(see manifest.csv for why members were skipped)"
         )
     _check_config(layout, config, overwrite)
+    for stray in [*layout.state_dir.rglob("*.partial"), *layout.model_dir.glob("*.partial"),
+                  *(layout.root / "features.zarr").rglob("*.partial"), *layout.root.glob("*.partial")]:
+        stray.unlink(missing_ok=True)  # temp files of atomic writes that a kill interrupted
     summary = FitSummary(str(layout.root), n_images=int(rows.size))
     if layout.is_done("fit"):
         return summary

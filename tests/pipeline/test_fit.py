@@ -146,3 +146,4 @@ def test_sigkill_and_resume_fit_equals_an_unbroken_fit(ingested, tmp_path):
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
     np.testing.assert_array_equal(zarr.open_array(ref / "features.zarr")[:], zarr.open_array(run / "features.zarr")[:])
     assert not list(state.glob("*.ckpt.npz"))
+    assert not list(run.rglob("*.partial"))

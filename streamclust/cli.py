@@ -140,9 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Compare the fitted methods: reconstruction error, inertia / log-likelihood, "
                                    "silhouette on a sample, and ARI/NMI/accuracy with labels; writes compare.csv.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--labels", default=None, help="CSV with columns member,label")
-    g.add_argument("--labels-from-folders", action="store_true")
+    _add_label_args(p, required=False)
     p.add_argument("--sample", type=_positive_int, default=2000, help="images in the silhouette sample")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
@@ -196,17 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder (created if missing)")
     _add_ingest_args(p)
     _add_fit_args(p)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--labels", default=None, help="CSV with columns member,label: evaluate against it")
-    g.add_argument("--labels-from-folders", action="store_true", help="evaluate against each image's folder name")
+    _add_label_args(p, required=False)
     _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_run)
     return parser
 
 
-def _add_label_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
+def _add_label_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """``--labels FILE | --labels-from-folders`` (one of them; both optional unless ``required``)."""
+    g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--labels", default=None, help="CSV with columns member,label")
     g.add_argument("--labels-from-folders", action="store_true",
                    help="the label of each image is the name of its folder")

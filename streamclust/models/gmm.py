@@ -44,6 +44,7 @@ from ._gmm_stats import (
     precisions_from_cholesky,
 )
 from ._passes import pass_rng
+from ._sampling import RowSampleAccumulator
 
 __all__ = [
     "StreamingGaussianMixture",
@@ -79,34 +80,6 @@ def init_sample_size(n_samples: int, n_components: int) -> int:
 
 # --------------------------------------------------------------------------------------
 # helper accumulators
-
-
-class _SampleAccumulator:
-    """Collects the rows at sorted positions ``rows`` (and nothing else) in one pass."""
-
-    def __init__(self, rows: np.ndarray, n_features: int, name: str = "sampling rows"):
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.buffer = np.zeros((self.rows.size, n_features))
-        self.have = np.zeros(self.rows.size, dtype=bool)
-        self.name = name
-
-    def update(self, X: np.ndarray, offset: int) -> None:
-        lo, hi = np.searchsorted(self.rows, [offset, offset + X.shape[0]])
-        if hi > lo:
-            self.buffer[lo:hi] = X[self.rows[lo:hi] - offset]
-            self.have[lo:hi] = True
-
-    def merge(self, other: "_SampleAccumulator") -> "_SampleAccumulator":
-        self.buffer[other.have] = other.buffer[other.have]
-        self.have |= other.have
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.copy(), "have": self.have.copy()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer = np.array(state["buffer"], dtype=np.float64)
-        self.have = np.array(state["have"], dtype=bool)
 
 
 class _MultiAccumulator:
@@ -313,7 +286,7 @@ class GMMPlan:
         k, d, ct = self.n_components, self.n_features, self.covariance_type
         if self.phase == _PHASE_SAMPLE:
             rows = np.unique(np.concatenate(self._sample_indices()))
-            return _SampleAccumulator(rows, d)
+            return RowSampleAccumulator(rows, d)
         if self.phase == _PHASE_HARD:
             parts = [HardAssignAccumulator(self.centres[i], ct) for i in range(self.n_init)]
             label = "k-means init pass" if self._n_hard > 1 else "nearest-centre init pass"
@@ -348,8 +321,8 @@ class GMMPlan:
             self._end_em(acc)
         self.pass_index += 1
 
-    def _end_sample(self, acc: _SampleAccumulator) -> None:
-        self.sample, self.sample_rows = acc.buffer, acc.rows
+    def _end_sample(self, acc: RowSampleAccumulator) -> None:
+        self.sample, self.sample_rows = acc.sample, acc.rows
         samples = self._samples()
         centres = []
         for i, sample in enumerate(samples):

@@ -412,6 +412,10 @@ def _ingest_config(args):
 
 
 def _cmd_ingest(args) -> int:
+    if args.scheduler is None and _ingest_config(args).resolved_workers > 1:
+        from .ingest._server import start_decoder_server
+
+        start_decoder_server()  # it loads the decoder on another core while we import the rest
     from .ingest import ingest
 
     with _client(args) as client:

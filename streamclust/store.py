@@ -16,13 +16,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
 
 from .errors import RunDirError, StageNotDoneError
 
 __all__ = ["RunLayout", "open_images", "ok_rows"]
+
+if TYPE_CHECKING:  # zarr is imported on use: ``ingest`` starts its decoders meanwhile
+    import zarr
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,10 @@ class RunLayout:
             )
 
 
-def open_images(run_dir: str | os.PathLike) -> zarr.Array:
+def open_images(run_dir: str | os.PathLike) -> "zarr.Array":
     """The ingested image array (read-only) of a completed ingestion."""
+    import zarr
+
     layout = RunLayout.of(run_dir)
     layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
     return zarr.open_array(layout.images, mode="r")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -11,10 +10,11 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ._server import decoder_context
 from .decode import DecodeParams, Decoded, decode_image, decode_many
 from .readers import Member
 
-__all__ = ["decoded_members", "decoded_members_distributed"]
+__all__ = ["DecodedMembers", "decoded_members_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +72,8 @@ class _Pool:
     def __init__(self, workers: int):
         self.workers = workers
         self.successes = 0
-        self.ctx = None
-        if "forkserver" in mp.get_all_start_methods():
-            self.ctx = mp.get_context("forkserver")
-            # the fork server imports the decoder once; workers fork from it ready to decode
-            self.ctx.set_forkserver_preload(["streamclust.ingest.decode"])
+        # the fork server imports the decoder once; workers fork from it ready to decode
+        self.ctx = decoder_context()
         self.ex = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
@@ -124,39 +121,63 @@ class _PoolUnusable(RuntimeError):
     """Worker processes die before decoding anything: they cannot start in this environment."""
 
 
-def decoded_members(
-    members: Iterable[Member], params: DecodeParams, workers: int
-) -> Iterator[tuple[Member, Decoded | None]]:
-    """Yield ``(member, decoded)`` in source order; ``decoded`` is None for reader-level skips.
+class DecodedMembers:
+    """Decoded members ``(member, decoded)`` in source order; ``decoded`` is None for reader-level skips.
 
-    With ``workers > 1`` decoding runs in a process pool with at most ``2 * workers``
-    tasks in flight, so memory stays bounded whatever the archive size.  If the worker
-    processes cannot run at all here (they die before decoding anything, e.g. when the
-    main program was read from stdin), decoding falls back to this process with a warning
-    rather than marking every member as an error.
+    With ``workers > 1`` decoding runs in a process pool with at most ``3 * workers``
+    tasks in flight, so memory stays bounded whatever the archive size.  The pool starts
+    and the first tasks are submitted when the object is created, so the workers start
+    up while the caller prepares its output; iterate it, then :meth:`close` it (or use
+    it as a context manager).  If the worker processes cannot run at all here (they die
+    before decoding anything, e.g. when the main program was read from stdin), decoding
+    falls back to this process with a warning rather than marking every member as an
+    error.
     """
-    tasks = _tasks(members)
-    if workers <= 1:
-        for batch in tasks:
-            yield from zip(batch, _decode_local(batch, params))
-        return
-    pool = _Pool(workers)
-    inflight: deque[tuple[list[Member], Future]] = deque()
-    try:
-        for batch in tasks:
-            inflight.append((batch, pool.submit(batch, params)))
-            if len(inflight) >= 2 * workers:
+
+    def __init__(self, members: Iterable[Member], params: DecodeParams, workers: int):
+        self.params = params
+        self.tasks = _tasks(members)
+        self.window = 3 * workers
+        self.pool = _Pool(workers) if workers > 1 else None
+        self.inflight: deque[tuple[list[Member], Future]] = deque()
+        if self.pool is not None:
+            for batch in self.tasks:
+                self.inflight.append((batch, self.pool.submit(batch, params)))
+                if len(self.inflight) >= self.window:
+                    break
+
+    def __iter__(self) -> Iterator[tuple[Member, Decoded | None]]:
+        pool, inflight, params = self.pool, self.inflight, self.params
+        if pool is None:
+            for batch in self.tasks:
+                yield from zip(batch, _decode_local(batch, params))
+            return
+        try:
+            while inflight:
                 yield from _drain_one(pool, inflight, params)
-        while inflight:
-            yield from _drain_one(pool, inflight, params)
-    except _PoolUnusable:
-        logger.warning("decoder worker processes cannot run here; decoding in this process instead")
-        pending = [b for b, _ in inflight]
-        inflight.clear()
-        for batch in [*pending, *tasks]:
-            yield from zip(batch, _decode_local(batch, params))
-    finally:
-        pool.close()
+                for batch in self.tasks:  # top the window up again
+                    inflight.append((batch, pool.submit(batch, params)))
+                    if len(inflight) >= self.window:
+                        break
+        except _PoolUnusable:
+            logger.warning("decoder worker processes cannot run here; decoding in this process instead")
+            pending = [b for b, _ in inflight]
+            inflight.clear()
+            for batch in [*pending, *self.tasks]:
+                yield from zip(batch, _decode_local(batch, params))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def __enter__(self) -> "DecodedMembers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _drain_one(pool: _Pool, inflight: deque, params: DecodeParams):

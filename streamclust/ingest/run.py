@@ -22,9 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
-import zarr
-from tqdm.auto import tqdm
 
 from .._atomic import fsync_dir, write_json
 from ..config import IngestConfig, load_run_config
@@ -32,7 +32,7 @@ from ..errors import ConfigMismatchError, SourceError
 from ..store import RunLayout
 from .decode import DecodeParams, Decoded
 from .manifest import COLUMNS, format_rows, header, read_manifest
-from .pipeline import decoded_members, decoded_members_distributed
+from .pipeline import DecodedMembers, decoded_members_distributed
 from .readers import ArchiveReader, Member, open_reader
 
 __all__ = ["ingest", "IngestSummary", "IMAGE_CODEC"]
@@ -47,6 +47,8 @@ def image_compressors():
     JPEGs it reads 1.6x faster than zstd level 3 at about the same size, and the models
     read the store many times.
     """
+    import zarr
+
     return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=1)
 
 
@@ -128,31 +130,43 @@ def _check_existing(layout: RunLayout, identity: dict, overwrite: bool) -> bool:
     return False
 
 
-class _Writer:
-    """Appends chunks to images.zarr and rows to the manifest part; commits the state."""
+def _load_state(state_path: Path) -> dict:
+    if state_path.exists():
+        return json.loads(state_path.read_text())
+    return {"members_done": 0, "rows_done": 0, "manifest_bytes": 0, "finished": False}
 
-    def __init__(self, layout: RunLayout, cfg: IngestConfig):
+
+class _Writer:
+    """Appends chunks to images.zarr and rows to the manifest part; commits the state.
+
+    Commits run on a background thread, one at a time and in order (images, then the
+    manifest rows, then the state), so decoding goes on while a chunk is compressed and
+    written; the caller's thread buffers the next chunk meanwhile.
+    """
+
+    def __init__(self, layout: RunLayout, cfg: IngestConfig, state: dict):
+        import zarr  # imported here: the decode workers start up meanwhile
+
         self.layout = layout
         self.size = cfg.size
         self.chunk = cfg.resolved_chunk_size
         self.state_path = layout.state_dir / "ingest_state.json"
         self.part_path = layout.state_dir / "manifest.part.csv"
         layout.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.state_path.exists():
-            self.state = json.loads(self.state_path.read_text())
-        else:
-            self.state = {"members_done": 0, "rows_done": 0, "manifest_bytes": 0, "finished": False}
+        self.state = state
         shape = (self.state["rows_done"], self.size, self.size, 3)
         if self.state["rows_done"] == 0 and not self.state_path.exists():
-            self.array = zarr.create_array(
+            array = zarr.create_array(
                 store=str(layout.images), shape=shape, chunks=(self.chunk, self.size, self.size, 3),
                 dtype="uint8", compressors=image_compressors(), fill_value=0, overwrite=True,
                 dimension_names=("image", "y", "x", "channel"),
             )
         else:
-            self.array = zarr.open_array(str(layout.images), mode="r+")
-            if self.array.shape != shape:
-                self.array.resize(shape)  # drops rows written after the last commit
+            array = zarr.open_array(str(layout.images), mode="r+")
+            if array.shape != shape:
+                array.resize(shape)  # drops rows written after the last commit
+        # skip zarr's "is this chunk all fill value?" scan: a third of a chunk write's time
+        self.array = array.with_config({"write_empty_chunks": True})
         # cut the manifest part back to the last commit
         if not self.part_path.exists() or self.state["manifest_bytes"] == 0:
             with open(self.part_path, "wb") as fh:
@@ -171,11 +185,10 @@ class _Writer:
                 self.duplicates += bool(row["duplicate_of"])
         self.images: list[np.ndarray] = []
         self.rows: list[dict] = []
+        self.next_index = self.state["rows_done"]  # row of the next ok image
         self.next_position = self.state["members_done"]
-
-    @property
-    def next_index(self) -> int:
-        return self.state["rows_done"] + len(self.images)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="streamclust-ingest-commit")
+        self._pending: Future | None = None
 
     def add(self, member: Member, dec: Decoded | None) -> None:
         row = {"position": member.position, "member": member.name,
@@ -188,6 +201,7 @@ class _Writer:
                        note="; ".join(n for n in (member.note, dec.note) if n))
             if dec.status == "ok":
                 index = self.next_index
+                self.next_index += 1
                 row["index"] = index
                 first = self.hashes.setdefault(dec.sha256, index)
                 if first != index:
@@ -201,27 +215,43 @@ class _Writer:
             self.commit()
 
     def commit(self) -> None:
-        """Write buffered images, then manifest rows, then (last) the state."""
+        """Hand the buffered chunk to the commit thread (after the previous commit ended)."""
+        self.wait()
+        self._pending = self._thread.submit(self._commit, self.images, self.rows, self.next_position)
+        self.images, self.rows = [], []
+
+    def wait(self) -> None:
+        """Wait for the commit in progress; re-raises its error (a full disk, say)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _commit(self, images: list[np.ndarray], rows: list[dict], next_position: int) -> None:
+        """Write the images, then the manifest rows, then (last) the state."""
         rows_done = self.state["rows_done"]
-        if self.images:
-            n = len(self.images)
+        if images:
+            n = len(images)
             self.array.resize((rows_done + n, self.size, self.size, 3))
-            self.array[rows_done:rows_done + n] = np.stack(self.images)
+            self.array[rows_done:rows_done + n] = np.stack(images)
             rows_done += n
-        data = format_rows(self.rows)
+        data = format_rows(rows)
         with open(self.part_path, "ab") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        self.state.update(members_done=self.next_position, rows_done=rows_done,
+        self.state.update(members_done=next_position, rows_done=rows_done,
                           manifest_bytes=self.state["manifest_bytes"] + len(data))
         write_json(self.state_path, self.state)
-        self.images, self.rows = [], []
 
     def finish(self) -> None:
         self.commit()
+        self.wait()
         self.state["finished"] = True
         write_json(self.state_path, self.state)
+
+    def close(self) -> None:
+        """Let a commit in progress end (it is consistent either way), then stop the thread."""
+        self._thread.shutdown(wait=True)
 
 
 def ingest(
@@ -294,30 +324,38 @@ def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progres
     if state_path.exists() and json.loads(state_path.read_text()).get("finished") and layout.manifest.exists() \
             and not (layout.state_dir / "manifest.part.csv").exists():
         return _finalise(layout, t0, json.loads(state_path.read_text())["members_done"])  # killed while finalising
-    writer = _Writer(layout, config)
-    start = writer.state["members_done"]
+    state = _load_state(state_path)
+    start = state["members_done"]
     if start:
-        logger.info("resuming ingestion at member %d (%d images already written)", start, writer.state["rows_done"])
-    if not writer.state["finished"]:
+        logger.info("resuming ingestion at member %d (%d images already written)", start, state["rows_done"])
+    if not state["finished"]:  # (finished: killed before the manifest was moved into place)
         params = DecodeParams(config.size, config.max_pixels, config.min_side, config.max_aspect, config.background)
-        total = reader.count()
-        bar = tqdm(total=total, initial=start, unit="img", desc="ingest", dynamic_ncols=True,
-                   disable=(not progress) if progress is not None else None, file=sys.stderr)
+        if client is not None:
+            stream = decoded_members_distributed(reader, start, params, client)
+        else:  # the decode workers start now, while the writer opens the store
+            stream = DecodedMembers(reader.members(start), params, config.resolved_workers)
+        bar = None
         try:
-            if client is not None:
-                stream = decoded_members_distributed(reader, start, params, client)
-            else:
-                stream = decoded_members(reader.members(start), params, config.resolved_workers)
-            for member, dec in stream:
-                writer.add(member, dec)
-                bar.update(1)
-                if bar.n % 256 == 0:
-                    skipped = sum(v for k, v in writer.counts.items() if k != "ok")
-                    bar.set_postfix(ok=writer.counts["ok"], skipped=skipped, refresh=False)
+            writer = _Writer(layout, config, state)
+            from tqdm.auto import tqdm  # (imported late too)
+
+            try:
+                bar = tqdm(total=reader.count(), initial=start, unit="img", desc="ingest", dynamic_ncols=True,
+                           disable=(not progress) if progress is not None else None, file=sys.stderr)
+                for member, dec in stream:
+                    writer.add(member, dec)
+                    bar.update(1)
+                    if bar.n % 256 == 0:
+                        skipped = sum(v for k, v in writer.counts.items() if k != "ok")
+                        bar.set_postfix(ok=writer.counts["ok"], skipped=skipped, refresh=False)
+                writer.finish()
+            finally:
+                writer.close()
         finally:
-            bar.close()
-        writer.finish()
-    os.replace(writer.part_path, layout.manifest)
+            stream.close()
+            if bar is not None:
+                bar.close()
+    os.replace(layout.state_dir / "manifest.part.csv", layout.manifest)
     fsync_dir(layout.root)
     return _finalise(layout, t0, start)
 

@@ -207,3 +207,37 @@ def test_store_layout_and_saved_config(tmp_path):
     summary = json.loads(layout.ingest_summary.read_text())
     assert summary["ok"] == 10 and summary["members"] == 10
     assert not list(run.rglob("*.partial"))
+
+
+def test_a_failed_commit_stops_the_run_and_a_rerun_completes_it(tmp_path, monkeypatch):
+    """Chunks are written on a background thread: its error (a full disk, say) must stop
+    the run with that error, leave the last consistent commit, and a re-run must end
+    with the same store and manifest as an unbroken run."""
+    import streamclust.ingest.run as run_mod
+
+    src = write_zip(tmp_path / "a.zip", list(synthetic_jpegs(70, side=16)))
+    cfg = IngestConfig(str(src), size=8, chunk_size=16, workers=2)
+    ref = tmp_path / "ref"
+    ingest(cfg, ref, progress=False)
+
+    real, calls = run_mod.format_rows, []
+
+    def failing(rows):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(rows)
+
+    monkeypatch.setattr(run_mod, "format_rows", failing)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left"):
+        ingest(cfg, run, progress=False)
+    state = json.loads((run / ".streamclust" / "ingest_state.json").read_text())
+    assert state["rows_done"] == 32 and not state["finished"]  # two commits landed, not the third
+    assert not RunLayout.of(run).is_done("ingest")
+
+    monkeypatch.setattr(run_mod, "format_rows", real)
+    out = ingest(cfg, run, progress=False)
+    assert out.resumed_from == state["members_done"] and out.ok == 70
+    assert (run / "manifest.csv").read_bytes() == (ref / "manifest.csv").read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(run / "images.zarr")[:], zarr.open_array(ref / "images.zarr")[:])

@@ -66,6 +66,9 @@ def _add_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-side", type=_positive_int, default=8, help="skip images with a shorter side (default 8)")
     p.add_argument("--max-aspect", type=float, default=4.0,
                    help="skip images more elongated than this ratio (default 4)")
+    p.add_argument("--store", default=None, metavar="PATH_OR_URL",
+                   help="write the image array here instead of RUN_DIR/images.zarr: a path or an fsspec URL "
+                        "(s3://bucket/x/images.zarr, gs://...; needs s3fs / gcsfs) that a cluster's workers can read")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in RUN_DIR with other settings")
 
 
@@ -137,12 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("compare", help="one table comparing every fitted method (errors, scores, labels)",
-                       description="Compare the fitted methods: reconstruction error, inertia / log-likelihood, "
-                                   "silhouette on a sample, and ARI/NMI/accuracy with labels; writes compare.csv.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+                       description="Compare the fitted methods of one or more runs (e.g. a pixels run and a latents "
+                                   "run of the same images): reconstruction error, inertia / log-likelihood, "
+                                   "silhouette on a sample, and ARI/NMI/accuracy with labels; writes each run's "
+                                   "compare.csv.")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="run directories whose fit has completed")
     _add_label_args(p, required=False)
     p.add_argument("--sample", type=_positive_int, default=2000, help="images in the silhouette sample")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto",
+                   help="where a latents run's decoder runs: auto (a GPU when present), cpu, cuda, cuda:N or mps")
     _add_common(p)
     p.set_defaults(func=_cmd_compare)
 
@@ -257,10 +264,10 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .pipeline.compare import compare_run, format_compare
+    from .pipeline.compare import compare_runs, format_compare
 
-    rows = compare_run(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders,
-                       sample=args.sample, seed=args.seed)
+    rows = compare_runs(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders,
+                        sample=args.sample, seed=args.seed, device=args.device)
     print(format_compare(rows))
     return 0
 
@@ -407,7 +414,7 @@ def _ingest_config(args):
     return IngestConfig(
         source=args.source, size=args.size, chunk_size=args.chunk_size, workers=args.workers,
         max_member_bytes=args.max_member_bytes, max_pixels=args.max_pixels,
-        min_side=args.min_side, max_aspect=args.max_aspect,
+        min_side=args.min_side, max_aspect=args.max_aspect, store=args.store,
     )
 
 

@@ -55,6 +55,11 @@ class IngestConfig:
         as ``bad_aspect`` (a centre crop would keep too little of them).
     background : tuple of int, default=(255, 255, 255)
         Colour that transparent pixels are composited on.
+    store : str or None, default=None
+        Where to write the image array: ``None`` for ``RUN_DIR/images.zarr``, else a path
+        or an fsspec URL (``s3://bucket/faces/images.zarr``; the filesystem's package,
+        e.g. ``s3fs``, must be installed), so that the workers of a cluster can read it.
+        The run directory itself (manifest, state, models) stays local.
     """
 
     source: str
@@ -66,6 +71,7 @@ class IngestConfig:
     min_side: int = 8
     max_aspect: float = 4.0
     background: tuple[int, int, int] = (255, 255, 255)
+    store: str | None = None
 
     #: fields that do not change the output (a resume may change them freely)
     NON_IDENTITY = ("workers",)
@@ -85,6 +91,13 @@ class IngestConfig:
         if len(bg) != 3 or not all(0 <= c <= 255 for c in bg):
             raise UsageError(f"background must be three integers 0..255, got {self.background!r}")
         object.__setattr__(self, "background", bg)
+        if self.store is not None:
+            store = str(self.store).strip()
+            if not store:
+                raise UsageError("--store must be a path or a URL such as s3://bucket/images.zarr")
+            if "://" not in store:  # a plain path: absolute, so later commands find it from anywhere
+                store = os.path.abspath(os.path.expanduser(store))
+            object.__setattr__(self, "store", store)
 
     @property
     def resolved_chunk_size(self) -> int:

@@ -22,7 +22,8 @@ import numpy as np
 
 from .errors import RunDirError, StageNotDoneError
 
-__all__ = ["RunLayout", "open_images", "ok_rows"]
+__all__ = ["RunLayout", "open_images", "image_array", "images_location", "open_zarr", "is_url",
+           "storage_options", "ok_rows"]
 
 if TYPE_CHECKING:  # zarr is imported on use: ``ingest`` starts its decoders meanwhile
     import zarr
@@ -79,13 +80,45 @@ class RunLayout:
             )
 
 
-def open_images(run_dir: str | os.PathLike) -> "zarr.Array":
-    """The ingested image array (read-only) of a completed ingestion."""
+def is_url(location: str | os.PathLike) -> bool:
+    """True for an fsspec URL (``s3://bucket/x.zarr``, ``file:///data/x.zarr``), not a plain path."""
+    return "://" in str(location)
+
+
+def storage_options(location: str) -> dict | None:
+    """fsspec options streamclust passes for ``location`` (local ``file://`` URLs create folders)."""
+    if str(location).startswith("file://"):
+        return {"auto_mkdir": True}
+    return None
+
+
+def images_location(run_dir: str | os.PathLike) -> str:
+    """Where a run's image array is: ``RUN_DIR/images.zarr``, or what ``ingest --store`` named."""
+    from .config import load_run_config
+
+    store = (load_run_config(run_dir).get("ingest") or {}).get("store")
+    return str(store) if store else str(RunLayout.of(run_dir).images)
+
+
+def open_zarr(location: str, mode: str = "r") -> "zarr.Array":
+    """``zarr.open_array`` of a path or an fsspec URL (with :func:`storage_options`)."""
     import zarr
 
+    if is_url(location):
+        return zarr.open_array(location, mode=mode, storage_options=storage_options(location))
+    return zarr.open_array(location, mode=mode)
+
+
+def image_array(run_dir: str | os.PathLike, mode: str = "r") -> "zarr.Array":
+    """The run's image array, wherever it is stored (no check that ingestion completed)."""
+    return open_zarr(images_location(run_dir), mode)
+
+
+def open_images(run_dir: str | os.PathLike) -> "zarr.Array":
+    """The ingested image array (read-only) of a completed ingestion."""
     layout = RunLayout.of(run_dir)
     layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
-    return zarr.open_array(layout.images, mode="r")
+    return image_array(run_dir)
 
 
 def ok_rows(run_dir: str | os.PathLike, *, drop_duplicates: bool = True) -> np.ndarray:

@@ -5,11 +5,20 @@
 for the VAE, the posterior mean.  Chunked along the rows (8192 per chunk), uncompressed
 like ``features.zarr``.  ``config.json["encode"]`` records the model it came from, and
 ``.streamclust/encode.done`` is written last.
+
+New latents make a fit on the old ones stale: whenever the latents are removed to be
+written again (``encode --overwrite``, or ``train --overwrite`` of the encoded model),
+:func:`reset_encode` first discards a ``fit --features latents`` of the run (its models,
+features, markers and everything made from them, see
+:func:`streamclust.pipeline.fit.reset_fit`), so ``streamclust fit`` with the same
+settings fits again, and ``assign`` / ``report`` / ``compare`` ask for that fit instead
+of mixing old models with new latents.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +28,7 @@ import numpy as np
 from .._atomic import write_bytes, write_json
 from ..config import load_run_config
 from ..errors import ConfigMismatchError, UsageError
-from ..store import RunLayout, ok_rows
+from ..store import RunLayout, image_array, ok_rows
 from ._torch import require_torch
 
 __all__ = ["encode_run", "encode_array", "reconstruct", "vae_samples", "latents_path", "reset_encode",
@@ -27,18 +36,32 @@ __all__ = ["encode_run", "encode_array", "reconstruct", "vae_samples", "latents_
 
 LATENT_CHUNK_ROWS = 8192
 
+logger = logging.getLogger(__name__)
+
 
 def latents_path(run_dir) -> Path:
     return Path(run_dir) / "latents.zarr"
 
 
 def reset_encode(layout: RunLayout) -> None:
-    """Remove ``latents.zarr`` and its marker and settings."""
+    """Remove ``latents.zarr`` and its marker and settings, and a fit on those latents.
+
+    The fit goes first and the marker before the data, so a kill at any moment leaves
+    no stage marked done whose input is gone.
+    """
+    fit_cfg = load_run_config(layout.root).get("fit") or {}
+    if fit_cfg.get("features") == "latents":
+        from ..pipeline.fit import reset_fit
+
+        if reset_fit(layout.root):
+            logger.info("removed the fit on the old latents of %s (models, features and what was made from them); "
+                        "run `streamclust fit %s --features latents` with its settings again once encoded",
+                        layout.root, layout.root)
+    layout.marker("encode").unlink(missing_ok=True)
     path = latents_path(layout.root)
     if path.exists():
         shutil.rmtree(path)
     (layout.root / "deep" / "latent_rows.npy").unlink(missing_ok=True)
-    layout.marker("encode").unlink(missing_ok=True)
     cfg = load_run_config(layout.root)
     if "encode" in cfg:
         del cfg["encode"]
@@ -108,7 +131,7 @@ def encode_run(
 
     dev = resolve_device(device)
     net = load_net(layout.root, model, dev)
-    images = zarr.open_array(str(layout.images), mode="r")
+    images = image_array(layout.root)
     rows = ok_rows(layout.root)
     n, k = int(rows.size), int(net.latent)
     chunk = max(1, min(LATENT_CHUNK_ROWS, n))
@@ -153,7 +176,7 @@ def reconstruct(run_dir: str | os.PathLike, rows, *, model: str = "ae", device: 
     layout = RunLayout.of(run_dir)
     dev = resolve_device(device)
     net = load_net(layout.root, model, dev)
-    images = zarr.open_array(str(layout.images), mode="r")
+    images = image_array(layout.root)
     rows = [int(r) for r in np.asarray(rows).ravel()]
     if any(not 0 <= r < images.shape[0] for r in rows):
         raise UsageError(f"rows must be in 0..{images.shape[0] - 1}")

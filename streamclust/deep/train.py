@@ -32,7 +32,7 @@ import numpy as np
 from .._atomic import atomic_open, write_json
 from ..config import load_run_config
 from ..errors import ConfigMismatchError, RunDirError, UsageError
-from ..store import RunLayout, ok_rows
+from ..store import RunLayout, image_array, ok_rows
 from ._torch import require_torch
 
 __all__ = ["TrainConfig", "train_run", "train_tensor", "load_net", "resolve_device", "read_history",
@@ -403,7 +403,7 @@ def train_run(
 
     from .data import StoreLoader, to_float_tensor
 
-    images = zarr.open_array(str(layout.images), mode="r")
+    images = image_array(layout.root)
     rows = ok_rows(layout.root)
     if rows.size == 0:
         raise UsageError(f"{layout.root} has no usable images to train on")

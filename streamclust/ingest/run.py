@@ -29,7 +29,7 @@ import numpy as np
 from .._atomic import fsync_dir, write_json
 from ..config import IngestConfig, load_run_config
 from ..errors import ConfigMismatchError, SourceError
-from ..store import RunLayout
+from ..store import RunLayout, images_location, is_url, open_zarr, storage_options
 from .decode import DecodeParams, Decoded
 from .manifest import COLUMNS, format_rows, header, read_manifest
 from .pipeline import DecodedMembers, decoded_members_distributed
@@ -79,13 +79,41 @@ class IngestSummary:
                 f"{sum(self.skipped.values())} skipped ({skipped}).")
 
 
-def _remove_partials(layout: RunLayout) -> None:
+def _remove_partials(layout: RunLayout, location: str) -> None:
     """Remove temp files of atomic writes that a kill interrupted (``NAME.<uuid>.partial``)."""
     strays = [*layout.root.glob("*.partial"), *layout.state_dir.glob("*.partial")]
-    if layout.images.exists():
-        strays += list(layout.images.rglob("*.partial"))
+    if not is_url(location) and Path(location).exists():
+        strays += list(Path(location).rglob("*.partial"))
     for stray in strays:
         stray.unlink(missing_ok=True)
+
+
+def _store_fs(location: str):
+    """``(filesystem, path)`` of an fsspec URL."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(location, **(storage_options(location) or {}))
+
+
+def store_exists(location: str) -> bool:
+    """True when an image array (or anything) is at ``location``, a path or an fsspec URL."""
+    if not is_url(location):
+        return Path(location).exists()
+    fs, path = _store_fs(location)
+    return bool(fs.exists(path))
+
+
+def remove_store(location: str) -> None:
+    """Delete the image array at ``location`` (a path or an fsspec URL), if there is one."""
+    if not is_url(location):
+        if Path(location).is_dir():
+            shutil.rmtree(location)
+        elif Path(location).exists():
+            Path(location).unlink()
+        return
+    fs, path = _store_fs(location)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def _fingerprint(source: Path) -> dict:
@@ -97,7 +125,9 @@ def _fingerprint(source: Path) -> dict:
 
 
 def _reset_run_dir(layout: RunLayout) -> None:
-    """``--overwrite``: remove everything streamclust wrote in the run directory."""
+    """``--overwrite``: remove everything streamclust wrote in the run directory (and its store)."""
+    if layout.config.exists():
+        remove_store(images_location(layout.root))  # the earlier run's, wherever it was
     for child in (layout.images, layout.manifest, layout.ingest_summary, layout.model_dir,
                   layout.state_dir, layout.config, layout.root / "report", layout.root / "assignments.csv"):
         if child.is_dir():
@@ -118,6 +148,7 @@ def _check_existing(layout: RunLayout, identity: dict, overwrite: bool) -> bool:
             _reset_run_dir(layout)
         return False
     saved_identity = {k: v for k, v in saved.items() if k != "workers"}
+    saved_identity.setdefault("store", None)  # runs ingested before --store existed
     if saved_identity == identity:
         return True
     if not overwrite:
@@ -155,14 +186,15 @@ class _Writer:
         layout.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = state
         shape = (self.state["rows_done"], self.size, self.size, 3)
+        location = cfg.store or str(layout.images)
         if self.state["rows_done"] == 0 and not self.state_path.exists():
             array = zarr.create_array(
-                store=str(layout.images), shape=shape, chunks=(self.chunk, self.size, self.size, 3),
+                store=location, shape=shape, chunks=(self.chunk, self.size, self.size, 3),
                 dtype="uint8", compressors=image_compressors(), fill_value=0, overwrite=True,
-                dimension_names=("image", "y", "x", "channel"),
+                dimension_names=("image", "y", "x", "channel"), storage_options=storage_options(location),
             )
         else:
-            array = zarr.open_array(str(layout.images), mode="r+")
+            array = open_zarr(location, mode="r+")
             if array.shape != shape:
                 array.resize(shape)  # drops rows written after the last commit
         # skip zarr's "is this chunk all fill value?" scan: a third of a chunk write's time
@@ -297,6 +329,11 @@ def ingest(
             _fill_counts(summary, layout.manifest)
             logger.debug(summary.line())
             return summary
+        if config.store is not None and not same and store_exists(config.store):
+            if not overwrite:  # another run's images, or anything else: never written over silently
+                raise ConfigMismatchError(f"--store {config.store} already exists and is not this run's; "
+                                          "pass --overwrite to replace it, or name another location")
+            remove_store(config.store)
         layout.root.mkdir(parents=True, exist_ok=True)
         run_cfg = load_run_config(layout.root)
         run_cfg["ingest"] = {**identity, "workers": config.workers}
@@ -319,7 +356,7 @@ def _fill_counts(summary: IngestSummary, manifest: Path) -> None:
 def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progress: bool | None,
          client=None) -> IngestSummary:
     t0 = time.perf_counter()
-    _remove_partials(layout)
+    _remove_partials(layout, config.store or str(layout.images))
     state_path = layout.state_dir / "ingest_state.json"
     if state_path.exists() and json.loads(state_path.read_text()).get("finished") and layout.manifest.exists() \
             and not (layout.state_dir / "manifest.part.csv").exists():

@@ -133,6 +133,39 @@ class RowSource:
                 pending.cancel()
 
 
+class TransformedRows(RowSource):
+    """Rows of ``array`` passed through ``transform`` as they are read.
+
+    For data derived from a stored array batch by batch (e.g. the kernel-PCA scores of a
+    feature store), so that the derived data is never held whole.
+
+    Parameters
+    ----------
+    array : ndarray, zarr.Array or dask.array.Array
+        The stored rows.
+    transform : callable
+        Maps a 2-D float block of rows of ``array`` to a 2-D block of the same rows.
+    n_features : int
+        Columns of ``transform``'s output.
+    """
+
+    def __init__(self, array, transform, n_features: int, rows=None, *, check_finite=True):
+        super().__init__(array, rows, check_finite=check_finite)
+        self.transform = transform
+        self._n_out = int(n_features)
+
+    @property
+    def n_features(self) -> int:
+        return self._n_out
+
+    def _slice(self, lo: int, hi: int):
+        block = super()._slice(lo, hi)
+        if hasattr(block, "compute"):
+            block = block.compute()
+        block = np.asarray(block, dtype=np.float64)
+        return self.transform(block.reshape(block.shape[0], -1))
+
+
 def as_row_source(estimator, X, *, reset: bool, rows=None, dtype=(np.float64, np.float32)) -> RowSource:
     """Validate ``X`` like scikit-learn and wrap it in a :class:`RowSource`.
 

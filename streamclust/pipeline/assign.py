@@ -22,7 +22,7 @@ from ..config import load_run_config
 from ..ingest.manifest import read_manifest
 from ..models._batches import RowSource
 from ..models.io import load_model
-from ..store import RunLayout
+from ..store import RunLayout, image_array
 from .progress import PassBars
 
 __all__ = ["assign_run", "ASSIGN_COLUMNS", "read_assignments", "load_fitted"]
@@ -105,7 +105,7 @@ def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, pro
     rows = np.asarray(rows, dtype=np.int64)[order]
     members = [members[i] for i in order]
     dups = [dups[i] for i in order]
-    images = zarr.open_array(str(layout.images), mode="r")
+    images = image_array(layout.root)
     bs = batch_size or int(images.chunks[0])
     source = RowSource(images, rows)
     t0 = time.perf_counter()

@@ -1,6 +1,9 @@
-"""``streamclust compare``: one table comparing every fitted method of a run.
+"""``streamclust compare``: one table comparing every fitted method of one or more runs.
 
-A row per fitted clustering method:
+A run directory holds one fit, on the pixels or on an autoencoder's latents
+(``fit --features latents``); :func:`compare_runs` puts the rows of several runs in one
+table (say a pixels run and a latents run of the same images, see docs/cli.md).  A row
+per fitted clustering method of a run:
 
 ``method``
     ``kmeans`` (``model/kmeans.npz``), ``gmm`` (``model/gmm.npz``), ``agglomerative``
@@ -8,21 +11,33 @@ A row per fitted clustering method:
     scores) — and ``tsne_kmeans`` (``model/tsne_kmeans.npz``: k-means of the t-SNE map
     ``model/tsne.npz``, itself fitted on the kernel PCA scores of ``model/kpca.npz`` when
     that file exists, else on the PCA scores).
+``features``
+    What the run's models were fitted on (its saved ``fit`` settings): ``pixels``, or
+    ``latents`` (the encoded autoencoder's latents, ``latents.zarr``).
 ``reduction``
-    The pixel reduction the method's input derives from: ``pca`` or ``kpca``.
+    The reduction the method's input derives from: ``pca`` or ``kpca`` (of the pixels,
+    or of the latents when ``features`` is ``latents``).
 ``recon_mae``
     Reconstruction error of that reduction: the mean absolute pixel error (pixel
     units, 0-255 for 8-bit images) over every ok image, streamed:
     ``pca.inverse_transform(pca.transform(x))``; for ``kpca`` (fitted on the PCA
     scores, with ``fit_inverse_transform=True``) ``pca.inverse_transform(kpca.inverse_transform(
     kpca.transform(pca.transform(x))))``.  Empty when the reduction has no inverse map.
+    For a ``latents`` run the error is still in pixels, so the two kinds of run
+    compare: ``x`` above is the image's latent vector (``latents.zarr``), and the
+    reduction's reconstruction of it goes through the network's decoder,
+    ``255 * decode(pca.inverse_transform(pca.transform(z)))``, unrounded, against the
+    stored pixels; duplicates count as the image they repeat (they were encoded once).
+    This includes the autoencoder's own error.  Empty, with a logged warning, when
+    PyTorch is not installed.
 ``inertia``, ``log_likelihood``
     The within-cluster sum of squares in the method's own space (k-means,
     agglomerative, t-SNE k-means), or the mean log-likelihood per image of the mixture
     (streamed over the features).
 ``silhouette``
-    Silhouette of the clustering in the PCA feature space, on a seeded sample of the
-    fitted images (the same sample for every method, so the figures compare).
+    Silhouette of the clustering in the run's PCA feature space (``features.zarr``), on
+    a seeded sample of the fitted images (the same sample for every method, so the
+    figures compare within a run; across runs of other ``features`` the spaces differ).
 ``ari``, ``nmi``, ``accuracy``
     With labels: adjusted Rand index, normalised mutual information and best-match
     accuracy (Hungarian matching; ``max(acc, 1 - acc)`` for two clusters and two classes)
@@ -32,12 +47,17 @@ A row per fitted clustering method:
 
 The labels of a method are its model's ``labels_`` (one per fitted image, the rows of
 ``model/fit_rows.npy``), or, for the mixture, its predictions streamed over the features.
+
+:func:`compare_runs` adds a leading ``run`` key (the directory's name) to every row
+when it compares more than one run; ``compare.csv`` (written in each run) has no ``run``
+column.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -46,13 +66,17 @@ import numpy as np
 import zarr
 
 from .._atomic import atomic_open, load_npz
+from ..config import load_run_config
 from ..errors import RunDirError, UsageError
 from ..ingest.manifest import read_manifest
 from ..models._batches import RowSource
-from ..store import RunLayout, ok_rows
+from ..store import RunLayout, image_array, ok_rows
 from .evaluate import best_match_accuracy, labels_from_folders, read_labels
 
-__all__ = ["compare_run", "format_compare", "load_any_model", "COMPARE_COLUMNS", "METHOD_FILES", "MODEL_FILES"]
+__all__ = ["compare_run", "compare_runs", "format_compare", "load_any_model", "run_features", "COMPARE_COLUMNS",
+           "METHOD_FILES", "MODEL_FILES"]
+
+logger = logging.getLogger(__name__)
 
 #: clustering methods and the model file each is read from (``RUN_DIR/model/``)
 METHOD_FILES = {
@@ -63,10 +87,12 @@ METHOD_FILES = {
 }
 #: every model file compare reads
 MODEL_FILES = ("pca.npz", *METHOD_FILES.values(), "kpca.npz", "tsne.npz")
-COMPARE_COLUMNS = ("method", "reduction", "n_clusters", "recon_mae", "inertia", "log_likelihood", "silhouette",
-                   "ari", "nmi", "accuracy", "fit_seconds")
+COMPARE_COLUMNS = ("method", "features", "reduction", "n_clusters", "recon_mae", "inertia", "log_likelihood",
+                   "silhouette", "ari", "nmi", "accuracy", "fit_seconds")
 #: rows read per batch when streaming images or features
 _BATCH = 1024
+#: latent rows passed through the decoder at a time
+_DECODE_BATCH = 256
 
 
 def load_any_model(path: str | os.PathLike):
@@ -97,17 +123,24 @@ def load_any_model(path: str | os.PathLike):
 
 
 # ---------------------------------------------------------------- reconstruction
-def _reconstruction_errors(layout: RunLayout, pca, kpca) -> dict[str, float]:
-    """Mean absolute pixel error of each reduction over every ok image (one streamed pass)."""
-    images = zarr.open_array(str(layout.images), mode="r")
-    n_pixels = int(np.prod(images.shape[1:]))
-    # reconstruction of the pixels X from themselves and their PCA scores F (as features.zarr stores them)
+def _recon_maps(pca, kpca, n_in: int) -> dict:
+    """``{reduction: fn(X, F)}``: each reduction's reconstruction of the rows ``X`` it was
+    fitted on (pixels or latents, ``n_in`` columns) from ``X`` and their PCA scores ``F``."""
     recon = {"pca": lambda X, F: pca.inverse_transform(F)}
     if kpca is not None and hasattr(kpca, "inverse_components_"):
         if kpca.n_features_in_ == pca.n_components_:  # kernel PCA of the PCA scores
             recon["kpca"] = lambda X, F: pca.inverse_transform(kpca.inverse_transform(kpca.transform(F)))
-        elif kpca.n_features_in_ == n_pixels:  # kernel PCA of the pixels
+        elif kpca.n_features_in_ == n_in:  # kernel PCA of the input rows themselves
             recon["kpca"] = lambda X, F: kpca.inverse_transform(kpca.transform(X))
+    return recon
+
+
+def _reconstruction_errors(layout: RunLayout, pca, kpca) -> dict[str, float]:
+    """Mean absolute pixel error of each reduction of the pixels over every ok image (one streamed pass)."""
+    images = image_array(layout.root)
+    n_pixels = int(np.prod(images.shape[1:]))
+    # reconstruction of the pixels X from themselves and their PCA scores F (as features.zarr stores them)
+    recon = _recon_maps(pca, kpca, n_pixels)
     totals = dict.fromkeys(recon, 0.0)
     count = 0
     source = RowSource(images, ok_rows(layout.root, drop_duplicates=False))
@@ -116,6 +149,73 @@ def _reconstruction_errors(layout: RunLayout, pca, kpca) -> dict[str, float]:
         for name, fn in recon.items():
             totals[name] += float(np.abs(fn(X, F) - X).sum(dtype=np.float64))
         count += X.size
+    return {name: total / count if count else float("nan") for name, total in totals.items()}
+
+
+def _multiplicity(layout: RunLayout, rows: np.ndarray) -> np.ndarray:
+    """How many ok images each of ``rows`` (the de-duplicated ok rows) stands for: 1 + its duplicates."""
+    counts = np.ones(rows.size, dtype=np.float64)
+    for r in read_manifest(layout.manifest):
+        if r["status"] == "ok" and r["duplicate_of"]:
+            pos = int(np.searchsorted(rows, int(r["duplicate_of"])))
+            if pos < rows.size and rows[pos] == int(r["duplicate_of"]):
+                counts[pos] += 1
+    return counts
+
+
+def _latent_reconstruction_errors(layout: RunLayout, pca, kpca, device: str) -> dict[str, float]:
+    """Mean absolute pixel error of each reduction of the latents, decoded by the trained network.
+
+    Streams the de-duplicated ok images and their latents (``latents.zarr`` row ``i`` is
+    image ``ok_rows(run)[i]``) together, each image weighted by the ok images it stands
+    for.  ``{}`` (with a warning) when PyTorch is not installed.
+    """
+    from ..deep._torch import INSTALL_HINT, require_torch
+
+    try:
+        torch = require_torch()
+    except UsageError:
+        logger.warning("%s was fitted on latents: its recon_mae is left empty because PyTorch is not installed "
+                       "(%s)", layout.root, INSTALL_HINT)
+        return {}
+    from ..deep.train import load_net, resolve_device
+
+    root = layout.root
+    layout.require("encode", f"streamclust encode {root}` and `streamclust fit {root} --features latents")
+    model = (load_run_config(root).get("encode") or {}).get("model")
+    if model is None:
+        raise RunDirError(f"{root}/config.json does not say which network was encoded; "
+                          f"run `streamclust encode {root} --overwrite`, then fit again")
+    latents = zarr.open_array(str(root / "latents.zarr"), mode="r")
+    rows = ok_rows(root)
+    if latents.shape != (rows.size, int(pca.n_features_in_)):
+        raise RunDirError(f"latents.zarr of {root} ({latents.shape[0]} x {latents.shape[1]}) does not match the "
+                          f"fitted models ({rows.size} images x {pca.n_features_in_} latents); "
+                          f"run `streamclust fit {root} --features latents --overwrite`")
+    dev = resolve_device(device)
+    net = load_net(root, model, dev)
+    weights = _multiplicity(layout, rows)
+    images = image_array(layout.root)
+    recon = _recon_maps(pca, kpca, int(latents.shape[1]))
+    totals = dict.fromkeys(recon, 0.0)
+    bs = max(_BATCH, int(images.chunks[0]))
+    pixels, codes = RowSource(images, rows), RowSource(latents)
+
+    def decode(Z: np.ndarray) -> np.ndarray:  # latents (float64) to pixel rows (float64, 0-255)
+        out = np.empty((Z.shape[0], int(np.prod(images.shape[1:]))), dtype=np.float64)
+        with torch.no_grad():
+            for lo in range(0, Z.shape[0], _DECODE_BATCH):
+                z = torch.from_numpy(np.ascontiguousarray(Z[lo:lo + _DECODE_BATCH], dtype=np.float32)).to(dev)
+                x = net.decode(z).permute(0, 2, 3, 1).reshape(z.shape[0], -1)  # channels last, as stored
+                out[lo:lo + z.shape[0]] = x.to("cpu", torch.float64).numpy()
+        return out * 255.0
+
+    for (lo, X), (_, Z) in zip(pixels.iter_batches(bs, dtype=np.float64), codes.iter_batches(bs, dtype=np.float64)):
+        F = pca.transform(Z).astype(np.float32).astype(np.float64)  # as features.zarr stores them
+        w = weights[lo:lo + X.shape[0]]
+        for name, fn in recon.items():
+            totals[name] += float(w @ np.abs(decode(fn(Z, F)) - X).sum(axis=1))
+    count = float(weights.sum()) * int(np.prod(images.shape[1:]))
     return {name: total / count if count else float("nan") for name, total in totals.items()}
 
 
@@ -167,6 +267,7 @@ def compare_run(
     methods=None,
     sample: int = 2000,
     seed: int = 0,
+    device: str = "auto",
 ) -> list[dict]:
     """Compare the fitted methods of ``run_dir``; writes ``RUN_DIR/compare.csv`` and returns its rows.
 
@@ -185,6 +286,9 @@ def compare_run(
         Images the silhouette is computed on.
     seed : int, default=0
         Seed of the silhouette sample.
+    device : str, default="auto"
+        Where the decoder runs for a run fitted on latents (``auto``, ``cpu``, ``cuda``,
+        ...); unused for a pixels run.
 
     Returns
     -------
@@ -203,6 +307,7 @@ def compare_run(
     models = _method_models(layout, methods)
     if not models:
         raise UsageError(f"no clustering method was fitted in {layout.root}")
+    feature_kind = run_features(layout.root)
     pca = load_any_model(layout.model_dir / "pca.npz")
     kpca_path, tsne_path = layout.model_dir / "kpca.npz", layout.model_dir / "tsne.npz"
     kpca = load_any_model(kpca_path) if kpca_path.exists() else None
@@ -242,7 +347,10 @@ def compare_run(
     reduction = {"kmeans": "pca", "gmm": "pca", "agglomerative": "pca", "tsne_kmeans": "pca"}
     if tsne is not None and kpca is not None and tsne.n_features_in_ == kpca.n_components_:
         reduction["tsne_kmeans"] = "kpca"
-    recon = _reconstruction_errors(layout, pca, kpca)
+    if feature_kind == "latents":
+        recon = _latent_reconstruction_errors(layout, pca, kpca, device)
+    else:
+        recon = _reconstruction_errors(layout, pca, kpca)
 
     # silhouette on one seeded sample of the fitted images, in PCA space
     rng = np.random.default_rng(seed)
@@ -259,6 +367,7 @@ def compare_run(
         sil = float(silhouette_score(F_sample, sub)) if 2 <= n_sub < idx.size else None
         row = {
             "method": name,
+            "features": feature_kind,
             "reduction": reduction[name],
             "n_clusters": k,
             "recon_mae": recon.get(reduction[name]),
@@ -275,6 +384,48 @@ def compare_run(
             row.update(_score(y, pred[mask]))
         rows.append(row)
     _write_csv(layout.root / "compare.csv", rows)
+    return rows
+
+
+def run_features(run_dir: str | os.PathLike) -> str:
+    """What the fit of ``run_dir`` was on: ``"pixels"`` or ``"latents"`` (its saved ``fit`` settings)."""
+    return (load_run_config(run_dir).get("fit") or {}).get("features", "pixels")
+
+
+def _run_names(run_dirs) -> list[str]:
+    """Each directory's name; the path as given where two names coincide."""
+    names = [Path(d).resolve().name or str(d) for d in run_dirs]
+    return [n if names.count(n) == 1 else str(d) for n, d in zip(names, run_dirs)]
+
+
+def compare_runs(run_dirs, **kwargs) -> list[dict]:
+    """:func:`compare_run` on each of ``run_dirs``; their rows in one list.
+
+    Parameters
+    ----------
+    run_dirs : list of path
+        Run directories whose ``fit`` stage has completed, e.g. a pixels run and a
+        latents run of the same images.  Each one's ``compare.csv`` is written.
+    **kwargs
+        Passed to :func:`compare_run` for every run (labels, methods, sample, seed, device).
+
+    Returns
+    -------
+    list of dict
+        The rows of every run in the order given; with more than one run each row also
+        has a ``run`` key, the directory's name (its path as given where two names
+        coincide), shown first by :func:`format_compare`.
+    """
+    run_dirs = list(run_dirs)
+    if not run_dirs:
+        raise UsageError("give at least one run directory")
+    for d in run_dirs:  # every run must be ready before any is compared
+        RunLayout.of(d).require("fit", f"streamclust fit {d}")
+    names = _run_names(run_dirs)
+    rows = []
+    for name, d in zip(names, run_dirs):
+        for row in compare_run(d, **kwargs):
+            rows.append({"run": name, **row} if len(run_dirs) > 1 else row)
     return rows
 
 
@@ -295,11 +446,16 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def format_compare(rows: list[dict]) -> str:
-    """The comparison as an aligned text table (``-`` where a figure does not apply)."""
-    heads = {"method": "method", "reduction": "reduction", "n_clusters": "k", "recon_mae": "recon MAE",
-             "inertia": "inertia", "log_likelihood": "log-lik", "silhouette": "silhouette", "ari": "ARI",
-             "nmi": "NMI", "accuracy": "accuracy", "fit_seconds": "fit s"}
-    cols = [c for c in COMPARE_COLUMNS if any(_cell(r.get(c)) for r in rows) or c in ("method", "n_clusters")]
+    """The comparison as an aligned text table (``-`` where a figure does not apply).
+
+    A leading ``run`` column is shown when the rows carry a ``run`` key (see :func:`compare_runs`).
+    """
+    heads = {"run": "run", "method": "method", "features": "features", "reduction": "reduction", "n_clusters": "k",
+             "recon_mae": "recon MAE", "inertia": "inertia", "log_likelihood": "log-lik", "silhouette": "silhouette",
+             "ari": "ARI", "nmi": "NMI", "accuracy": "accuracy", "fit_seconds": "fit s"}
+    text_cols = ("run", "method", "features", "reduction")
+    shown = ("run", *COMPARE_COLUMNS) if any("run" in r for r in rows) else COMPARE_COLUMNS
+    cols = [c for c in shown if any(_cell(r.get(c)) for r in rows) or c in ("method", "n_clusters")]
 
     def fmt(c, v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -314,7 +470,7 @@ def format_compare(rows: list[dict]) -> str:
     widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
     lines = []
     for j, line in enumerate(table):
-        cells = [v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths))]
+        cells = [v.ljust(w) if c in text_cols else v.rjust(w) for c, v, w in zip(cols, line, widths)]
         lines.append("  ".join(cells).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))

@@ -81,7 +81,9 @@ def evaluate_run(run_dir, *, labels: str | os.PathLike | None = None, from_folde
     if not keep.any():
         raise UsageError("none of the run's images has a label; check the member names in the labels file")
     y = np.array([mapping[m] for m, k in zip(members, keep) if k])
-    result = {"n_labelled": int(keep.sum()), "n_classes": int(len(set(y))), "methods": {}}
+    source = {"from_folders": True} if from_folders else {"file": str(Path(labels).resolve())}
+    result = {"n_labelled": int(keep.sum()), "n_classes": int(len(set(y))), "methods": {},
+              "labels_source": source}
     for method, col in (("kmeans", "cluster"), ("gmm", "component")):
         pred = a[col][keep]
         if (pred >= 0).all():

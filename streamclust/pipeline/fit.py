@@ -42,11 +42,11 @@ from ..models._batches import RowSource
 from ..models.pca import _blocks, _map_blocks
 from ..models._passes import Checkpointer, fingerprint
 from ..models.io import load_model, save_model
-from ..store import RunLayout, ok_rows
+from ..store import RunLayout, image_array, ok_rows
 from .memory import batch_rows
 from .progress import PassBars
 
-__all__ = ["fit_run", "FitSummary", "CHECKPOINT_SECONDS", "DEFAULT_PCA_COMPONENTS"]
+__all__ = ["fit_run", "reset_fit", "FitSummary", "CHECKPOINT_SECONDS", "DEFAULT_PCA_COMPONENTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,21 +76,51 @@ class FitSummary:
 
 
 def _reset_fit(layout: RunLayout) -> None:
-    for child in (layout.model_dir, layout.root / "features.zarr", layout.root / "embedding.zarr"):
-        if child.exists():
-            shutil.rmtree(child)
-    for stage in (*STAGES, "fit"):
+    # markers first (the fit's own first), so that a kill part-way leaves nothing marked done
+    # whose data is gone: the commands reading the fit then ask for `streamclust fit`
+    for stage in ("fit", *STAGES):
         layout.marker(f"fit-{stage}" if stage != "fit" else "fit").unlink(missing_ok=True)
     # everything computed from the old models is stale too
     for name in ("assign", "select-k", "report"):
         layout.marker(name).unlink(missing_ok=True)
-    for stale in ("assignments.csv", "evaluation.json", "select_k.csv", "select_k.png", "samples.png"):
+    for child in (layout.model_dir, layout.root / "features.zarr", layout.root / "embedding.zarr"):
+        if child.exists():
+            shutil.rmtree(child)
+    for stale in ("assignments.csv", "evaluation.json", "select_k.csv", "select_k.png", "samples.png",
+                  "compare.csv"):
         (layout.root / stale).unlink(missing_ok=True)
     if (layout.root / "report").exists():
         shutil.rmtree(layout.root / "report")
     for ck in layout.state_dir.glob("fit-*"):
         ck.unlink()
     _SketchScores(layout, 0).clear()
+
+
+def reset_fit(run_dir: str | os.PathLike) -> bool:
+    """Discard the fit of ``run_dir``, complete or partial, and everything computed from it.
+
+    The models, ``features.zarr``, ``embedding.zarr``, the fit's checkpoints and markers,
+    and the outputs made from the models (assignments, evaluation, select-k, samples,
+    comparison, report) are removed, completion markers first; the fit settings stay
+    in ``config.json``, so ``streamclust fit`` with the same settings fits again.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory.
+
+    Returns
+    -------
+    bool
+        Whether there was anything of a fit to discard.
+    """
+    layout = RunLayout.of(run_dir)
+    found = (layout.model_dir.exists() or (layout.root / "features.zarr").exists()
+             or (layout.root / "embedding.zarr").exists()
+             or (layout.state_dir.is_dir() and any(layout.state_dir.glob("fit*"))))
+    if found:
+        _reset_fit(layout)
+    return found
 
 
 def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None:
@@ -146,7 +176,7 @@ def fit_run(
     if config is None:
         saved = load_run_config(layout.root).get("fit")
         config = FitConfig.from_dict(saved) if saved else FitConfig()
-    images = zarr.open_array(str(layout.images), mode="r")
+    images = image_array(layout.root)
     rows = ok_rows(layout.root, drop_duplicates=config.drop_duplicates)
     data, data_rows = images, rows  # what the PCA reads: pixels, or an autoencoder's latents
     if config.features == "latents":

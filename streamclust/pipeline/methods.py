@@ -63,11 +63,13 @@ def fit_methods(layout, config, features, data_key, summary, *, progress, client
         _stage(layout, "kpca", summary, kpca)
         scores = None  # computed below when needed
     if config.embed == "tsne":
+        from ..models._batches import TransformedRows
         from ..models.embed import StreamingTSNE, embed_to_zarr
         from ..models.kmeans import StreamingKMeans
 
-        if scores is None:
-            scores = load_model(model / "kpca.npz").transform(features)  # (n, kpca) in memory: small
+        if scores is None:  # the kernel-PCA scores, computed batch by batch as they are read
+            kp = load_model(model / "kpca.npz")
+            scores = TransformedRows(features, kp.transform, kp.n_components_)
 
         def tsne():
             est = StreamingTSNE(sample_size=min(5000, n), batch_size=bs, random_state=config.seed)

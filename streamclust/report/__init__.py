@@ -13,7 +13,10 @@ external resources, inline CSS):
 * the ``select-k`` curves, when ``select_k.csv`` exists;
 * a 2-D embedding (first two principal components, and t-SNE) of a sample stratified
   by cluster;
+* the map of every image (``embedding.zarr``, written by ``fit --embed tsne``): density,
+  and cells coloured by cluster and, when ``evaluate`` had labels, by true label;
 * the lowest-likelihood images (outliers);
+* the methods side by side, when ``streamclust compare`` wrote ``compare.csv``;
 * evaluation scores, when ``streamclust evaluate`` ran.
 
 Only the image rows shown are read from ``images.zarr`` and only the sampled rows from
@@ -22,6 +25,7 @@ Only the image rows shown are read from ``images.zarr`` and only the sampled row
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -34,7 +38,7 @@ import zarr
 
 from .._atomic import write_bytes, write_text
 from ..errors import StreamclustError
-from ..store import RunLayout
+from ..store import RunLayout, image_array
 from . import figures
 from .data import manifest_overview, read_features, read_json, read_rows, read_select_k, stratified_sample
 from .page import Picture, Section, collapsible, details, render_page, table
@@ -57,6 +61,10 @@ N_GALLERY = 6  # nearest and farthest members shown per cluster
 MAX_GALLERY_CLUSTERS = 40
 N_SAMPLES = 32
 N_OUTLIERS = 16
+#: cells per side of the map's histograms
+MAP_BINS = 160
+#: rows of embedding.zarr read at a time
+MAP_BATCH = 65536
 FIT_STAGES = ("pca", "features", "kmeans", "gmm")
 
 # what each skip word of the manifest means (docs/store-format.md)
@@ -124,7 +132,7 @@ class _Report:
         self.km = self.models["kmeans"]
         self.gmm = self.models["gmm"]
         self.a = read_assignments(layout.root)
-        self.images = zarr.open_array(str(layout.images), mode="r")
+        self.images = image_array(layout.root)
         self.side = int(self.images.shape[1])
         self.written: set[str] = set()
         # images the models were fitted on: ok rows less byte-identical repeats
@@ -168,8 +176,8 @@ class _Report:
             ("summary", self.summary), ("eigenfaces", self.eigenfaces),
             ("reconstructions", self.reconstructions), ("centroids", self.centroids),
             ("clusters", self.clusters), ("samples", self.samples), ("select-k", self.select_k),
-            ("embedding", self.embedding), ("outliers", self.outliers), ("evaluation", self.evaluation),
-            ("deep", self.deep),
+            ("embedding", self.embedding), ("map", self.map), ("outliers", self.outliers),
+            ("compare", self.compare), ("evaluation", self.evaluation), ("deep", self.deep),
         ]
         sections = []
         with tqdm(total=len(steps), desc="report", unit="section", leave=False, file=sys.stderr,
@@ -489,6 +497,122 @@ class _Report:
             return None, f"t-SNE failed on this sample: {exc}"
         logger.debug("t-SNE of %d images (perplexity %.1f) in %.1f s", n, perplexity, time.perf_counter() - t)
         return Y, None
+
+    def map(self) -> Section:
+        sec = Section("map", "Map of every image")
+        path = self.layout.root / "embedding.zarr"
+        if not (self.layout.is_done("fit-embedding") and path.exists()):
+            return sec.note("No map of every image in this run (fit with `--embed tsne` to place every "
+                            "image on a t-SNE map).")
+        emb = zarr.open_array(str(path), mode="r")
+        fit_rows = np.load(self.layout.model_dir / "fit_rows.npy", allow_pickle=False)
+        n = int(fit_rows.size)
+        if emb.shape[0] != n or emb.ndim != 2 or emb.shape[1] < 2:
+            return sec.note("embedding.zarr does not match the fitted images; run "
+                            f"`streamclust fit {self.layout.root} --overwrite`.")
+        # each fitted image's row in the assignments (the map's rows are the fitted images)
+        order = np.argsort(self.a["index"], kind="stable")
+        found = np.searchsorted(self.a["index"][order], fit_rows)
+        found = np.minimum(found, order.size - 1)
+        pos = order[found]
+        if not np.array_equal(self.a["index"][pos], fit_rows):
+            return sec.note("assignments.csv does not cover the fitted images; run "
+                            f"`streamclust assign {self.layout.root}` again.")
+        groupings = []  # (title, per fitted image: group number, group names)
+        labels, label_name = self.group_labels()
+        if self.km is not None or self.gmm is not None:
+            g = labels[pos]
+            names = [str(v) for v in range(int(g.max()) + 1)]
+            groupings.append((f"{label_name} (the most frequent in each cell)", g, names))
+        truth = self.true_labels()
+        if truth is not None:
+            y = np.array([truth.get(m, "") for m in self.a["member"][pos]], dtype=object)
+            names = sorted({v for v in y if v != ""})
+            if names:
+                code = {name: i for i, name in enumerate(names)}
+                groupings.append(("true label (the most frequent in each cell)",
+                                  np.array([code.get(v, -1) for v in y], dtype=np.int64), names))
+        # two streamed passes over the map: its extent, then the histograms
+        x0 = y0 = np.inf
+        x1 = y1 = -np.inf
+        for lo in range(0, n, MAP_BATCH):
+            Y = np.asarray(emb[lo : lo + MAP_BATCH, :2], dtype=np.float64)
+            x0, x1 = min(x0, Y[:, 0].min()), max(x1, Y[:, 0].max())
+            y0, y1 = min(y0, Y[:, 1].min()), max(y1, Y[:, 1].max())
+        if not all(np.isfinite(v) for v in (x0, x1, y0, y1)):
+            return sec.note("embedding.zarr holds non-finite positions; run "
+                            f"`streamclust fit {self.layout.root} --overwrite`.")
+        pad_x, pad_y = 0.02 * (x1 - x0) or 1.0, 0.02 * (y1 - y0) or 1.0
+        x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
+        B = MAP_BINS
+        density = np.zeros(B * B, dtype=np.int64)
+        counts = [np.zeros(len(names) * B * B, dtype=np.int64) for _, _, names in groupings]
+        for lo in range(0, n, MAP_BATCH):
+            Y = np.asarray(emb[lo : lo + MAP_BATCH, :2], dtype=np.float64)
+            ix = np.clip(((Y[:, 0] - x0) / (x1 - x0) * B).astype(np.int64), 0, B - 1)
+            iy = np.clip(((Y[:, 1] - y0) / (y1 - y0) * B).astype(np.int64), 0, B - 1)
+            cell = iy * B + ix
+            density += np.bincount(cell, minlength=B * B)
+            for c, (_, g, names) in zip(counts, groupings):
+                gg = g[lo : lo + Y.shape[0]]
+                ok = gg >= 0
+                c += np.bincount(gg[ok] * (B * B) + cell[ok], minlength=len(names) * B * B)
+        density = density.reshape(B, B)
+        drawn = []
+        for c, (title, _, names) in zip(counts, groupings):
+            c = c.reshape(len(names), B, B)
+            majority = np.where(c.sum(axis=0) > 0, np.argmax(c, axis=0), -1)
+            drawn.append((title, majority, names))
+        meta = read_json(self.layout.root / "fit_summary.json") or {}
+        sec.text(f"Every one of the {n:,} fitted images on the t-SNE map (`embedding.zarr`): t-SNE was fitted "
+                 "on a sample and the other images were placed into it by streaming, so the map's cost is linear "
+                 f"in the number of images. The map is cut into {B} x {B} cells; the first panel counts the images "
+                 "in each cell (log scale), the others colour each cell by its most frequent group, fainter where "
+                 "there are fewer images.")
+        if "embedding" in (meta.get("seconds") or {}):
+            sec.note(f"Placing the images took {meta['seconds']['embedding']:.1f} s.")
+        if any(len(names) > 20 for _, _, names in groupings):
+            sec.note("More than 20 groups: colours repeat, and no legend is drawn.")
+        sec.picture(self.save("map.png", figures.map_png((x0, x1, y0, y1), density, drawn),
+                              f"t-SNE map of all {n} images: density, and cells coloured by group"))
+        return sec
+
+    def true_labels(self) -> dict[str, str] | None:
+        """The labels ``streamclust evaluate`` scored against (member -> label), if it ran."""
+        from ..pipeline.evaluate import labels_from_folders, read_labels
+
+        source = (read_json(self.layout.root / "evaluation.json") or {}).get("labels_source") or {}
+        try:
+            if source.get("from_folders"):
+                return labels_from_folders(self.a["member"])
+            if source.get("file"):
+                return read_labels(source["file"])
+        except StreamclustError as exc:  # the labels file moved away since: say so, draw the rest
+            logger.warning("report: the labels of evaluate are not readable any more: %s", exc)
+        return None
+
+    def compare(self) -> Section:
+        sec = Section("compare", "Methods side by side")
+        path = self.layout.root / "compare.csv"
+        if not path.exists():
+            return sec.note("No compare.csv in this run (run `streamclust compare RUN_DIR [--labels ...]` to "
+                            "compare the fitted methods).")
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            records = list(reader)
+            cols = [c for c in (reader.fieldnames or []) if any(r.get(c) for r in records)]
+        if not records:
+            return sec.note("compare.csv has no rows.")
+        heads = {"n_clusters": "clusters", "recon_mae": "reconstruction MAE", "log_likelihood": "log-likelihood",
+                 "ari": "ARI", "nmi": "NMI", "fit_seconds": "fit s"}
+        numeric = {i for i, c in enumerate(cols) if c not in ("run", "features", "method", "reduction")}
+        rows = [tuple(_score(r[c]) if i in numeric and c != "n_clusters" and r[c] else r[c] for i, c in enumerate(cols)) for r in records]
+        sec.text("From compare.csv (`streamclust compare`): reconstruction MAE is the mean absolute pixel error of "
+                 "the reduction the method's input comes from (0-255 units), inertia is in the method's own space, "
+                 "log-likelihood is per image, silhouette is on a sample in PCA space; ARI, NMI and accuracy need "
+                 "labels.")
+        sec.add(table(tuple(heads.get(c, c) for c in cols), rows, numeric=numeric))
+        return sec
 
     def outliers(self) -> Section:
         sec = Section("outliers", "Outliers")

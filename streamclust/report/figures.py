@@ -23,6 +23,7 @@ __all__ = [
     "eigenfaces_png",
     "variance_png",
     "embedding_png",
+    "map_png",
     "select_k_png",
     "component_images",
     "compact",
@@ -244,6 +245,51 @@ def embedding_png(pcs: np.ndarray, tsne: np.ndarray | None, labels: np.ndarray, 
         handles, texts = axes[0].get_legend_handles_labels()
         fig.legend(handles, texts, title=label_name, loc="outside right center", fontsize=8,
                    title_fontsize=9, markerscale=max(1.0, 30 / size) ** 0.5)
+    return figure_png(fig)
+
+
+def map_png(extent: tuple[float, float, float, float], density: np.ndarray,
+            groupings: list[tuple[str, np.ndarray, list[str]]]) -> tuple[bytes, int, int]:
+    """Density of a 2-D map of every image, and the map coloured by groupings.
+
+    ``density`` is an ``(ny, nx)`` histogram of all the images over ``extent`` (x0, x1,
+    y0, y1); each grouping is ``(title, majority, names)``: per cell, the index in
+    ``names`` of the group with most images there (``-1``: empty cell).  A coloured cell's
+    opacity follows the density, so sparse regions fade.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Patch
+
+    panels = 1 + len(groupings)
+    fig = Figure(figsize=(4.6 * panels + 1.2, 4.6), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    n = int(density.sum())
+    ax = axes[0]
+    shown = np.where(density > 0, density, np.nan)
+    im = ax.imshow(shown, origin="lower", extent=extent, aspect="auto", cmap="viridis",
+                   norm=LogNorm(vmin=1, vmax=max(2.0, float(density.max()))), interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="images per cell")
+    ax.set_title(f"density of all {n:,} images", fontsize=11)
+    alpha = np.zeros(density.shape)
+    if density.max() > 0:
+        alpha = 0.25 + 0.75 * np.log1p(density) / np.log1p(density.max())
+    for ax, (title, majority, names) in zip(axes[1:], groupings):
+        cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+        rgba = np.ones((*density.shape, 4))
+        filled = majority >= 0
+        rgba[filled] = np.array([cmap(int(g) % cmap.N) for g in majority[filled]])
+        rgba[..., 3] = np.where(filled, alpha, 0.0)
+        ax.imshow(rgba, origin="lower", extent=extent, aspect="auto", interpolation="nearest")
+        ax.set_title(title, fontsize=11)
+        if len(names) <= 20:
+            handles = [Patch(color=cmap(i % cmap.N), label=name) for i, name in enumerate(names)]
+            ax.legend(handles=handles, fontsize=7, loc="upper right", ncols=2 if len(names) > 10 else 1,
+                      framealpha=0.8)
+    for ax in axes:
+        ax.set_xlabel("t-SNE 1")
+        ax.set_ylabel("t-SNE 2")
+        ax.tick_params(labelsize=8)
     return figure_png(fig)
 
 

@@ -7,6 +7,7 @@ import zarr
 from streamclust.config import IngestConfig
 from streamclust.distributed import scheduler_client
 from streamclust.ingest import ingest
+from streamclust.models.io import load_model
 
 from ..ingest.hostile import hostile_members, synthetic_jpegs, write_dir, write_tar, write_zip
 
@@ -32,6 +33,14 @@ def test_distributed_ingest_equals_in_process(tmp_path, kind):
                                   zarr.open_array(tmp_path / "dist" / "images.zarr")[:])
 
 
+def _assert_close_models(a_run, b_run) -> None:
+
+    for name, attr in (("pca", "components_"), ("kmeans", "cluster_centers_"), ("gmm", "means_")):
+        a = getattr(load_model(a_run / "model" / f"{name}.npz"), attr)
+        b = getattr(load_model(b_run / "model" / f"{name}.npz"), attr)
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * np.abs(a).max())
+
+
 def test_assign_on_a_cluster_writes_the_same_file(tmp_path):
     from streamclust.config import FitConfig
     from streamclust.pipeline.assign import assign_run
@@ -50,7 +59,6 @@ def test_fit_on_a_cluster_equals_in_process(tmp_path):
     import shutil
 
     from streamclust.config import FitConfig
-    from streamclust.models.io import load_model
     from streamclust.pipeline.fit import fit_run
 
     src = write_zip(tmp_path / "s.zip", list(synthetic_jpegs(300, side=16)))
@@ -60,7 +68,20 @@ def test_fit_on_a_cluster_equals_in_process(tmp_path):
     fit_run(tmp_path / "a", cfg, progress=False)
     with scheduler_client("local", n_workers=2) as client:
         fit_run(tmp_path / "b", cfg, progress=False, client=client)
-    for name, attr in (("pca", "components_"), ("kmeans", "cluster_centers_"), ("gmm", "means_")):
-        a = getattr(load_model(tmp_path / "a" / "model" / f"{name}.npz"), attr)
-        b = getattr(load_model(tmp_path / "b" / "model" / f"{name}.npz"), attr)
-        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * np.abs(a).max())
+    _assert_close_models(tmp_path / "a", tmp_path / "b")
+
+
+def test_fit_on_a_cluster_reads_a_store_given_by_url(tmp_path):
+    """The workers open the image array by its URL (as they would an object store's)."""
+    from streamclust.config import FitConfig
+    from streamclust.pipeline.fit import fit_run
+
+    src = write_zip(tmp_path / "s.zip", list(synthetic_jpegs(300, side=16)))
+    for name, store in (("a", None), ("b", (tmp_path / "bucket" / "images.zarr").as_uri())):
+        ingest(IngestConfig(str(src), size=8, chunk_size=32, workers=1, store=store), tmp_path / name, progress=False)
+    assert not (tmp_path / "b" / "images.zarr").exists()
+    cfg = FitConfig(pca_components=6, clusters=4, gmm_components=3, batch_size=32)
+    fit_run(tmp_path / "a", cfg, progress=False)
+    with scheduler_client("local", n_workers=2) as client:
+        fit_run(tmp_path / "b", cfg, progress=False, client=client)
+    _assert_close_models(tmp_path / "a", tmp_path / "b")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from streamclust.models import StreamingKMeans
 from streamclust.models.agglomerative import StreamingAgglomerative
 from streamclust.models.io import save_model
 from streamclust.models.kpca import StreamingKernelPCA
-from streamclust.pipeline.compare import COMPARE_COLUMNS, compare_run, format_compare, load_any_model
+from streamclust.pipeline.compare import COMPARE_COLUMNS, compare_run, compare_runs, format_compare, load_any_model
 from streamclust.pipeline.evaluate import score_labels
 from streamclust.pipeline.fit import fit_run
 from streamclust.store import ok_rows
@@ -60,6 +61,7 @@ def test_compare_without_the_optional_methods_then_with_them(digits_run):
     src, run = digits_run
     rows = compare_run(run, labels=str(src) + ".labels.csv")
     assert [r["method"] for r in rows] == ["kmeans", "gmm"]
+    assert [r["features"] for r in rows] == ["pixels", "pixels"] and "run" not in rows[0]
     with pytest.raises(UsageError, match="'agglomerative' was not fitted"):
         compare_run(run, methods=["agglomerative"])
     pytest.importorskip("openTSNE")
@@ -96,6 +98,7 @@ def test_compare_without_the_optional_methods_then_with_them(digits_run):
     with open(run / "compare.csv", newline="") as fh:
         table = list(csv.reader(fh))
     assert tuple(table[0]) == COMPARE_COLUMNS and len(table) == 5
+    assert {line[COMPARE_COLUMNS.index("features")] for line in table[1:]} == {"pixels"}
     text = format_compare(rows)
     assert "agglomerative" in text and "tsne_kmeans" in text and "ARI" in text
 
@@ -104,6 +107,31 @@ def test_compare_without_the_optional_methods_then_with_them(digits_run):
     assert folder_rows[0]["ari"] == pytest.approx(by["agglomerative"]["ari"])
     plain = compare_run(run, methods=["kmeans"])
     assert plain[0]["ari"] is None and "ARI" not in format_compare(plain)
+
+
+def test_compare_runs_puts_the_runs_in_one_table(digits_run, tmp_path, capsys):
+    from streamclust.cli import main
+
+    src, run = digits_run
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    rows = compare_runs([run, other], methods=["kmeans"], sample=300)
+    assert [(r["run"], r["method"], r["features"]) for r in rows] == [(run.name, "kmeans", "pixels"),
+                                                                      ("other", "kmeans", "pixels")]
+    assert {k: v for k, v in rows[0].items() if k != "run"} == compare_run(run, methods=["kmeans"], sample=300)[0]
+    lines = format_compare(rows).splitlines()
+    assert lines[0].split()[:3] == ["run", "method", "features"] and lines[2].startswith(run.name)
+    assert format_compare(compare_run(run, methods=["kmeans"], sample=300)).startswith("method")  # one run
+    # two runs of the same name: each is shown by the path given
+    twin = tmp_path / "b" / run.name
+    shutil.copytree(run, twin)
+    assert [r["run"] for r in compare_runs([run, twin], methods=["kmeans"], sample=300)] == [str(run), str(twin)]
+    # the command line takes several run directories
+    assert main(["compare", str(run), str(other), "--sample", "300", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("run") and f"\nother " in out and f"\n{run.name} " in out
+    with pytest.raises(UsageError, match="at least one"):
+        compare_runs([])
 
 
 def test_compare_errors(digits_run, tmp_path):

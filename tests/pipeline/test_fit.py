@@ -114,6 +114,32 @@ def _fit_cmd(run: Path) -> list[str]:
             "--gmm-components", "4", "--seed", "1", "--batch-size", "20", "--max-iter", "30", "--quiet"]
 
 
+def _kill_in_turn(cmd: list[str], env: dict, state: Path, targets, *, settle: float = 0.0, timeout: float = 60):
+    """Start ``cmd`` once per target and SIGKILL it when ``state / target`` appears; the kills made."""
+    kills, seen = [], set()
+    for target in targets:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and not (state / target).exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            time.sleep(settle)
+            seen |= {p.name for p in state.glob("fit-*")}
+            os.kill(proc.pid, signal.SIGKILL)
+            kills.append(target)
+        proc.wait()
+    return kills, seen
+
+
+def _assert_same_models(ref: Path, run: Path, names) -> None:
+    for name in names:
+        a = np.load(ref / "model" / f"{name}.npz", allow_pickle=False)
+        b = np.load(run / "model" / f"{name}.npz", allow_pickle=False)
+        assert a.files == b.files
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+
+
 def test_sigkill_and_resume_fit_equals_an_unbroken_fit(ingested, tmp_path):
     _, base = ingested
     ref = _copy_run(base, tmp_path / "ref")
@@ -121,29 +147,42 @@ def test_sigkill_and_resume_fit_equals_an_unbroken_fit(ingested, tmp_path):
     env = {**os.environ, "STREAMCLUST_CHECKPOINT_SECONDS": "0"}
     subprocess.run(_fit_cmd(ref), check=True, env=env)
     state = run / ".streamclust"
-    kills, seen = 0, set()
     # kill once inside each stage: when its checkpoint (or the features state) first appears
-    for target in ("fit-pca.ckpt.npz", "fit-features.json", "fit-kmeans.ckpt.npz", "fit-gmm.ckpt.npz"):
-        proc = subprocess.Popen(_fit_cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and not (state / target).exists() and time.monotonic() < deadline:
-            time.sleep(0.002)
-        if proc.poll() is None:
-            time.sleep(0.05)
-            seen |= {p.name for p in state.glob("fit-*")}
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills >= 2
+    kills, seen = _kill_in_turn(_fit_cmd(run), env, state, ("fit-pca.ckpt.npz", "fit-features.json",
+                                                            "fit-kmeans.ckpt.npz", "fit-gmm.ckpt.npz"), settle=0.05)
+    assert len(kills) >= 2
     assert any(name.endswith(".ckpt.npz") for name in seen), seen
     done = subprocess.run(_fit_cmd(run), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    for name in ("pca", "kmeans", "gmm"):
-        a = np.load(ref / "model" / f"{name}.npz", allow_pickle=False)
-        b = np.load(run / "model" / f"{name}.npz", allow_pickle=False)
-        assert a.files == b.files
-        for key in a.files:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+    _assert_same_models(ref, run, ("pca", "kmeans", "gmm"))
     np.testing.assert_array_equal(zarr.open_array(ref / "features.zarr")[:], zarr.open_array(run / "features.zarr")[:])
+    assert not list(state.glob("*.ckpt.npz"))
+    assert not list(run.rglob("*.partial"))
+
+
+def _methods_cmd(run: Path) -> list[str]:
+    return [sys.executable, "-m", "streamclust", "fit", str(run), "--pca-components", "12", "--clusters", "3",
+            "--gmm-components", "0", "--cluster", "kmeans,agglomerative", "--reduce", "kpca", "--embed", "tsne",
+            "--seed", "1", "--batch-size", "20", "--max-iter", "30", "--quiet"]
+
+
+def test_sigkill_and_resume_of_a_fit_with_the_other_methods(ingested, tmp_path):
+    """kernel PCA, agglomerative, the t-SNE map and its k-means resume like the rest."""
+    _, base = ingested
+    ref = _copy_run(base, tmp_path / "ref")
+    run = _copy_run(base, tmp_path / "run")
+    env = {**os.environ, "STREAMCLUST_CHECKPOINT_SECONDS": "0"}
+    subprocess.run(_methods_cmd(ref), check=True, env=env)
+    state = run / ".streamclust"
+    # kill inside the new stages: when the stage before each has just completed, and
+    # when the first rows of the map have been written
+    kills, _ = _kill_in_turn(_methods_cmd(run), env, state, ("fit-kmeans.done", "fit-agglomerative.done",
+                                                             "fit-kpca.done", "fit-tsne.done", "fit-embedding.done"),
+                             timeout=90)
+    assert len(kills) >= 3, kills
+    done = subprocess.run(_methods_cmd(run), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_models(ref, run, ("kmeans", "agglomerative", "kpca", "tsne", "tsne_kmeans"))
+    np.testing.assert_array_equal(zarr.open_array(ref / "embedding.zarr")[:], zarr.open_array(run / "embedding.zarr")[:])
     assert not list(state.glob("*.ckpt.npz"))
     assert not list(run.rglob("*.partial"))

@@ -82,17 +82,21 @@ def write_select_k(run: Path) -> None:
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory) -> Path:
-    """The demo digits (1797 8x8 images + broken members): fitted, assigned, evaluated, select-k."""
+    """The demo digits (1797 8x8 images + broken members): fitted (with the t-SNE map of every
+    image), assigned, evaluated, compared, select-k."""
     from streamclust.demo import make_digits_archive
+    from streamclust.pipeline.compare import compare_run
     from streamclust.pipeline.evaluate import evaluate_run
 
     tmp = tmp_path_factory.mktemp("digits")
     zip_path = make_digits_archive(tmp / "digits.zip")
     run = tmp / "run"
     ingest(IngestConfig(str(zip_path), size=8, workers=1), run, progress=False)
-    fit_run(run, FitConfig(pca_components=30, clusters=10, gmm_components=10, covariance="diag"), progress=False)
+    fit_run(run, FitConfig(pca_components=30, clusters=10, gmm_components=10, covariance="diag", embed="tsne"),
+            progress=False)
     assign_run(run, progress=False)
     evaluate_run(run, labels=str(zip_path) + ".labels.csv")
+    compare_run(run, labels=str(zip_path) + ".labels.csv")
     write_select_k(run)
     return run
 

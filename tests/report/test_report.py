@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from streamclust.report import build_report
 from .conftest import HOSTILE_NAMES, HOSTILE_SKIPPED, blob_images, make_run, png
 
 SECTIONS = ("summary", "eigenfaces", "reconstructions", "centroids", "clusters", "samples",
-            "select-k", "embedding", "outliers", "evaluation", "deep")
+            "select-k", "embedding", "map", "outliers", "compare", "evaluation", "deep")
 
 
 class Page(HTMLParser):
@@ -91,7 +92,7 @@ def test_digits_report_has_every_section_and_only_local_pictures(digits_report):
     assert ids == list(SECTIONS)
     srcs = check_pictures(digits_report, page)
     for name in ("eigenfaces.png", "explained_variance.png", "reconstructions.png", "centroids.png",
-                 "gmm_samples.png", "select_k.png", "embedding.png", "outliers.png"):
+                 "gmm_samples.png", "select_k.png", "embedding.png", "map.png", "outliers.png"):
         assert name in srcs
     assert sum(s.startswith("cluster_") for s in srcs) == 10  # one gallery per cluster
     assert len(set(srcs)) == len(srcs)
@@ -127,6 +128,32 @@ def test_digits_report_content(digits_run, digits_report):
     assert "k = 2, 4, 6, 8, 10, 12, 14" in section_text(raw, "select-k")
     assert f"A sample of {200} of the 1797 fitted images" in section_text(raw, "embedding")
     assert "lowest log-likelihood" in section_text(raw, "outliers")
+    assert "Every one of the 1,797 fitted images on the t-SNE map" in section_text(raw, "map")
+    with open(digits_run / "compare.csv", newline="", encoding="utf-8") as fh:
+        cmp_rows = list(csv.DictReader(fh))
+    comparison = section_text(raw, "compare")
+    for r in cmp_rows:  # every method's row, with its scores as compare.csv holds them
+        assert r["method"] in comparison
+        assert f"{float(r['ari']):.4f}" in comparison and f"{float(r['accuracy']):.4f}" in comparison
+
+
+def test_map_is_drawn_from_every_image_and_coloured_by_cluster_and_label(digits_run, digits_report):
+    """The map's counts come from all of embedding.zarr; the colour panels from assignments and labels."""
+    import zarr
+
+    from streamclust.report import MAP_BINS
+
+    emb = zarr.open_array(digits_run / "embedding.zarr", mode="r")[:]
+    assert emb.shape == (1797, 2) and np.isfinite(emb).all()
+    with Image.open(digits_report.parent / "map.png") as im:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
+    # three panels (density, cluster, true label): many distinct colours, not a blank canvas
+    assert rgb.shape[1] > 3 * rgb.shape[0] * 0.8
+    colours = {tuple(c) for c in rgb.reshape(-1, 3)[:: 7]}
+    assert len(colours) > 50
+    ev = json.loads((digits_run / "evaluation.json").read_text())
+    assert ev["labels_source"]["file"].endswith(".labels.csv")
+    assert MAP_BINS >= 100
 
 
 def test_pictures_are_not_blank(digits_report):
@@ -138,10 +165,11 @@ def test_pictures_are_not_blank(digits_report):
 
 
 def test_report_reads_only_the_rows_it_shows(digits_run, tmp_path, monkeypatch):
-    """No `[:]` on the store: every read of images.zarr / features.zarr names a few rows."""
+    """No `[:]` on the store: every read of images.zarr / features.zarr names a few rows (the
+    map of every image streams embedding.zarr in bounded batches)."""
     run = Path(shutil.copytree(digits_run, tmp_path / "run"))
     shutil.rmtree(run / "report", ignore_errors=True)
-    reads = {"images": 0, "features": 0}
+    reads = {"images": 0, "features": 0, "embedding": 0}
 
     class Spy:
         def __init__(self, arr, kind):
@@ -151,7 +179,12 @@ def test_report_reads_only_the_rows_it_shows(digits_run, tmp_path, monkeypatch):
             return getattr(self._arr, name)
 
         def __getitem__(self, sel):
-            raise AssertionError(f"basic indexing of {self._kind}: {sel!r}")
+            if self._kind != "embedding":
+                raise AssertionError(f"basic indexing of {self._kind}: {sel!r}")
+            block = self._arr[sel]  # the map of every image is read whole, in bounded batches
+            assert block.shape[0] <= report_mod.MAP_BATCH
+            reads["embedding"] += block.shape[0]
+            return block
 
         @property
         def oindex(self):
@@ -170,14 +203,18 @@ def test_report_reads_only_the_rows_it_shows(digits_run, tmp_path, monkeypatch):
     def open_array(path, mode="r", **kw):
         assert mode == "r"
         arr = zarr.open_array(path, mode=mode, **kw)
-        return Spy(arr, "images" if str(path).endswith("images.zarr") else "features")
+        kind = Path(str(path)).name.removesuffix(".zarr")
+        return Spy(arr, kind if kind in ("images", "embedding") else "features")
 
     fake = SimpleNamespace(open_array=open_array)
     monkeypatch.setattr(report_mod, "zarr", fake)
     monkeypatch.setattr(report_data, "zarr", fake)
+    monkeypatch.setattr(report_mod, "image_array",
+                        lambda root, mode="r": Spy(zarr.open_array(Path(root) / "images.zarr", mode=mode), "images"))
     build_report(run, progress=False, tsne_samples=50)
     assert 0 < reads["images"] < 200  # of 1797 rows
     assert reads["features"] == 50
+    assert reads["embedding"] == 2 * 1797  # two passes: the map's extent, then its histograms
 
 
 # -- escaping ---------------------------------------------------------------------------------

@@ -125,11 +125,14 @@ def ok_rows(run_dir: str | os.PathLike, *, drop_duplicates: bool = True) -> np.n
     """Sorted ``images.zarr`` rows to model: every ok image, less byte-identical repeats."""
     from .ingest.manifest import read_manifest
 
+    from array import array
+
     layout = RunLayout.of(run_dir)
     layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
-    rows = [
-        int(r["index"])
-        for r in read_manifest(layout.manifest)
-        if r["status"] == "ok" and not (drop_duplicates and r["duplicate_of"])
-    ]
-    return np.asarray(sorted(rows), dtype=np.int64)
+    rows = array("q")  # 8 bytes a row: a list of Python ints would take 36 and stay in the heap
+    for r in read_manifest(layout.manifest):
+        if r["status"] == "ok" and not (drop_duplicates and r["duplicate_of"]):
+            rows.append(int(r["index"]))
+    out = np.frombuffer(rows, dtype=np.int64).copy() if rows else np.zeros(0, dtype=np.int64)
+    out.sort()
+    return out

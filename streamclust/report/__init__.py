@@ -61,8 +61,9 @@ N_GALLERY = 6  # nearest and farthest members shown per cluster
 MAX_GALLERY_CLUSTERS = 40
 N_SAMPLES = 32
 N_OUTLIERS = 16
-#: cells per side of the map's histograms
-MAP_BINS = 160
+#: cells per side of the map's histograms: about 4 images per cell on a uniform map,
+#: between these bounds
+MAP_BINS = (40, 200)
 #: rows of embedding.zarr read at a time
 MAP_BATCH = 65536
 FIT_STAGES = ("pca", "features", "kmeans", "gmm")
@@ -544,7 +545,7 @@ class _Report:
                             f"`streamclust fit {self.layout.root} --overwrite`.")
         pad_x, pad_y = 0.02 * (x1 - x0) or 1.0, 0.02 * (y1 - y0) or 1.0
         x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
-        B = MAP_BINS
+        B = int(np.clip(np.sqrt(n / 4), *MAP_BINS))
         density = np.zeros(B * B, dtype=np.int64)
         counts = [np.zeros(len(names) * B * B, dtype=np.int64) for _, _, names in groupings]
         for lo in range(0, n, MAP_BATCH):

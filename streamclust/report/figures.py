@@ -269,7 +269,9 @@ def map_png(extent: tuple[float, float, float, float], density: np.ndarray,
     shown = np.where(density > 0, density, np.nan)
     im = ax.imshow(shown, origin="lower", extent=extent, aspect="auto", cmap="viridis",
                    norm=LogNorm(vmin=1, vmax=max(2.0, float(density.max()))), interpolation="nearest")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="images per cell")
+    from matplotlib.ticker import FuncFormatter
+
+    fig.colorbar(im, ax=ax, shrink=0.8, label="images per cell", format=FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_title(f"density of all {n:,} images", fontsize=11)
     alpha = np.zeros(density.shape)
     if density.max() > 0:

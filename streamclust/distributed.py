@@ -69,9 +69,23 @@ def scheduler_client(scheduler: str | None, *, memory_limit: int | None = None,
         yield client
 
 
-def block_ranges(n_rows: int, batch_size: int, chunk_rows: int | None, *, min_blocks: int = 1) -> list[tuple[int, int]]:
-    """Row blocks for tasks: whole storage chunks, at least ``batch_size`` rows, in order."""
+#: a task of an exact pass reads at most this many batches (its rows are read batch by batch)
+MAX_BATCHES_PER_TASK = 32
+
+
+def block_ranges(n_rows: int, batch_size: int, chunk_rows: int | None, *, min_blocks: int = 1,
+                 target_blocks: int | None = None) -> list[tuple[int, int]]:
+    """Row blocks for tasks: whole storage chunks, at least ``batch_size`` rows, in order.
+
+    With ``target_blocks`` the blocks are made larger, down to about that many (but at
+    most :data:`MAX_BATCHES_PER_TASK` batches each): every task returns a whole
+    accumulator (for the PCA, a features x sketch matrix), so fewer, larger tasks move
+    less data between the workers; ``min_blocks`` then keeps enough tasks for the
+    workers to share.
+    """
     step = max(batch_size, chunk_rows or batch_size)
+    if target_blocks:
+        step = max(step, min(-(-n_rows // target_blocks), MAX_BATCHES_PER_TASK * batch_size))
     if chunk_rows:
         step = -(-step // chunk_rows) * chunk_rows
     # enough tasks to keep workers busy, but never below one chunk / one batch
@@ -144,7 +158,8 @@ def run_passes_distributed(
             pass_index = int(meta["pass_index"])
             logger.info("resuming from checkpoint at the start of pass %d", pass_index)
     n = source.n_samples
-    blocks = block_ranges(n, batch_size, source.chunk_rows, min_blocks=2 * len(client.scheduler_info()["workers"]))
+    n_workers = len(client.scheduler_info()["workers"])
+    blocks = block_ranges(n, batch_size, source.chunk_rows, min_blocks=2 * n_workers, target_blocks=4 * n_workers)
     source_f = _put(client, source)
     while True:
         acc = plan.next_pass()

@@ -193,6 +193,8 @@ class _Log:
         self.epoch_sum = float(s.get("epoch_sum", 0.0))
         self.epoch_images = int(s.get("epoch_images", 0))
         self.epoch_seconds = float(s.get("epoch_seconds", 0.0))
+        #: of which waiting for the next batch from the store (the loader's reads and shuffle)
+        self.epoch_wait = float(s.get("epoch_wait", 0.0))
         self.win_sum = float(s.get("win_sum", 0.0))
         self.win_steps = int(s.get("win_steps", 0))
         self.pending: list = []
@@ -201,7 +203,7 @@ class _Log:
         self.settle()
         return {"epochs": self.epochs, "steps": self.steps, "epoch_sum": self.epoch_sum,
                 "epoch_images": self.epoch_images, "epoch_seconds": self.epoch_seconds,
-                "win_sum": self.win_sum, "win_steps": self.win_steps}
+                "epoch_wait": self.epoch_wait, "win_sum": self.win_sum, "win_steps": self.win_steps}
 
     def defer(self, loss, n: int, global_step: int, epoch: int) -> float | None:
         """Queue a step's loss tensor; read them back together every LOG_STEPS steps.
@@ -250,9 +252,10 @@ class _Log:
         self.flush_window(global_step, epoch)
         rec = {"epoch": epoch, "loss": self.epoch_sum / max(self.epoch_images, 1), "images": self.epoch_images,
                "seconds": round(self.epoch_seconds, 3),
-               "images_per_s": round(self.epoch_images / self.epoch_seconds, 1) if self.epoch_seconds > 0 else None}
+               "images_per_s": round(self.epoch_images / self.epoch_seconds, 1) if self.epoch_seconds > 0 else None,
+               "data_wait_share": round(self.epoch_wait / self.epoch_seconds, 4) if self.epoch_seconds > 0 else None}
         self.epochs.append(rec)
-        self.epoch_sum, self.epoch_images, self.epoch_seconds = 0.0, 0, 0.0
+        self.epoch_sum, self.epoch_images, self.epoch_seconds, self.epoch_wait = 0.0, 0, 0.0, 0.0
         return rec
 
 
@@ -382,7 +385,8 @@ def train_run(
     """Train an autoencoder (``model="ae"``) or a VAE (``"vae"``) on an ingested run; resumes.
 
     Returns a summary dict: ``model``, ``device``, ``epochs``, ``steps``, ``images``
-    (seen in this call), ``seconds``, ``images_per_s``, ``first_loss`` and ``final_loss``
+    (seen in this call), ``seconds``, ``images_per_s``, ``data_wait_share`` (the share of
+    ``seconds`` spent waiting for the next batch from the store), ``first_loss`` and ``final_loss``
     (mean loss of the first and last epoch), ``resumed_from_step`` (``None`` for a fresh
     start), ``already_done``, ``threads``, ``weights`` and ``history`` (paths).
 
@@ -420,7 +424,8 @@ def train_run(
         hist = read_history(layout.root, model)
         ep = hist["epochs"]
         return {**summary, "epochs": len(ep), "steps": hist.get("total_steps"), "images": 0, "seconds": 0.0,
-                "images_per_s": None, "first_loss": ep[0]["loss"], "final_loss": ep[-1]["loss"]}
+                "images_per_s": None, "data_wait_share": None, "first_loss": ep[0]["loss"],
+                "final_loss": ep[-1]["loss"]}
     _remove_partials(layout, model)
 
     loader = StoreLoader(images, rows, batch_size=config.batch_size, seed=config.seed,
@@ -442,14 +447,21 @@ def train_run(
                 log = _Log(ck["log"])
                 summary["resumed_from_step"] = global_step
         trainer.net.train()
-        t_start, images_seen = time.perf_counter(), 0
+        t_start, images_seen, wait_total = time.perf_counter(), 0, 0.0
         non_blocking = dev.startswith("cuda")
         while epoch < config.epochs:
             bar = _bar(progress, loader.n_rows, f"train {model} {epoch + 1}/{config.epochs}")
             bar.update(min(step * config.batch_size, loader.n_rows))
             t0 = time.perf_counter()
+            batches = loader.iter_epoch(epoch, step, as_float=False)
             try:
-                for raw in loader.iter_epoch(epoch, step, as_float=False):
+                while True:
+                    tw = time.perf_counter()
+                    raw = next(batches, None)
+                    log.epoch_wait += time.perf_counter() - tw
+                    wait_total += time.perf_counter() - tw
+                    if raw is None:
+                        break
                     x = to_float_tensor(raw, dev, non_blocking)
                     loss = trainer.step(x)
                     n = int(x.shape[0])
@@ -485,6 +497,7 @@ def train_run(
     cpath.unlink(missing_ok=True)
     return {**summary, "epochs": config.epochs, "steps": global_step, "images": images_seen,
             "seconds": round(seconds, 3), "images_per_s": round(images_seen / seconds, 1) if seconds > 0 else None,
+            "data_wait_share": round(wait_total / seconds, 4) if seconds > 0 else None,
             "first_loss": log.epochs[0]["loss"], "final_loss": log.epochs[-1]["loss"]}
 
 

@@ -29,6 +29,8 @@ def test_training_reduces_the_loss_and_saves_plain_tensors(store, tmp_path, mode
     hist = json.loads((run / "deep" / f"{model}_history.json").read_text())
     losses = [e["loss"] for e in hist["epochs"]]
     assert len(losses) == 4 and out["final_loss"] == losses[-1]
+    assert 0.0 <= out["data_wait_share"] < 1.0
+    assert all(0.0 <= e["data_wait_share"] < 1.0 for e in hist["epochs"])
     # the VAE's loss has a floor (BCE of grey pixels, plus the KL term): a smaller fall
     assert losses[-1] < (0.75 if model == "ae" else 0.9) * losses[0], losses
     assert losses == sorted(losses, reverse=True), losses
@@ -99,3 +101,23 @@ def test_a_crash_after_a_checkpoint_resumes_to_the_same_vae(store, tmp_path, mon
     hb = json.loads((run / "deep" / "vae_history.json").read_text())
     assert [e["loss"] for e in ha["epochs"]] == [e["loss"] for e in hb["epochs"]]
     assert ha["steps"] == hb["steps"]
+
+
+def test_a_slow_store_shows_as_time_waiting_for_batches(store, tmp_path, monkeypatch):
+    """data_wait_share is the time blocked on the loader: a loader that sleeps 20 ms a batch
+    (29 batches an epoch) must show at least that much of the epoch waiting."""
+    import time
+
+    from streamclust.deep.data import StoreLoader
+
+    real = StoreLoader.iter_epoch
+
+    def slow(self, *a, **kw):
+        for batch in real(self, *a, **kw):
+            time.sleep(0.02)
+            yield batch
+
+    monkeypatch.setattr(StoreLoader, "iter_epoch", slow)
+    run = clone_run(store, tmp_path / "run")
+    out = train_run(run, model="ae", epochs=1, **SMALL)
+    assert out["data_wait_share"] * out["seconds"] >= 29 * 0.02 * 0.95

@@ -131,6 +131,20 @@ def test_block_ranges_cover_every_row_in_whole_chunks():
     assert all((hi - lo) % 100 == 0 for lo, hi in blocks[:-1])
 
 
+def test_block_ranges_aim_at_a_few_large_tasks_per_worker():
+    from streamclust.distributed import MAX_BATCHES_PER_TASK
+
+    # 40k rows in chunks of 1024, batches of 1024, 2 workers: 8 tasks of 5 chunks, not 40 of one
+    blocks = block_ranges(40_000, 1024, 1024, min_blocks=4, target_blocks=8)
+    assert len(blocks) == 8 and {hi - lo for lo, hi in blocks[:-1]} == {5 * 1024}
+    # a million rows: no task reads more than MAX_BATCHES_PER_TASK batches
+    blocks = block_ranges(1_000_000, 1024, 1024, min_blocks=4, target_blocks=8)
+    assert max(hi - lo for lo, hi in blocks) == MAX_BATCHES_PER_TASK * 1024
+    assert blocks[-1][1] == 1_000_000 and all(b[1] == c[0] for b, c in zip(blocks, blocks[1:]))
+    # few rows: min_blocks still splits them
+    assert len(block_ranges(4096, 512, 512, min_blocks=4, target_blocks=8)) >= 4
+
+
 def test_bad_scheduler_address_is_a_usage_error():
     with pytest.raises(UsageError, match="--scheduler"):
         with scheduler_client("localhost:1234"):

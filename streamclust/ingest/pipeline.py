@@ -10,11 +10,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
+
 from ._server import decoder_context
 from .decode import DecodeParams, Decoded, decode_image, decode_many
 from .readers import Member
 
-__all__ = ["DecodedMembers", "decoded_members_distributed"]
+__all__ = ["DecodedMembers", "decoded_members_distributed", "write_rows_from_staging", "TASK_MEMBERS_DISTRIBUTED"]
 
 logger = logging.getLogger(__name__)
 
@@ -200,12 +202,19 @@ def _drain_one(pool: _Pool, inflight: deque, params: DecodeParams):
 
 
 # --------------------------------------------------------------------------- dask.distributed
-def _decode_range(kind: str, path: str, max_bytes: int, lo: int, hi: int, params: DecodeParams):
-    """Task: read members ``lo:hi`` of a zip or folder on the worker and decode them."""
+def _decode_range(kind: str, path: str, max_bytes: int, lo: int, hi: int, params: DecodeParams,
+                  staging: str | None = None):
+    """Task: read members ``lo:hi`` of a zip or folder on the worker and decode them.
+
+    With ``staging`` (the location of a staging array, one row per member), the pixels of
+    the ok members are written there, rows ``lo:hi`` (the task's own region), and only
+    the members' metadata travel back to the driver.
+    """
     from .readers import open_reader
 
     reader = open_reader(path, max_bytes)
     out = []
+    block = None if staging is None else np.zeros((hi - lo, params.size, params.size, 3), np.uint8)
     try:
         for m in reader.members(lo):
             if m.position >= hi:
@@ -213,10 +222,32 @@ def _decode_range(kind: str, path: str, max_bytes: int, lo: int, hi: int, params
             dec = decode_image(m.data, m.name, params) if _needs_decode(m) else None
             if m.data is not None:  # the bytes need not travel back to the driver
                 m.size, m.data = len(m.data), None
+            if block is not None and dec is not None and dec.pixels is not None:
+                block[m.position - lo] = dec.pixels
+                dec.pixels = None
             out.append((m, dec))
     finally:
         reader.close()
+    if block is not None:
+        from ..store import open_zarr
+
+        open_zarr(staging, "r+")[lo:hi] = block
     return out
+
+
+def write_rows_from_staging(staging: str, positions, images: str, row_lo: int) -> int:
+    """Task: copy the staged pixels of members ``positions`` into rows ``row_lo:`` of ``images``.
+
+    The rows form whole chunks of the image array (the last one may be partial), so tasks
+    writing different chunks never touch the same object.  Returns the rows written.
+    """
+    from ..store import open_zarr
+
+    positions = np.asarray(positions, dtype=np.int64)
+    pixels = open_zarr(staging, "r").oindex[positions]
+    arr = open_zarr(images, "r+").with_config({"write_empty_chunks": True})
+    arr[row_lo:row_lo + positions.size] = pixels
+    return int(positions.size)
 
 
 def _decode_shipped(batch: list[Member], params: DecodeParams):
@@ -229,14 +260,22 @@ def _decode_shipped(batch: list[Member], params: DecodeParams):
     return out
 
 
+#: members per decoding task on a dask cluster (and rows per chunk of the staging array)
+TASK_MEMBERS_DISTRIBUTED = 256
+
+
 def decoded_members_distributed(reader, start: int, params: DecodeParams, client,
-                                task_members: int = 256) -> Iterator[tuple[Member, Decoded | None]]:
-    """Like :func:`decoded_members`, with one dask task per block of members.
+                                task_members: int = TASK_MEMBERS_DISTRIBUTED,
+                                staging: str | None = None) -> Iterator[tuple[Member, Decoded | None]]:
+    """Like :class:`DecodedMembers`, with one dask task per block of members.
 
     For zips and folders each task reads its own members from the shared path (the source
-    must be visible to the workers); for tar streams the driver reads the members and ships
-    their bytes.  Results are consumed in source order with at most ``2 x workers`` tasks in
-    flight.  A task lost with a worker is re-run by the scheduler (tasks are pure).
+    must be visible to the workers) and, with ``staging``, writes their pixels into the
+    staging array itself (the decoded results then carry no pixels); for tar streams the
+    driver reads the members and ships their bytes.  The blocks are aligned to multiples of
+    ``task_members`` (the staging array's chunks), so no two tasks write one chunk.
+    Results are consumed in source order with at most ``2 x workers`` tasks in flight.  A
+    task lost with a worker is re-run by the scheduler (tasks are idempotent).
     """
     n_workers = max(1, len(client.scheduler_info()["workers"]))
     inflight: deque = deque()
@@ -244,9 +283,12 @@ def decoded_members_distributed(reader, start: int, params: DecodeParams, client
 
     def submissions():
         if reader.kind in ("zip", "dir") and count is not None:
-            for lo in range(start, count, task_members):
+            lo = start
+            while lo < count:
+                hi = min((lo // task_members + 1) * task_members, count)
                 yield client.submit(_decode_range, reader.kind, str(Path(reader.path).resolve()),
-                                    reader.max_bytes, lo, min(lo + task_members, count), params, pure=False)
+                                    reader.max_bytes, lo, hi, params, staging, pure=False)
+                lo = hi
         else:
             for batch in _tasks(reader.members(start)):
                 yield client.submit(_decode_shipped, batch, params, pure=False)

@@ -124,10 +124,40 @@ def _fingerprint(source: Path) -> dict:
     return fp
 
 
+def staging_location(layout: RunLayout, store: str | None) -> str:
+    """Where a distributed ingestion stages decoded pixels (one row per member).
+
+    Beside the image array, so that the workers can reach it wherever that is: in the
+    run's state folder for the default ``RUN_DIR/images.zarr``, else ``<store>-staging``.
+    """
+    return str(layout.state_dir / "staging.zarr") if store is None else store.rstrip("/") + "-staging"
+
+
+def _open_staging(location: str, n_members: int, size: int):
+    """The staging array, created (or re-created when its shape is not this run's)."""
+    import zarr
+
+    from .pipeline import TASK_MEMBERS_DISTRIBUTED
+
+    shape = (n_members, size, size, 3)
+    if store_exists(location):
+        try:
+            if open_zarr(location, "r").shape == shape:
+                return
+        except Exception:  # noqa: BLE001 - not an array: replace it
+            pass
+        remove_store(location)
+    zarr.create_array(store=location, shape=shape, chunks=(TASK_MEMBERS_DISTRIBUTED, size, size, 3),
+                      dtype="uint8", compressors=image_compressors(), fill_value=0, overwrite=True,
+                      storage_options=storage_options(location))
+
+
 def _reset_run_dir(layout: RunLayout) -> None:
     """``--overwrite``: remove everything streamclust wrote in the run directory (and its store)."""
     if layout.config.exists():
+        saved_store = (load_run_config(layout.root).get("ingest") or {}).get("store")
         remove_store(images_location(layout.root))  # the earlier run's, wherever it was
+        remove_store(staging_location(layout, saved_store))
     for child in (layout.images, layout.manifest, layout.ingest_summary, layout.model_dir,
                   layout.state_dir, layout.config, layout.root / "report", layout.root / "assignments.csv"):
         if child.is_dir():
@@ -175,8 +205,13 @@ class _Writer:
     written; the caller's thread buffers the next chunk meanwhile.
     """
 
-    def __init__(self, layout: RunLayout, cfg: IngestConfig, state: dict):
+    def __init__(self, layout: RunLayout, cfg: IngestConfig, state: dict, *, client=None, staging: str | None = None):
         import zarr  # imported here: the decode workers start up meanwhile
+
+        #: with a dask client and a staging array, a chunk is written by a worker from the
+        #: staged pixels (the buffered "images" are then member positions)
+        self.client, self.staging = client, staging
+        self.location = cfg.store or str(layout.images)
 
         self.layout = layout
         self.size = cfg.size
@@ -239,7 +274,7 @@ class _Writer:
                 if first != index:
                     row["duplicate_of"] = first
                     self.duplicates += 1
-                self.images.append(dec.pixels)
+                self.images.append(dec.pixels if dec.pixels is not None else member.position)
         self.counts[row["status"]] += 1
         self.rows.append(row)
         self.next_position = member.position + 1
@@ -264,7 +299,15 @@ class _Writer:
         if images:
             n = len(images)
             self.array.resize((rows_done + n, self.size, self.size, 3))
-            self.array[rows_done:rows_done + n] = np.stack(images)
+            if isinstance(images[0], np.ndarray):
+                self.array[rows_done:rows_done + n] = np.stack(images)
+            else:  # staged on the workers: one of them writes the chunk
+                from .pipeline import write_rows_from_staging
+
+                done = self.client.submit(write_rows_from_staging, self.staging, images, self.location, rows_done,
+                                          pure=False).result()
+                if done != n:  # pragma: no cover - a worker wrote another number of rows
+                    raise RuntimeError(f"a worker wrote {done} rows of {n} at row {rows_done}")
             rows_done += n
         data = format_rows(rows)
         with open(self.part_path, "ab") as fh:
@@ -360,20 +403,25 @@ def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progres
     state_path = layout.state_dir / "ingest_state.json"
     if state_path.exists() and json.loads(state_path.read_text()).get("finished") and layout.manifest.exists() \
             and not (layout.state_dir / "manifest.part.csv").exists():
-        return _finalise(layout, t0, json.loads(state_path.read_text())["members_done"])  # killed while finalising
+        remove_store(staging_location(layout, config.store))  # killed while finalising
+        return _finalise(layout, t0, json.loads(state_path.read_text())["members_done"])
     state = _load_state(state_path)
     start = state["members_done"]
     if start:
         logger.info("resuming ingestion at member %d (%d images already written)", start, state["rows_done"])
     if not state["finished"]:  # (finished: killed before the manifest was moved into place)
         params = DecodeParams(config.size, config.max_pixels, config.min_side, config.max_aspect, config.background)
+        staged = None
         if client is not None:
-            stream = decoded_members_distributed(reader, start, params, client)
+            if reader.kind in ("zip", "dir") and reader.count() is not None:
+                staged = staging_location(layout, config.store)
+                _open_staging(staged, reader.count(), config.size)
+            stream = decoded_members_distributed(reader, start, params, client, staging=staged)
         else:  # the decode workers start now, while the writer opens the store
             stream = DecodedMembers(reader.members(start), params, config.resolved_workers)
         bar = None
         try:
-            writer = _Writer(layout, config, state)
+            writer = _Writer(layout, config, state, client=client, staging=staged)
             from tqdm.auto import tqdm  # (imported late too)
 
             try:
@@ -394,6 +442,7 @@ def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progres
                 bar.close()
     os.replace(layout.state_dir / "manifest.part.csv", layout.manifest)
     fsync_dir(layout.root)
+    remove_store(staging_location(layout, config.store))
     return _finalise(layout, t0, start)
 
 

@@ -85,3 +85,60 @@ def test_fit_on_a_cluster_reads_a_store_given_by_url(tmp_path):
     with scheduler_client("local", n_workers=2) as client:
         fit_run(tmp_path / "b", cfg, progress=False, client=client)
     _assert_close_models(tmp_path / "a", tmp_path / "b")
+
+
+def test_workers_write_the_pixels_and_the_driver_only_metadata(tmp_path, monkeypatch):
+    """zip/folder sources on a cluster: decoded pixels go from the workers to a staging array
+    and from there, chunk by chunk, into images.zarr; none reach the driver."""
+    import streamclust.ingest.run as run_mod
+
+    members = [*synthetic_jpegs(500, side=24), *[m[:2] for m in hostile_members()]]
+    src = write_zip(tmp_path / "s.zip", members)
+    cfg = IngestConfig(str(src), size=12, chunk_size=64, workers=1)
+    ingest(cfg, tmp_path / "ref", progress=False)
+    seen = []
+    real_add = run_mod._Writer.add
+
+    def add(self, member, dec):
+        if dec is not None and dec.status == "ok":
+            seen.append(dec.pixels is None)
+        return real_add(self, member, dec)
+
+    monkeypatch.setattr(run_mod._Writer, "add", add)
+    with scheduler_client("local", n_workers=2) as client:
+        ingest(cfg, tmp_path / "dist", progress=False, client=client)
+    assert seen and all(seen)  # every ok image arrived without its pixels
+    assert (tmp_path / "ref" / "manifest.csv").read_bytes() == (tmp_path / "dist" / "manifest.csv").read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "ref" / "images.zarr")[:],
+                                  zarr.open_array(tmp_path / "dist" / "images.zarr")[:])
+    assert not (tmp_path / "dist" / ".streamclust" / "staging.zarr").exists()  # removed at the end
+
+
+def test_a_distributed_ingest_stopped_by_an_error_resumes_to_the_same_store(tmp_path, monkeypatch):
+    import streamclust.ingest.run as run_mod
+
+    src = write_zip(tmp_path / "s.zip", list(synthetic_jpegs(700, side=16)))
+    store = (tmp_path / "bucket" / "images.zarr").as_uri()
+    ref_cfg = IngestConfig(str(src), size=8, chunk_size=64, workers=1)
+    ingest(ref_cfg, tmp_path / "ref", progress=False)
+    cfg = IngestConfig(str(src), size=8, chunk_size=64, workers=1, store=store)
+    real, calls = run_mod.format_rows, []
+
+    def failing(rows):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(5, "Input/output error")
+        return real(rows)
+
+    with scheduler_client("local", n_workers=2) as client:
+        monkeypatch.setattr(run_mod, "format_rows", failing)
+        with pytest.raises(OSError):
+            ingest(cfg, tmp_path / "run", progress=False, client=client)
+        assert (tmp_path / "bucket" / "images.zarr-staging").exists()  # kept for the resume
+        monkeypatch.setattr(run_mod, "format_rows", real)
+        out = ingest(cfg, tmp_path / "run", progress=False, client=client)
+    assert out.resumed_from > 0
+    assert (tmp_path / "ref" / "manifest.csv").read_bytes() == (tmp_path / "run" / "manifest.csv").read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "ref" / "images.zarr")[:],
+                                  zarr.open_array(tmp_path / "bucket" / "images.zarr")[:])
+    assert not (tmp_path / "bucket" / "images.zarr-staging").exists()

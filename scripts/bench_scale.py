@@ -280,6 +280,26 @@ def child_founding_naive(run: str, budget: str) -> dict:
             "picked": {"bic": min(bic, key=bic.get)}}
 
 
+def child_ingest_sched(zip_path: str, run: str, mode: str) -> dict:
+    """Ingest in-process (2 decode processes) or on a LocalCluster (2 workers, staged writes)."""
+    from contextlib import nullcontext
+
+    from streamclust.config import IngestConfig
+    from streamclust.distributed import scheduler_client
+    from streamclust.ingest import ingest
+
+    shutil.rmtree(run, ignore_errors=True)
+    t = time.perf_counter()
+    ctx = scheduler_client("local") if mode == "local" else nullcontext(None)
+    with ctx as client:
+        start = time.perf_counter() - t
+        t1 = time.perf_counter()
+        ingest(IngestConfig(zip_path, size=64), run, progress=False, client=client)
+        wall = time.perf_counter() - t1
+    return {"seconds": {"ingest": wall, "cluster_start": start if mode == "local" else 0.0},
+            "peak_rss_mib": {"ingest": vm_hwm_mib()}}
+
+
 def child_sched(run: str, mode: str, save: str) -> dict:
     from contextlib import nullcontext
 
@@ -297,7 +317,7 @@ def child_sched(run: str, mode: str, save: str) -> dict:
 
 
 CHILDREN = {"ingest": child_ingest, "fit": child_fit, "founding-stream": child_founding_stream,
-            "founding-naive": child_founding_naive, "sched": child_sched}
+            "founding-naive": child_founding_naive, "sched": child_sched, "ingest-sched": child_ingest_sched}
 
 
 def run_child(kind: str, *args: str, tmp: Path) -> dict:
@@ -400,7 +420,23 @@ def part_scheduler(n: int, work: Path) -> dict:
         "same_kmeans_iterations": int(a["kmeans"].n_iter_) == int(b["kmeans"].n_iter_),
         "same_gmm_iterations": int(a["gmm"].n_iter_) == int(b["gmm"].n_iter_),
     }
-    return {"n": n, "inproc": inproc, "local": local, "max_abs_diff": diff}
+    # ingestion: in-process decode processes vs workers writing through the staging array
+    zp = work / f"faces-{n}.zip"
+    if not zp.exists():
+        make_zip(zp, n)
+    ing = {mode: run_child("ingest-sched", zp, work / f"ingest-{mode}", mode, tmp=work) for mode in ("inproc", "local")}
+    same_manifest = (work / "ingest-inproc" / "manifest.csv").read_bytes() == \
+        (work / "ingest-local" / "manifest.csv").read_bytes()
+    import zarr
+
+    same_images = all(
+        np.array_equal(zarr.open_array(work / "ingest-inproc" / "images.zarr")[lo:lo + 8192],
+                       zarr.open_array(work / "ingest-local" / "images.zarr")[lo:lo + 8192])
+        for lo in range(0, n, 8192))
+    for mode in ("inproc", "local"):
+        shutil.rmtree(work / f"ingest-{mode}")
+    return {"n": n, "inproc": inproc, "local": local, "max_abs_diff": diff,
+            "ingest": {**ing, "same_manifest": same_manifest, "same_images": same_images}}
 
 
 # ------------------------------------------------------------------------------ report
@@ -453,6 +489,13 @@ def report(part: str, res: dict) -> str:
         for name, r in (("in-process", a), ("--scheduler local (2 workers)", b)):
             L.append(f"| {name} | " + " | ".join(f"{r['seconds'][s]:.1f}" for s in FIT_STAGES)
                      + f" | {_total(r):.1f} | {r['seconds']['cluster_start']:.1f} | {max(r['peak_rss_mib'].values()):.0f} |")
+        ig = res.get("ingest")
+        if ig:
+            ti, tl = ig["inproc"]["seconds"]["ingest"], ig["local"]["seconds"]["ingest"]
+            L += ["", f"ingest of the same {res['n']:,} images: in-process {ti:.1f} s "
+                      f"(driver {ig['inproc']['peak_rss_mib']['ingest']:.0f} MiB), --scheduler local {tl:.1f} s "
+                      f"(driver {ig['local']['peak_rss_mib']['ingest']:.0f} MiB): {tl / ti:.2f}x; same manifest: "
+                      f"{ig['same_manifest']}, same images: {ig['same_images']}."]
         L += ["", f"ratio local / in-process: **{_total(b) / _total(a):.2f}x** (fit stages; the cluster's start excluded).",
               "largest differences (components: absolute, after sign alignment; the rest relative to the largest value): " + ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}"
                                                   for k, v in res["max_abs_diff"].items())]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -202,6 +203,29 @@ def _drain_one(pool: _Pool, inflight: deque, params: DecodeParams):
 
 
 # --------------------------------------------------------------------------- dask.distributed
+_READERS = threading.local()
+
+
+def _worker_reader(path: str, max_bytes: int):
+    """This thread's reader of ``path``, opened once and kept for the next tasks.
+
+    Opening a zip parses its whole central directory (a million members: seconds), so a
+    worker keeps the last source it read open; a changed file (size or mtime) is reopened.
+    """
+    from .readers import open_reader
+
+    st = os.stat(path)
+    key = (path, max_bytes, st.st_size, st.st_mtime_ns)
+    cached = getattr(_READERS, "entry", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if cached is not None:
+        cached[1].close()
+    reader = open_reader(path, max_bytes)
+    _READERS.entry = (key, reader)
+    return reader
+
+
 def _decode_range(kind: str, path: str, max_bytes: int, lo: int, hi: int, params: DecodeParams,
                   staging: str | None = None):
     """Task: read members ``lo:hi`` of a zip or folder on the worker and decode them.
@@ -210,24 +234,19 @@ def _decode_range(kind: str, path: str, max_bytes: int, lo: int, hi: int, params
     the ok members are written there, rows ``lo:hi`` (the task's own region), and only
     the members' metadata travel back to the driver.
     """
-    from .readers import open_reader
-
-    reader = open_reader(path, max_bytes)
+    reader = _worker_reader(path, max_bytes)
     out = []
     block = None if staging is None else np.zeros((hi - lo, params.size, params.size, 3), np.uint8)
-    try:
-        for m in reader.members(lo):
-            if m.position >= hi:
-                break
-            dec = decode_image(m.data, m.name, params) if _needs_decode(m) else None
-            if m.data is not None:  # the bytes need not travel back to the driver
-                m.size, m.data = len(m.data), None
-            if block is not None and dec is not None and dec.pixels is not None:
-                block[m.position - lo] = dec.pixels
-                dec.pixels = None
-            out.append((m, dec))
-    finally:
-        reader.close()
+    for m in reader.members(lo):
+        if m.position >= hi:
+            break
+        dec = decode_image(m.data, m.name, params) if _needs_decode(m) else None
+        if m.data is not None:  # the bytes need not travel back to the driver
+            m.size, m.data = len(m.data), None
+        if block is not None and dec is not None and dec.pixels is not None:
+            block[m.position - lo] = dec.pixels
+            dec.pixels = None
+        out.append((m, dec))
     if block is not None:
         from ..store import open_zarr
 

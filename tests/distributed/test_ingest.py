@@ -142,3 +142,19 @@ def test_a_distributed_ingest_stopped_by_an_error_resumes_to_the_same_store(tmp_
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "ref" / "images.zarr")[:],
                                   zarr.open_array(tmp_path / "bucket" / "images.zarr")[:])
     assert not (tmp_path / "bucket" / "images.zarr-staging").exists()
+
+
+def test_a_worker_keeps_its_reader_until_the_source_changes(tmp_path):
+    """Opening a zip parses its whole central directory: a worker opens it once for all its tasks."""
+    import os
+
+    from streamclust.ingest.pipeline import _worker_reader
+
+    src = write_zip(tmp_path / "s.zip", list(synthetic_jpegs(5, side=8)))
+    first = _worker_reader(str(src), 2**20)
+    assert _worker_reader(str(src), 2**20) is first
+    assert [m.position for m in first.members(3)] == [3, 4]  # reusable: members() starts anywhere
+    write_zip(src, list(synthetic_jpegs(7, side=8)))
+    os.utime(src, ns=(1, 1))  # another size and mtime: reopened
+    second = _worker_reader(str(src), 2**20)
+    assert second is not first and second.count() == 7

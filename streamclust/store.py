@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ import numpy as np
 from .errors import RunDirError, StageNotDoneError
 
 __all__ = ["RunLayout", "open_images", "image_array", "images_location", "open_zarr", "is_url",
-           "storage_options", "ok_rows"]
+           "storage_options", "store_exists", "remove_store", "ok_rows"]
 
 if TYPE_CHECKING:  # zarr is imported on use: ``ingest`` starts its decoders meanwhile
     import zarr
@@ -90,6 +91,34 @@ def storage_options(location: str) -> dict | None:
     if str(location).startswith("file://"):
         return {"auto_mkdir": True}
     return None
+
+
+def _store_fs(location: str):
+    """``(filesystem, path)`` of an fsspec URL."""
+    import fsspec  # zarr's own dependency for URLs
+
+    return fsspec.core.url_to_fs(location, **(storage_options(location) or {}))
+
+
+def store_exists(location: str) -> bool:
+    """True when an image array (or anything) is at ``location``, a path or an fsspec URL."""
+    if not is_url(location):
+        return Path(location).exists()
+    fs, path = _store_fs(location)
+    return bool(fs.exists(path))
+
+
+def remove_store(location: str) -> None:
+    """Delete the image array at ``location`` (a path or an fsspec URL), if there is one."""
+    if not is_url(location):
+        if Path(location).is_dir():
+            shutil.rmtree(location)
+        elif Path(location).exists():
+            Path(location).unlink()
+        return
+    fs, path = _store_fs(location)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def images_location(run_dir: str | os.PathLike) -> str:

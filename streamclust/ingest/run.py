@@ -29,7 +29,7 @@ import numpy as np
 from .._atomic import fsync_dir, write_json
 from ..config import IngestConfig, load_run_config
 from ..errors import ConfigMismatchError, SourceError
-from ..store import RunLayout, images_location, is_url, open_zarr, storage_options
+from ..store import RunLayout, images_location, is_url, open_zarr, remove_store, storage_options, store_exists
 from .decode import DecodeParams, Decoded
 from .manifest import COLUMNS, format_rows, header, read_manifest
 from .pipeline import DecodedMembers, decoded_members_distributed
@@ -88,40 +88,13 @@ def _remove_partials(layout: RunLayout, location: str) -> None:
         stray.unlink(missing_ok=True)
 
 
-def _store_fs(location: str):
-    """``(filesystem, path)`` of an fsspec URL."""
-    import fsspec
-
-    return fsspec.core.url_to_fs(location, **(storage_options(location) or {}))
-
-
-def store_exists(location: str) -> bool:
-    """True when an image array (or anything) is at ``location``, a path or an fsspec URL."""
-    if not is_url(location):
-        return Path(location).exists()
-    fs, path = _store_fs(location)
-    return bool(fs.exists(path))
-
-
-def remove_store(location: str) -> None:
-    """Delete the image array at ``location`` (a path or an fsspec URL), if there is one."""
-    if not is_url(location):
-        if Path(location).is_dir():
-            shutil.rmtree(location)
-        elif Path(location).exists():
-            Path(location).unlink()
-        return
-    fs, path = _store_fs(location)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
 def _fingerprint(source: Path) -> dict:
     st = source.stat()
     fp = {"path": str(source.resolve())}
     if source.is_file():
         fp.update(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
     return fp
+
 
 
 def staging_location(layout: RunLayout, store: str | None) -> str:
@@ -221,7 +194,7 @@ class _Writer:
         layout.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = state
         shape = (self.state["rows_done"], self.size, self.size, 3)
-        location = cfg.store or str(layout.images)
+        location = self.location
         if self.state["rows_done"] == 0 and not self.state_path.exists():
             array = zarr.create_array(
                 store=location, shape=shape, chunks=(self.chunk, self.size, self.size, 3),

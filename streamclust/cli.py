@@ -419,15 +419,15 @@ def _ingest_config(args):
 
 
 def _cmd_ingest(args) -> int:
-    if args.scheduler is None and _ingest_config(args).resolved_workers > 1:
+    config = _ingest_config(args)
+    if args.scheduler is None and config.resolved_workers > 1:
         from .ingest._server import start_decoder_server
 
         start_decoder_server()  # it loads the decoder on another core while we import the rest
     from .ingest import ingest
 
     with _client(args) as client:
-        summary = ingest(_ingest_config(args), args.run_dir, overwrite=args.overwrite, progress=_progress(args),
-                         client=client)
+        summary = ingest(config, args.run_dir, overwrite=args.overwrite, progress=_progress(args), client=client)
     print(summary.line())
     return 0
 

@@ -72,9 +72,10 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
         if arr.dtype == object:
             raise TypeError(f"refusing to save object array {key!r}: it would need pickle")
         clean[key] = arr
-    buf = io.BytesIO()
-    np.savez(buf, **clean)
-    return write_bytes(path, buf.getvalue())
+    # straight into the temp file: a large state (a scatter matrix of 1 GB) is never copied in memory
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **clean)
+    return Path(path)
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -45,10 +46,12 @@ from ._base import StreamingMixin, draw_seed, fit_streaming
 from ._batches import RowSource, as_row_source, is_lazy_array
 from ._passes import pass_rng
 
-__all__ = ["StreamingPCA"]
+__all__ = ["StreamingPCA", "choose_method"]
 
-#: default cap on the number of components tracked when ``n_components`` is a fraction
-_DEFAULT_MAX_COMPONENTS = 256
+logger = logging.getLogger(__name__)
+
+#: components tracked first by the randomized method for a fraction of the variance (then doubled)
+_FIRST_TRACKED = 256
 
 
 def _flip_rows(components: np.ndarray) -> np.ndarray:
@@ -355,13 +358,21 @@ class _RandomizedPCAPlan:
     batch (``s`` = :attr:`last_shift`, ``Q`` = the final :attr:`Q`).
     """
 
-    def __init__(self, n_features, n_sketch, n_power_iter, seed, compute_dtype, batch_dtype):
+    def __init__(self, n_features, n_track, n_power_iter, seed, compute_dtype, batch_dtype, *,
+                 n_oversamples=10, fraction=None, cap=None):
         self.n_power_iter = int(n_power_iter)
         self.compute_dtype = np.dtype(compute_dtype)
         self.batch_dtype = np.dtype(batch_dtype)
         self.seed = int(seed)
         self.pass_index = 0
-        G = pass_rng(self.seed, 0).standard_normal((int(n_features), int(n_sketch)))
+        self.d = int(n_features)
+        self.n_oversamples = int(n_oversamples)
+        # components tracked; with a fraction, grown (up to ``cap``) until they explain it
+        self.n_track = int(n_track)
+        self.fraction = fraction
+        self.cap = int(cap if cap is not None else n_track)
+        self.round = 0
+        G = pass_rng(self.seed, 0).standard_normal((self.d, self._width()))
         self.Q = _orthonormal_basis(G)
         self.n = 0
         self.mean = np.zeros(n_features)
@@ -371,6 +382,17 @@ class _RandomizedPCAPlan:
         self.last_shift = np.zeros(n_features)
         self.done = False
         self.projection_sink = None
+
+    def _width(self) -> int:
+        return min(self.n_track + self.n_oversamples, self.d)
+
+    def _short_of_fraction(self) -> bool:
+        """Whether the tracked components explain less than the fraction, and more may be tracked."""
+        if self.fraction is None or self.n_track >= self.cap:
+            return False
+        total = float(self.scatter.sum())
+        lam = self.eigvals[: self.n_track]
+        return total > 0 and int(np.searchsorted(np.cumsum(lam) / total, self.fraction, side="right")) >= lam.size
 
     def next_pass(self):
         if self.done:
@@ -402,7 +424,26 @@ class _RandomizedPCAPlan:
             self.eigvecs = self.Q @ V[:, order]
             self.last_shift = acc.shift.copy()
             self.done = True
+            if self._short_of_fraction():
+                self._grow()
+                return
         self.pass_index += 1
+
+    def _grow(self) -> None:
+        """Track twice the components (at most ``cap``), warm-started from the Ritz vectors.
+
+        The mean pass is not repeated: the next passes are ``n_power_iter`` power
+        iterations (the last of them the Rayleigh-Ritz pass) on the wider basis.
+        """
+        old = self.n_track
+        self.n_track = min(self.cap, 2 * self.n_track)
+        self.round += 1
+        extra = pass_rng(self.seed, 0, self.round).standard_normal((self.d, self._width() - self.eigvecs.shape[1]))
+        self.Q = _orthonormal_basis(np.hstack([self.eigvecs, extra]))
+        logger.info("PCA: %d components explain %.4f of the variance, less than %s: tracking %d",
+                    old, self.eigvals[:old].sum() / self.scatter.sum(), self.fraction, self.n_track)
+        self.pass_index = 1
+        self.done = False
 
     def state_dict(self) -> dict:
         return {
@@ -416,6 +457,8 @@ class _RandomizedPCAPlan:
             "eigvecs": self.eigvecs,
             "last_shift": self.last_shift,
             "done": np.bool_(self.done),
+            "n_track": np.int64(self.n_track),
+            "round": np.int64(self.round),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -429,6 +472,47 @@ class _RandomizedPCAPlan:
         self.eigvecs = np.array(state["eigvecs"], dtype=np.float64, copy=True)
         self.last_shift = np.array(state.get("last_shift", np.zeros_like(self.mean)), dtype=np.float64, copy=True)
         self.done = bool(state["done"])
+        self.n_track = int(state.get("n_track", self.n_track))
+        self.round = int(state.get("round", 0))
+
+
+# ------------------------------------------------------------------------- the choice
+#: ``method="auto"`` uses the exact covariance method up to this many features (64x64 RGB):
+#: its scatter matrix is then at most 1.2 GB
+COVARIANCE_MAX_FEATURES = 12288
+
+
+def randomized_bytes(n_features: int, n_track: int) -> int:
+    """Bytes the randomized method holds besides its batches: ``Q``, ``Z`` and their float32 copies."""
+    return 3 * int(n_features) * (int(n_track) + 10) * 8
+
+
+def choose_method(n_samples: int, n_features: int, n_components, *, n_power_iter: int = 3,
+                  max_bytes: int | None = None) -> str:
+    """The PCA method ``method="auto"`` runs: ``"covariance"`` (exact) or ``"randomized"``.
+
+    The exact method costs one pass of ``n d^2 / 2`` multiply-adds (the upper triangle)
+    and an eigensolver; the randomized one ``n_power_iter + 1`` passes of ``2 n d l``
+    (``l`` the sketch width; the last pass half that).  Measured (docs/benchmarks.md, real images): for a fraction of the
+    variance or all components the exact method wins whenever its ``d x d`` matrix fits,
+    and it needs no guess at the number of components.  For a fixed, small number of
+    components the randomized one does fewer operations.  With fewer samples than
+    features the randomized sketch spans every sample and is exact too, at less memory.
+    """
+    n, d = int(n_samples), int(n_features)
+    from ._scatter import scatter_bytes
+
+    k = n_components if isinstance(n_components, Integral) else None
+    cov_bytes = scatter_bytes(d, k if k is not None else min(n, d))
+    if d > COVARIANCE_MAX_FEATURES or n < d or (max_bytes is not None and cov_bytes > max_bytes):
+        return "randomized"
+    if k is not None:
+        l = min(k + 10, d)
+        # multiply-adds: a power pass does 2 n d l, the last pass n d l; eigh ~ 5 d^3
+        randomized = (2 * int(n_power_iter) + 1) * float(n) * d * l
+        covariance = float(n) * d * d / 2 + (5.0 * d**3 if d <= 4096 else 5.0 * d * d * l)
+        return "covariance" if covariance <= randomized else "randomized"
+    return "covariance"
 
 
 # -------------------------------------------------------------------------- incremental
@@ -551,12 +635,21 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
     n_components : int, float or None, default=None
         Number of components to keep.  ``None`` keeps ``min(n_samples, n_features)``; an
         int must lie in ``[1, min(n_samples, n_features)]``; a float in ``(0, 1)`` keeps
-        the smallest number of components whose explained variance ratio reaches it,
-        searched among the first ``max_components``.
-    method : {"randomized", "incremental"}, default="randomized"
-        ``"randomized"``: streaming randomized subspace iteration on the covariance
-        (``n_power_iter + 1`` passes).  ``"incremental"``: one pass of
-        :class:`~sklearn.decomposition.IncrementalPCA`.
+        the smallest number of components whose explained variance ratio exceeds it
+        (scikit-learn's rule), at most ``max_components``.
+    method : {"auto", "covariance", "randomized", "incremental"}, default="auto"
+        ``"covariance"``: exact; one pass accumulating the centred scatter matrix in
+        float64 (exactly, for 8-bit pixels), then its eigendecomposition: the same
+        components and explained variances as :class:`sklearn.decomposition.PCA`, at
+        any fraction of the variance.  ``"randomized"``: streaming randomized subspace
+        iteration on the covariance (``n_power_iter + 1`` passes); for a fraction it
+        tracks 256 components first and doubles them (warm-started, ``n_power_iter``
+        passes each time) until they explain the fraction.  ``"incremental"``: one
+        pass of :class:`~sklearn.decomposition.IncrementalPCA`.  ``"auto"`` chooses
+        between the first two by the shape (:func:`choose_method`): ``"covariance"``
+        up to 12,288 features (64x64 RGB) unless a small fixed ``n_components`` makes
+        the randomized passes cheaper, or there are fewer samples than features.  The
+        method run is in ``method_``.
     batch_size : int, default=1024
         Rows read per batch.  With ``"incremental"`` the chunks given to ``partial_fit``
         hold ``max(batch_size, n_components)`` rows (the last chunk, if shorter than
@@ -567,10 +660,10 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
     n_power_iter : int, default=3
         Power (subspace) iterations of the randomized method; each costs one pass.
     max_components : int or None, default=None
-        When ``n_components`` is a float, the number of components actually computed,
-        among which the kept ones are chosen; ``None`` means
-        ``min(n_samples, n_features, 256)``.  A ``UserWarning`` says when they do not
-        explain the requested fraction.  Ignored for an int or ``None`` ``n_components``.
+        When ``n_components`` is a float, the most components it may keep; ``None``
+        means ``min(n_samples, n_features)``: as many as the fraction needs.  When
+        the cap stops short of the fraction a ``UserWarning`` says so (asked, reached,
+        with how many).  Ignored for an int or ``None`` ``n_components``.
     whiten : bool, default=False
         Scale the projections to unit variance in :meth:`transform`.
     random_state : int, RandomState instance or None, default=None
@@ -596,6 +689,8 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         Per-feature mean.
     n_components_ : int
         Number of components kept.
+    method_ : str
+        The method that was run (``"auto"`` resolved).
     n_samples_ : int
         Number of rows fitted.
     noise_variance_ : float
@@ -616,7 +711,9 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
     Memory (``d = n_features``, ``b = batch_size``, ``l`` the sketch width, ``k``
     the number of components): ``"randomized"`` holds the basis ``Q`` and the product
     ``Z`` (``2 d l`` float64) plus per-batch temporaries of ``b d`` and ``b l`` values
-    in ``dtype``; nothing grows with ``n_samples``.  ``"incremental"`` holds up to two
+    in ``dtype``; nothing grows with ``n_samples``.  ``"covariance"`` holds the ``d x d``
+    float64 scatter matrix (75 MB for 32x32 RGB, 1.2 GB for 64x64 RGB) and, up to 4,096
+    features, the eigensolver's copy of it.  ``"incremental"`` holds up to two
     chunks of ``max(b, k)`` rows and the SVD of a ``(k + chunk + 1) x d`` matrix.
 
     The randomized method's accuracy is that of a randomized SVD with
@@ -652,7 +749,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             Interval(RealNotInt, 0, 1, closed="neither"),
             None,
         ],
-        "method": [StrOptions({"randomized", "incremental"})],
+        "method": [StrOptions({"auto", "covariance", "randomized", "incremental"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_oversamples": [Interval(Integral, 0, None, closed="left")],
         "n_power_iter": [Interval(Integral, 0, None, closed="left")],
@@ -666,7 +763,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         self,
         n_components=None,
         *,
-        method="randomized",
+        method="auto",
         batch_size=1024,
         n_oversamples=10,
         n_power_iter=3,
@@ -703,8 +800,13 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         """
         return fit_streaming(self, X)
 
+    def _cap(self, n_samples: int, n_features: int) -> int:
+        """The most components a fractional ``n_components`` may keep."""
+        limit = min(n_samples, n_features)
+        return limit if self.max_components is None else min(limit, int(self.max_components))
+
     def _n_tracked(self, n_samples: int, n_features: int) -> int:
-        """Components computed before a fractional ``n_components`` is resolved."""
+        """Components computed first (a fraction may grow them, up to :meth:`_cap`)."""
         limit = min(n_samples, n_features)
         k = self.n_components
         if k is None:
@@ -713,11 +815,18 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             if k > limit:
                 raise ValueError(
                     f"n_components={k} must be between 1 and min(n_samples, n_features)="
-                    f"{limit} (n_samples={n_samples}, n_features={n_features})."
+                    f"{limit} (n_samples={n_samples}, n_features={n_features}); lower n_components."
                 )
             return int(k)
-        cap = _DEFAULT_MAX_COMPONENTS if self.max_components is None else int(self.max_components)
-        return min(limit, cap)
+        cap = self._cap(n_samples, n_features)
+        if self.max_components is None and self._resolved_method(n_samples, n_features) == "randomized":
+            return min(cap, _FIRST_TRACKED)
+        return cap
+
+    def _resolved_method(self, n_samples: int, n_features: int) -> str:
+        if self.method != "auto":
+            return self.method
+        return choose_method(n_samples, n_features, self.n_components, n_power_iter=self.n_power_iter)
 
     def _make_plan(self, source: RowSource):
         self._validate_params()
@@ -727,27 +836,43 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
                 f"StreamingPCA needs at least 2 samples to estimate a covariance, got n_samples={n}."
             )
         k = self._n_tracked(n, d)
-        if self.method == "incremental":
+        method = self.method_ = self._resolved_method(n, d)
+        if method == "incremental":
             self._batch_dtype = np.float64
             return _IncrementalPCAPlan(n, d, k, max(int(self.batch_size), k))
         compute = np.float32 if self.dtype == "float32" else np.float64
         src_dtype = np.dtype(getattr(source.array, "dtype", np.float64))
+        fraction = None if self.n_components is None or isinstance(self.n_components, Integral) else self.n_components
+        seed = draw_seed(self.random_state)
+        if method == "covariance":
+            from ._scatter import CovariancePlan
+
+            # 8-bit pixels come unconverted (their products are exact in float32); the rest in float64
+            self._batch_dtype = src_dtype if src_dtype.kind in "iub" and src_dtype.itemsize == 1 else np.float64
+            n_keep = None if fraction is not None else k
+            return CovariancePlan(d, n_keep=n_keep, fraction=fraction, cap=self._cap(n, d) if fraction else k,
+                                  seed=seed)
         if src_dtype.kind in "iub" and src_dtype.itemsize <= 2:
             # small integers (pixels) come unconverted: centred straight into the compute dtype
             self._batch_dtype = src_dtype
         else:
             self._batch_dtype = np.float32 if compute == np.float32 and _small_exact_dtype(src_dtype) else np.float64
-        n_sketch = min(k + int(self.n_oversamples), d)
-        seed = draw_seed(self.random_state)
-        plan = _RandomizedPCAPlan(d, n_sketch, self.n_power_iter, seed, compute, self._batch_dtype)
+        plan = _RandomizedPCAPlan(d, k, self.n_power_iter, seed, compute, self._batch_dtype,
+                                  n_oversamples=self.n_oversamples, fraction=fraction,
+                                  cap=self._cap(n, d) if fraction is not None else k)
         # private hook (streamclust fit): receives the last pass's projections, see _SketchAccumulator
         plan.projection_sink = getattr(self, "_projection_sink", None)
         return plan
 
     def _finish_plan(self, plan, source: RowSource) -> None:
         n, d = source.n_samples, source.n_features
-        k = self._n_tracked(n, d)
         limit = min(n, d)
+        if isinstance(plan, _RandomizedPCAPlan):
+            k = plan.n_track
+        elif isinstance(plan, _IncrementalPCAPlan):
+            k = self._n_tracked(n, d)
+        else:
+            k = plan.eigvecs.shape[1]
         if isinstance(plan, _IncrementalPCAPlan):
             r = plan.result
             mean = r["mean_"]
@@ -766,14 +891,15 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             sv = np.sqrt(lam)
             ev = lam / (n - 1)
             ratio = ev / total_var if total_var > 0 else np.zeros_like(ev)
-            noise = None
+            noise = None  # from the exact total: the mean of the other eigenvalues, as PCA's
         if self.n_components is not None and not isinstance(self.n_components, Integral):
-            cum = np.cumsum(ratio)
+            cum = np.cumsum(ratio[:k])
             k_frac = int(np.searchsorted(cum, self.n_components, side="right") + 1)
-            if k_frac > k:
+            if k_frac > k and k < limit:
                 warnings.warn(
-                    f"the first {k} components explain {cum[-1] if cum.size else 0.0:.4f} of the variance, "
-                    f"less than n_components={self.n_components}; raise max_components to keep more.",
+                    f"asked for {self.n_components} of the variance, reached {cum[-1] if cum.size else 0.0:.4f} "
+                    f"with {k} components: max_components={self.max_components} stops them; raise it "
+                    "(or set it to None) to keep more.",
                     UserWarning,
                     stacklevel=3,
                 )

@@ -151,9 +151,94 @@ def test_fraction_of_variance(method):
 
 def test_fraction_not_reached_warns():
     X = np.random.default_rng(0).normal(size=(300, 30))
-    with pytest.warns(UserWarning, match="raise max_components"):
+    with pytest.warns(UserWarning, match=r"asked for 0.99 of the variance, reached 0\.\d+ with 3 components: max_components=3"):
         est = StreamingPCA(0.99, max_components=3, batch_size=64, random_state=0).fit(X)
     assert est.n_components_ == 3
+
+
+# ---------------------------------------------------------------- exact (covariance)
+def spread_spectrum(n=1200, d=300, seed=0, dtype=np.float64):
+    """Data whose variance is spread over many directions (as real images' is)."""
+    rng = np.random.default_rng(seed)
+    scales = 1.0 / np.sqrt(np.arange(1, d + 1))
+    basis, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    X = rng.normal(size=(n, d)) * scales @ basis.T * 40 + 128
+    return np.clip(X, 0, 255).astype(np.uint8) if dtype == np.uint8 else X
+
+
+@pytest.mark.parametrize("n_components", [None, 7, 0.5, 0.95, 0.999])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+def test_covariance_method_equals_sklearn_pca(n_components, dtype):
+    """The exact method is scikit-learn's exact PCA: components, variances, noise, at any fraction."""
+    X = spread_spectrum(dtype=dtype)
+    est = StreamingPCA(n_components, method="covariance", batch_size=97).fit(as_zarr(X, 61))
+    ref = PCA(n_components, svd_solver="full").fit(X.astype(np.float64))
+    assert est.method_ == "covariance"
+    assert est.n_components_ == ref.n_components_
+    for attr in ("explained_variance_ratio_", "explained_variance_", "singular_values_", "mean_"):
+        assert_allclose(getattr(est, attr), getattr(ref, attr), rtol=1e-9, atol=1e-12, err_msg=attr)
+    assert_allclose(est.noise_variance_, ref.noise_variance_, rtol=1e-9, atol=1e-12)
+    top = min(10, est.n_components_)
+    cos = np.abs(np.sum(est.components_[:top] * ref.components_[:top], axis=1))
+    assert_allclose(cos, 1.0, atol=1e-9)
+    assert_allclose(est.components_[:top], ref.components_[:top], atol=1e-6)  # same sign convention
+
+
+def test_scatter_of_pixels_is_exact():
+    """8-bit pixels: float32 products over 256-row blocks, summed in float64, are exact integers."""
+    from streamclust.models._scatter import ScatterAccumulator
+
+    X = np.random.default_rng(1).integers(0, 256, size=(1000, 70)).astype(np.uint8)
+    acc = ScatterAccumulator(70)
+    for lo in range(0, 1000, 600):
+        acc.update(X[lo : lo + 600], lo)
+    shift, s1, Cs = acc.shift.copy(), acc.s1.copy(), np.triu(acc.C)
+    Xi = X.astype(np.int64) - shift.astype(np.int64)
+    assert_array_equal(Cs, np.triu(Xi.T @ Xi).astype(np.float64))
+    assert_array_equal(s1, Xi.sum(axis=0).astype(np.float64))
+    mean, C = acc.result()
+    assert_allclose(C, np.cov(X.T.astype(np.float64)) * 999, rtol=1e-12, atol=1e-8)
+    assert_allclose(mean, X.mean(axis=0), rtol=1e-15)
+
+
+def test_scatter_accumulators_merge_like_one_pass():
+    from streamclust.models._scatter import ScatterAccumulator
+
+    X = low_rank(n=300, d=12)
+    whole, left, right = (ScatterAccumulator(12) for _ in range(3))
+    for lo in range(0, 300, 50):
+        whole.update(X[lo : lo + 50], lo)
+        (left if lo < 150 else right).update(X[lo : lo + 50], lo)
+    left.merge(right)
+    for got, want in zip(left.result(), whole.result()):
+        assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_randomized_grows_until_the_fraction_is_reached():
+    """A fraction needing more than the 256 components tracked first: the sketch grows to it."""
+    X = spread_spectrum(n=900, d=400, seed=2)
+    ref = PCA(0.97, svd_solver="full").fit(X)
+    assert ref.n_components_ > 256
+    est = StreamingPCA(0.97, method="randomized", batch_size=128, random_state=0).fit(X)
+    assert est.explained_variance_ratio_.sum() >= 0.97
+    assert abs(est.n_components_ - ref.n_components_) <= 0.02 * ref.n_components_
+    capped = StreamingPCA(0.97, method="randomized", max_components=200, batch_size=128, random_state=0)
+    with pytest.warns(UserWarning, match=r"asked for 0.97 of the variance, reached 0\.9\d+ with 200 components"):
+        capped.fit(X)
+    assert capped.n_components_ == 200
+
+
+def test_auto_method_by_shape():
+    from streamclust.models.pca import choose_method
+
+    assert choose_method(60000, 3072, 0.99) == "covariance"        # CIFAR-10 at 99 %
+    assert choose_method(40000, 12288, 0.99) == "covariance"       # 64x64 RGB faces
+    assert choose_method(40000, 49152, 0.99) == "randomized"       # 128x128 RGB: 19 GB matrix
+    assert choose_method(400, 12288, 0.99) == "randomized"         # fewer images than pixels
+    assert choose_method(40000, 12288, 20) == "randomized"         # a few components of many pixels
+    assert choose_method(40000, 12288, 0.99, max_bytes=2**30) == "randomized"
+    X = spread_spectrum(n=500, d=30)
+    assert StreamingPCA(0.9, batch_size=64).fit(X).method_ == "covariance"
 
 
 # -------------------------------------------------------------------- incremental
@@ -225,7 +310,7 @@ def interrupt_after(n_batches):
 
 @pytest.mark.parametrize(
     ("method", "stop_at"),
-    [("randomized", 5), ("randomized", 2 * 16 + 7), ("incremental", 9)],
+    [("randomized", 5), ("randomized", 2 * 16 + 7), ("incremental", 9), ("covariance", 7)],
 )
 def test_resume_after_interruption_is_identical(tmp_path, method, stop_at):
     X = low_rank(n=1000, d=20)  # 16 batches of 64 per pass

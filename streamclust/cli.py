@@ -360,7 +360,10 @@ def _memory(text: str) -> int:
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pca-components", type=_pca_components, default=None,
                    help="principal components, or a variance fraction like 0.99 (default: 256, or fewer for small data)")
-    p.add_argument("--pca-method", choices=("randomized", "incremental"), default="randomized")
+    p.add_argument("--pca-method", choices=("auto", "covariance", "randomized", "incremental"), default="auto",
+                   help="auto (default): the exact covariance method up to 64x64 RGB, else randomized")
+    p.add_argument("--pca-max-components", type=_positive_int, default=None,
+                   help="with a fraction, keep at most this many components (default: as many as it needs)")
     p.add_argument("--clusters", type=_nonneg_int, default=100, help="k-means clusters; 0 skips k-means (default 100)")
     p.add_argument("--kmeans-method", choices=("lloyd", "minibatch"), default="lloyd")
     p.add_argument("--gmm-components", type=_nonneg_int, default=50,
@@ -389,7 +392,8 @@ def _fit_config(args):
     from .config import FitConfig
 
     return FitConfig(
-        pca_components=args.pca_components, pca_method=args.pca_method, clusters=args.clusters,
+        pca_components=args.pca_components, pca_method=args.pca_method,
+        pca_max_components=args.pca_max_components, clusters=args.clusters,
         kmeans_method=args.kmeans_method, gmm_components=args.gmm_components, covariance=args.covariance,
         gmm_pca_components=args.gmm_pca_components, seed=args.seed, max_iter=args.max_iter,
         batch_size=args.batch_size, memory_limit=args.memory_limit, drop_duplicates=not args.keep_duplicates,

@@ -165,7 +165,13 @@ class FitConfig:
     pca_components : int, float or None, default=None
         Principal components; a float in (0, 1) keeps that fraction of the variance;
         ``None`` uses 256, or fewer when the data has fewer images or pixels.
-    pca_method : {"randomized", "incremental"}, default="randomized"
+    pca_method : {"auto", "covariance", "randomized", "incremental"}, default="auto"
+        ``auto`` chooses by the shape (see :class:`~streamclust.models.StreamingPCA`):
+        the exact covariance method up to 64x64 RGB, else the randomized one.
+    pca_max_components : int or None, default=None
+        With a fraction, the most components kept; ``None`` keeps as many as the
+        fraction needs (up to the number of images or pixels, or what the memory
+        limit allows; the summary says when a cap stops it short).
     clusters : int, default=100
         k-means clusters (0 skips k-means).
     kmeans_method : {"lloyd", "minibatch"}, default="lloyd"
@@ -200,7 +206,8 @@ class FitConfig:
     """
 
     pca_components: int | float | None = None
-    pca_method: str = "randomized"
+    pca_method: str = "auto"
+    pca_max_components: int | None = None
     clusters: int = 100
     kmeans_method: str = "lloyd"
     gmm_components: int = 50
@@ -224,8 +231,12 @@ class FitConfig:
         pc = self.pca_components
         if pc is not None and (isinstance(pc, float) and not (0 < pc < 1) or isinstance(pc, int) and pc < 1):
             raise UsageError(f"--pca-components must be a positive integer or a fraction in (0, 1), got {pc!r}")
-        if self.pca_method not in ("randomized", "incremental"):
-            raise UsageError(f"--pca-method must be randomized or incremental, got {self.pca_method!r}")
+        if self.pca_method not in ("auto", "covariance", "randomized", "incremental"):
+            raise UsageError(f"--pca-method must be auto, covariance, randomized or incremental, "
+                             f"got {self.pca_method!r}")
+        mc = self.pca_max_components
+        if mc is not None and (not isinstance(mc, int) or mc < 1):
+            raise UsageError(f"--pca-max-components must be a positive integer, got {mc!r}")
         if self.kmeans_method not in ("lloyd", "minibatch"):
             raise UsageError(f"--kmeans-method must be lloyd or minibatch, got {self.kmeans_method!r}")
         if self.covariance not in ("diag", "full", "tied", "spherical"):

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from ..models._passes import Checkpointer, fingerprint
 from ..models.io import load_model, save_model
 from ..store import RunLayout, image_array, ok_rows
 from .memory import batch_rows
+from .pca_choice import DEFAULT_PCA_COMPONENTS, choose_pca, variance_note
 from .progress import PassBars
 
 __all__ = ["fit_run", "reset_fit", "FitSummary", "CHECKPOINT_SECONDS", "DEFAULT_PCA_COMPONENTS"]
@@ -51,7 +53,6 @@ __all__ = ["fit_run", "reset_fit", "FitSummary", "CHECKPOINT_SECONDS", "DEFAULT_
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = float(os.environ.get("STREAMCLUST_CHECKPOINT_SECONDS", "20"))
-DEFAULT_PCA_COMPONENTS = 256
 STAGES = ("pca", "features", "kmeans", "gmm", "agglomerative", "kpca", "tsne", "embedding", "tsne_kmeans")
 #: rows per chunk of ``features.zarr`` (stored uncompressed: float32 scores hardly compress,
 #: and the k-means and mixture passes read it tens of times); the model stages read
@@ -66,13 +67,18 @@ class FitSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     skipped_stages: list[str] = field(default_factory=list)
     results: dict[str, float] = field(default_factory=dict)
+    #: the PCA delivered: method, requested (count or fraction), reached, n_components, limited_by
+    pca: dict = field(default_factory=dict)
+    #: plain-words notes on what differs from what was asked (e.g. a variance fraction not reached)
+    notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        notes = "".join(f" {n}." for n in self.notes)
         if not self.seconds:
-            return f"fit already complete in {self.run_dir}: nothing to do."
+            return f"fit already complete in {self.run_dir}: nothing to do.{notes}"
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
         res = ", ".join(f"{k}={v:.6g}" for k, v in self.results.items())
-        return f"fitted {self.n_images} images in {self.run_dir} ({parts}). {res}"
+        return f"fitted {self.n_images} images in {self.run_dir} ({parts}). {res}{notes}"
 
 
 def _reset_fit(layout: RunLayout) -> None:
@@ -190,51 +196,46 @@ def fit_run(
             f"{layout.root} has {rows.size} usable image(s); fitting needs at least 2 "
             "(see manifest.csv for why members were skipped)"
         )
+    n_pixels = int(np.prod(data.shape[1:]))
+    chunk_bytes = int(np.prod(data.chunks)) * data.dtype.itemsize
+    # everything checked before anything is written: a refused request leaves the run as it was
+    choice = choose_pca(config, int(rows.size), n_pixels, int(data.chunks[0]), chunk_bytes)
     _check_config(layout, config, overwrite)
     for stray in [*layout.state_dir.rglob("*.partial"), *layout.model_dir.glob("*.partial"),
                   *(layout.root / "features.zarr").rglob("*.partial"), *layout.root.glob("*.partial")]:
         stray.unlink(missing_ok=True)  # temp files of atomic writes that a kill interrupted
     summary = FitSummary(str(layout.root), n_images=int(rows.size))
     if layout.is_done("fit"):
+        _pca_outcome(summary, choice, load_model(layout.model_dir / "pca.npz"))
         return summary
     layout.model_dir.mkdir(parents=True, exist_ok=True)
     run_cfg = load_run_config(layout.root)
     data_key = fingerprint([run_cfg.get("ingest"), int(rows.size), config.features,
                             run_cfg.get("encode") if config.features == "latents" else None])
-    n_pixels = int(np.prod(data.shape[1:]))
-    chunk_bytes = int(np.prod(data.chunks)) * data.dtype.itemsize
 
     # -- 1. PCA on pixels -------------------------------------------------------------
     pca_path = layout.model_dir / "pca.npz"
-    k_req = config.pca_components
-    if k_req is None:
-        k_req = min(DEFAULT_PCA_COMPONENTS, int(rows.size), n_pixels)
     if not layout.is_done("fit-pca"):
         t0 = time.perf_counter()
-        k_sketch = (k_req if isinstance(k_req, int) else DEFAULT_PCA_COMPONENTS) + 10
-        # per row: the raw pixels (being read, and the next batch), the float32 centred
-        # batch, float64 blocks of it and the float64 projections of the last pass
-        chunk_rows = int(data.chunks[0])
-        bs = batch_rows("PCA", fixed=4 * n_pixels * k_sketch * 8 + 2 * chunk_bytes,
-                        per_row=n_pixels * 9 + k_sketch * 16, limit=config.memory_limit,
-                        requested=config.batch_size, preferred=-(-1024 // chunk_rows) * chunk_rows)
-        if config.batch_size is None and bs > chunk_rows:
-            bs -= bs % chunk_rows  # whole chunks: a batch straddling two would decode both
-        pca = StreamingPCA(n_components=k_req, method=config.pca_method, batch_size=bs,
-                           random_state=config.seed)
+        logger.info("%s", choice.describe(int(rows.size), n_pixels))
+        bs = choice.batch_size
+        pca = StreamingPCA(n_components=choice.n_components, method=choice.method, batch_size=bs,
+                           max_components=choice.max_components, random_state=config.seed)
         sketch = _SketchScores(layout, int(rows.size), chunk_rows=bs)
-        if config.pca_method == "randomized" and client is None:
+        if choice.method == "randomized" and client is None:
             if not (layout.state_dir / "fit-pca.ckpt.npz").exists():
                 sketch.clear()  # a fresh PCA fit: no projections of another fit may remain
             pca._projection_sink = sketch
-        _fit_stage(layout, "pca", pca, data, data_rows, data_key, config, progress, client)
+        with warnings.catch_warnings():  # a shortfall is said in the summary (variance_note), not twice
+            warnings.filterwarnings("ignore", message="asked for .* of the variance", category=UserWarning)
+            _fit_stage(layout, "pca", pca, data, data_rows, data_key, config, progress, client)
         if hasattr(pca, "_sketch_basis"):
             sketch.save_basis(pca._sketch_basis, pca._sketch_shift)
         save_model(pca, pca_path)
         layout.marker("fit-pca").write_text("done\n")
         summary.seconds["pca"] = time.perf_counter() - t0
     pca = load_model(pca_path)
-    summary.results["pca_explained_variance"] = float(np.sum(pca.explained_variance_ratio_))
+    _pca_outcome(summary, choice, pca)
 
     # -- 2. features --------------------------------------------------------------------
     feat_path = layout.root / "features.zarr"
@@ -308,10 +309,22 @@ def fit_run(
 
     write_json(layout.root / "fit_summary.json", {
         "n_images": summary.n_images, "seconds": {k: round(v, 3) for k, v in summary.seconds.items()},
-        "results": summary.results,
+        "results": summary.results, "pca": summary.pca, "notes": summary.notes,
     })
     layout.marker("fit").write_text("done\n")
     return summary
+
+
+def _pca_outcome(summary: FitSummary, choice, pca) -> None:
+    """What the PCA delivered, into the summary; a fraction not reached is said (and logged)."""
+    reached = float(np.sum(pca.explained_variance_ratio_))
+    summary.results["pca_explained_variance"] = reached
+    summary.pca = {"method": getattr(pca, "method_", choice.method), "requested": choice.n_components,
+                   "reached": reached, "n_components": int(pca.n_components_), "limited_by": choice.limited_by}
+    note = variance_note(choice.n_components, pca, choice.limited_by)
+    if note:
+        summary.notes.append(note)
+        logger.warning("%s", note)
 
 
 class _SketchScores:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import MemoryLimitError
 
-__all__ = ["batch_rows", "BASELINE_BYTES", "DEFAULT_BUDGET"]
+__all__ = ["batch_rows", "fmt_bytes", "BASELINE_BYTES", "DEFAULT_BUDGET"]
 
 #: resident memory of the interpreter with numpy, scipy, scikit-learn, zarr and dask imported
 BASELINE_BYTES = 350 * 2**20
@@ -14,8 +14,12 @@ MIN_ROWS = 16
 MAX_ROWS = 8192
 
 
-def _fmt(n: float) -> str:
+def fmt_bytes(n: float) -> str:
+    """``"512 MiB"`` or ``"1.20 GiB"``."""
     return f"{n / 2**20:,.0f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+_fmt = fmt_bytes
 
 
 def batch_rows(

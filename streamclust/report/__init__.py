@@ -233,8 +233,12 @@ class _Report:
                           caption="Skipped members by reason (all of them are listed in manifest.csv)"))
         # models
         pca = self.pca
-        mrows = [("PCA", f"{int(pca.n_components_)} components, "
-                         f"{100 * float(np.sum(pca.explained_variance_ratio_)):.1f} % of the variance")]
+        asked = (fit_summary.get("pca") or {}).get("requested")
+        reached = float(np.sum(pca.explained_variance_ratio_))
+        pca_text = f"{int(pca.n_components_)} components, {100 * reached:.1f} % of the variance"
+        if isinstance(asked, float):
+            pca_text = f"asked {asked:g} of the variance, reached {reached:.3f} with {int(pca.n_components_)} components"
+        mrows = [("PCA", pca_text)]
         if self.km is not None:
             mrows.append(("k-means", f"{self.n_clusters} clusters, inertia {float(self.km.inertia_):.4g}"))
         else:
@@ -248,6 +252,8 @@ class _Report:
         else:
             mrows.append(("Gaussian mixture", "not fitted"))
         sec.add(table(("model", "fitted"), mrows, caption="Models"))
+        for note in fit_summary.get("notes") or []:  # what differs from what was asked, in plain words
+            sec.note(f"{note}.")
         # settings
         srows = []
         if src:

@@ -186,3 +186,64 @@ def test_sigkill_and_resume_of_a_fit_with_the_other_methods(ingested, tmp_path):
     np.testing.assert_array_equal(zarr.open_array(ref / "embedding.zarr")[:], zarr.open_array(run / "embedding.zarr")[:])
     assert not list(state.glob("*.ckpt.npz"))
     assert not list(run.rglob("*.partial"))
+
+
+# ------------------------------------------------------------- the variance asked for
+def test_a_fraction_keeps_as_many_components_as_it_needs(ingested, tmp_path):
+    """No hidden cap: 0.99 of the variance is reached, with the count scikit-learn's PCA keeps."""
+    from sklearn.decomposition import PCA
+
+    _, base = ingested
+    run = _copy_run(base, tmp_path / "run")
+    summary = fit_run(run, FitConfig(pca_components=0.99, clusters=3, gmm_components=2, seed=1, max_iter=30),
+                      progress=False)
+    pca = load_model(run / "model" / "pca.npz")
+    rows = ok_rows(run)
+    X = zarr.open_array(run / "images.zarr")[:][rows].reshape(len(rows), -1).astype(np.float64)
+    ref = PCA(0.99, svd_solver="full").fit(X)
+    assert pca.n_components_ == ref.n_components_  # fewer images than pixels: the sketch spans them all
+    np.testing.assert_allclose(pca.explained_variance_ratio_, ref.explained_variance_ratio_, atol=1e-6)
+    assert summary.notes == []
+    saved = json.loads((run / "fit_summary.json").read_text())
+    assert saved["pca"]["requested"] == 0.99 and saved["pca"]["reached"] > 0.99
+    assert saved["pca"]["n_components"] == ref.n_components_ and saved["notes"] == []
+
+
+def test_a_cap_short_of_the_fraction_is_said_everywhere(ingested, tmp_path, capsys):
+    _, base = ingested
+    run = _copy_run(base, tmp_path / "run")
+    rc = main(["fit", str(run), "--pca-components", "0.99", "--pca-max-components", "5", "--clusters", "3",
+               "--gmm-components", "2", "--max-iter", "30", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "asked 0.99 of the variance, reached 0." in out and "with 5 components" in out
+    assert "--pca-max-components 5 stops it; raise --pca-max-components (or leave it out)" in out
+    saved = json.loads((run / "fit_summary.json").read_text())
+    assert saved["pca"]["limited_by"] == "--pca-max-components 5" and saved["pca"]["reached"] < 0.99
+    assert len(saved["notes"]) == 1 and "asked 0.99" in saved["notes"][0]
+    # said again when the complete fit is re-run, and in the report
+    assert main(["fit", str(run), "--pca-components", "0.99", "--pca-max-components", "5", "--clusters", "3",
+                 "--gmm-components", "2", "--max-iter", "30", "--quiet"]) == 0
+    assert "asked 0.99 of the variance" in capsys.readouterr().out
+    from streamclust.pipeline.assign import assign_run
+    from streamclust.report import build_report
+
+    assign_run(run, progress=False)
+    html = Path(build_report(run, progress=False)).read_text()
+    assert "asked 0.99 of the variance, reached 0." in html
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--pca-components", "100000"], "--pca-components 100000 is more than min(images, pixels) = 400"),
+    (["--pca-components", "300", "--memory-limit", "370MB"], "components fit: pass --pca-components"),
+    (["--pca-components", "0.99", "--pca-method", "covariance", "--memory-limit", "360MB"],
+     "the exact covariance PCA of 432 pixels needs about"),
+])
+def test_pca_requests_that_cannot_be_met_are_refused_before_any_write(ingested, tmp_path, capsys, args, needle):
+    _, base = ingested
+    run = _copy_run(base, tmp_path / "run")
+    before = (run / "config.json").read_text()
+    rc = main(["fit", str(run), *args, "--clusters", "3", "--gmm-components", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert (run / "config.json").read_text() == before and not (run / "model").exists()

@@ -359,7 +359,7 @@ class _RandomizedPCAPlan:
     """
 
     def __init__(self, n_features, n_track, n_power_iter, seed, compute_dtype, batch_dtype, *,
-                 n_oversamples=10, fraction=None, cap=None):
+                 n_oversamples=10, fraction=None, cap=None, min_width=0):
         self.n_power_iter = int(n_power_iter)
         self.compute_dtype = np.dtype(compute_dtype)
         self.batch_dtype = np.dtype(batch_dtype)
@@ -372,6 +372,7 @@ class _RandomizedPCAPlan:
         self.fraction = fraction
         self.cap = int(cap if cap is not None else n_track)
         self.round = 0
+        self.min_width = int(min_width)  # e.g. every sample: the sketch then spans the data, exactly
         G = pass_rng(self.seed, 0).standard_normal((self.d, self._width()))
         self.Q = _orthonormal_basis(G)
         self.n = 0
@@ -384,7 +385,7 @@ class _RandomizedPCAPlan:
         self.projection_sink = None
 
     def _width(self) -> int:
-        return min(self.n_track + self.n_oversamples, self.d)
+        return min(max(self.n_track + self.n_oversamples, self.min_width), self.d)
 
     def _short_of_fraction(self) -> bool:
         """Whether the tracked components explain less than the fraction, and more may be tracked."""
@@ -480,6 +481,9 @@ class _RandomizedPCAPlan:
 #: ``method="auto"`` uses the exact covariance method up to this many features (64x64 RGB):
 #: its scatter matrix is then at most 1.2 GB
 COVARIANCE_MAX_FEATURES = 12288
+#: fewer samples than features, up to this many: the randomized sketch is as wide as the
+#: samples (exact PCA, e.g. 400 face photos of 12,288 pixels)
+SPAN_ALL_MAX_SAMPLES = 2048
 
 
 def randomized_bytes(n_features: int, n_track: int) -> int:
@@ -497,7 +501,8 @@ def choose_method(n_samples: int, n_features: int, n_components, *, n_power_iter
     variance or all components the exact method wins whenever its ``d x d`` matrix fits,
     and it needs no guess at the number of components.  For a fixed, small number of
     components the randomized one does fewer operations.  With fewer samples than
-    features the randomized sketch spans every sample and is exact too, at less memory.
+    features (up to :data:`SPAN_ALL_MAX_SAMPLES`) the randomized sketch is widened to
+    every sample, which makes it exact too, at less memory.
     """
     n, d = int(n_samples), int(n_features)
     from ._scatter import scatter_bytes
@@ -642,13 +647,15 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         float64 (exactly, for 8-bit pixels), then its eigendecomposition: the same
         components and explained variances as :class:`sklearn.decomposition.PCA`, at
         any fraction of the variance.  ``"randomized"``: streaming randomized subspace
-        iteration on the covariance (``n_power_iter + 1`` passes); for a fraction it
+        iteration on the covariance (``n_power_iter + 1`` passes; with fewer samples than
+        features, up to 2,048, the sketch spans them all and is exact); for a fraction it
         tracks 256 components first and doubles them (warm-started, ``n_power_iter``
         passes each time) until they explain the fraction.  ``"incremental"``: one
         pass of :class:`~sklearn.decomposition.IncrementalPCA`.  ``"auto"`` chooses
         between the first two by the shape (:func:`choose_method`): ``"covariance"``
         up to 12,288 features (64x64 RGB) unless a small fixed ``n_components`` makes
-        the randomized passes cheaper, or there are fewer samples than features.  The
+        the randomized passes cheaper, or there are fewer samples than features (up to
+        2,048 samples the sketch then spans them all, which makes it exact).  The
         method run is in ``method_``.
     batch_size : int, default=1024
         Rows read per batch.  With ``"incremental"`` the chunks given to ``partial_fit``
@@ -857,9 +864,12 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             self._batch_dtype = src_dtype
         else:
             self._batch_dtype = np.float32 if compute == np.float32 and _small_exact_dtype(src_dtype) else np.float64
+        # fewer samples than features, and not many: a sketch as wide as the samples spans
+        # them all, and the method is exact (at n d n multiply-adds a pass)
+        span_all = n if n < d and n <= SPAN_ALL_MAX_SAMPLES else 0
         plan = _RandomizedPCAPlan(d, k, self.n_power_iter, seed, compute, self._batch_dtype,
                                   n_oversamples=self.n_oversamples, fraction=fraction,
-                                  cap=self._cap(n, d) if fraction is not None else k)
+                                  cap=self._cap(n, d) if fraction is not None else k, min_width=span_all)
         # private hook (streamclust fit): receives the last pass's projections, see _SketchAccumulator
         plan.projection_sink = getattr(self, "_projection_sink", None)
         return plan

@@ -13,7 +13,7 @@ from numbers import Integral
 
 from ..errors import MemoryLimitError, UsageError
 from ..models._scatter import scatter_bytes
-from ..models.pca import choose_method, randomized_bytes
+from ..models.pca import SPAN_ALL_MAX_SAMPLES, choose_method, randomized_bytes
 from .memory import BASELINE_BYTES, MIN_ROWS, batch_rows, fmt_bytes
 
 __all__ = ["PcaChoice", "choose_pca", "variance_note", "DEFAULT_PCA_COMPONENTS"]
@@ -102,7 +102,8 @@ def choose_pca(config, n_rows: int, n_pixels: int, chunk_rows: int, chunk_bytes:
                     f"{fmt_bytes(mem)}; at most {fits} components fit: pass --pca-components {fits} "
                     "or raise --memory-limit")
             cap, limited_by = fits, f"--memory-limit {fmt_bytes(mem)}"
-    fixed = _pca_bytes(method, d, cap) + fixed_io
+    width = max(cap, n if n < d and n <= SPAN_ALL_MAX_SAMPLES else 0) if method == "randomized" else cap
+    fixed = _pca_bytes(method, d, width) + fixed_io
     preferred = -(-1024 // chunk_rows) * chunk_rows
     bs = batch_rows("PCA", fixed=fixed, per_row=per_row, limit=mem, requested=config.batch_size,
                     preferred=preferred)

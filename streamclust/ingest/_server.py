@@ -11,7 +11,7 @@ import multiprocessing as mp
 
 __all__ = ["decoder_context", "start_decoder_server"]
 
-_PRELOAD = ["streamclust.ingest.decode"]
+_PRELOAD = ["streamclust.ingest.pipeline"]  # the decode task, the readers and the decoder
 
 
 def decoder_context():

@@ -7,7 +7,7 @@ import io
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 __all__ = ["COLUMNS", "format_rows", "read_manifest", "status_counts"]
 
@@ -33,12 +33,15 @@ def _clean(value) -> str:
     return "" if value is None else str(value)
 
 
-def format_rows(rows: Iterable[dict]) -> bytes:
-    """CSV-encode manifest rows (dicts keyed by :data:`COLUMNS`) as UTF-8 bytes."""
+def format_rows(rows: Iterable[Sequence | dict]) -> bytes:
+    """CSV-encode manifest rows as UTF-8 bytes.
+
+    A row is a sequence of values in :data:`COLUMNS` order (None for an empty cell) or a
+    dict keyed by :data:`COLUMNS` (missing keys are empty).
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    for row in rows:
-        writer.writerow([_clean(row.get(col)) for col in COLUMNS])
+    writer.writerows([_clean(row.get(col)) for col in COLUMNS] if isinstance(row, dict) else row for row in rows)
     return buf.getvalue().encode("utf-8")
 
 

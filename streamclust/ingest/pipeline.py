@@ -1,4 +1,12 @@
-"""Parallel, order-preserving decoding with a bounded number of members in flight."""
+"""Parallel, order-preserving decoding with a bounded number of members in flight.
+
+The unit of work is a block of members sized by bytes (:data:`TASK_BYTES`, at most
+:data:`TASK_MEMBERS` members).  For a zip the block is a :class:`~.zipdir.Span`: the
+worker reads those members from the archive itself, so the main process never touches
+their bytes; for tar streams and folders the main process reads the members and ships
+them.  Either way a worker returns one :class:`~.batch.Batch` per block: the manifest
+fields, the digest prefixes and the pixels of the ok images as one array.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +22,33 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ._server import decoder_context
-from .decode import DecodeParams, Decoded, decode_image, decode_many
-from .readers import Member
+from .batch import Batch, collect, decode_batch
+from .decode import DecodeParams, Decoded, decode_image
+from .readers import ArchiveReader, Member
+from .zipdir import Span
 
-__all__ = ["DecodedMembers", "decoded_members_distributed", "write_rows_from_staging", "TASK_MEMBERS_DISTRIBUTED"]
+__all__ = ["DecodedBatches", "decoded_members_distributed", "write_rows_from_staging", "TASK_MEMBERS_DISTRIBUTED",
+           "TASK_BYTES", "TASK_MEMBERS"]
 
 logger = logging.getLogger(__name__)
 
-#: a worker task holds at most this many members or bytes
-TASK_MEMBERS = 48
-TASK_BYTES = 8 * 2**20
+#: a worker task holds about this many bytes of members, and at most TASK_MEMBERS of them:
+#: about 1,000 small images (CIFAR, MNIST) or 100 of 256 px; a few tens of ms of decoding each
+TASK_BYTES = 1 << 20
+TASK_MEMBERS = 1024
+
+Task = Span | list  # a zip span, or members read by the main process
 
 
-def _tasks(members: Iterable[Member]) -> Iterator[list[Member]]:
+def _tasks(reader: ArchiveReader, start: int) -> Iterator[Task]:
+    """The blocks of members from ``start``, in source order."""
+    if reader.kind == "zip":
+        return reader.spans(start, TASK_BYTES, TASK_MEMBERS)
+    return _blocks(reader.members(start))
+
+
+def _blocks(members: Iterable[Member]) -> Iterator[list[Member]]:
+    """``members`` in lists of about :data:`TASK_BYTES` (at most :data:`TASK_MEMBERS`)."""
     batch: list[Member] = []
     nbytes = 0
     for m in members:
@@ -39,12 +61,14 @@ def _tasks(members: Iterable[Member]) -> Iterator[list[Member]]:
         yield batch
 
 
-def _needs_decode(m: Member) -> bool:
-    return not m.status
+def decode_task(path: str, max_bytes: int, task: Task, params: DecodeParams) -> Batch:
+    """Worker task: decode one block (a zip span is read here, from ``path``)."""
+    members = _worker_reader(path, max_bytes).members_in(task) if isinstance(task, Span) else task
+    return decode_batch(members, params)
 
 
-def _decode_local(batch: list[Member], params: DecodeParams) -> list[Decoded | None]:
-    return [decode_image(m.data, m.name, params) if _needs_decode(m) else None for m in batch]
+def _members(reader: ArchiveReader, task: Task) -> list[Member]:
+    return list(reader.members_in(task)) if isinstance(task, Span) else task
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -72,9 +96,11 @@ def _watch_parent(parent_pid: int) -> None:
 class _Pool:
     """A process pool that is rebuilt when a worker dies (a decoder crash, an OOM kill)."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, reader: ArchiveReader, params: DecodeParams):
         self.workers = workers
         self.successes = 0
+        self.args = (str(Path(reader.path).resolve()), reader.max_bytes)
+        self.params = params
         # the fork server imports the decoder once; workers fork from it ready to decode
         self.ctx = decoder_context()
         self.ex = self._new()
@@ -83,13 +109,12 @@ class _Pool:
         return ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_watch_parent,
                                    initargs=(os.getpid(),))
 
-    def submit(self, batch: list[Member], params: DecodeParams) -> Future:
-        items = [(m.position, m.name, m.data) for m in batch if _needs_decode(m)]
+    def submit(self, task: Task) -> Future:
         try:
-            return self.ex.submit(decode_many, items, params)
+            return self.ex.submit(decode_task, *self.args, task, self.params)
         except BrokenProcessPool:
             self.restart()
-            return self.ex.submit(decode_many, items, params)
+            return self.ex.submit(decode_task, *self.args, task, self.params)
 
     def restart(self) -> None:
         self.ex.shutdown(wait=False, cancel_futures=True)
@@ -99,33 +124,27 @@ class _Pool:
         self.ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _merge(batch: list[Member], decoded: list[Decoded]) -> list[Decoded | None]:
-    it = iter(decoded)
-    return [next(it) if _needs_decode(m) else None for m in batch]
-
-
-def _isolate(pool: _Pool, batch: list[Member], params: DecodeParams) -> list[Decoded | None]:
-    """After a worker died: decode the batch one member per task to find the culprit."""
-    out: list[Decoded | None] = []
-    for m in batch:
-        if not _needs_decode(m):
-            out.append(None)
-            continue
+def _isolate(pool: _Pool, reader: ArchiveReader, task: Task) -> Iterator[Batch]:
+    """After a worker died: decode the block one member per task to find the culprit."""
+    singles = reader.spans(task.lo, 0, 1, stop=task.hi) if isinstance(task, Span) else ([m] for m in task)
+    for single in singles:
         try:
-            out.append(pool.submit([m], params).result()[0])
+            yield pool.submit(single).result()
         except BrokenProcessPool:
+            (m,) = _members(reader, single)
             logger.warning("decoder process died on member %r", m.name)
-            out.append(Decoded("error", "the decoder process died on this member (crash or out of memory)"))
+            dec = None if m.status else Decoded("error", "the decoder process died on this member "
+                                                "(crash or out of memory)")
+            yield collect([(m, dec)], pool.params.size)
             pool.restart()
-    return out
 
 
 class _PoolUnusable(RuntimeError):
     """Worker processes die before decoding anything: they cannot start in this environment."""
 
 
-class DecodedMembers:
-    """Decoded members ``(member, decoded)`` in source order; ``decoded`` is None for reader-level skips.
+class DecodedBatches:
+    """The source's members from ``start``, decoded, as :class:`~.batch.Batch` es in source order.
 
     With ``workers > 1`` decoding runs in a process pool with at most ``3 * workers``
     tasks in flight, so memory stays bounded whatever the archive size.  The pool starts
@@ -137,69 +156,73 @@ class DecodedMembers:
     error.
     """
 
-    def __init__(self, members: Iterable[Member], params: DecodeParams, workers: int):
-        self.params = params
-        self.tasks = _tasks(members)
+    def __init__(self, reader: ArchiveReader, start: int, params: DecodeParams, workers: int):
+        self.reader, self.params = reader, params
+        self.tasks = _tasks(reader, start)
         self.window = 3 * workers
-        self.pool = _Pool(workers) if workers > 1 else None
-        self.inflight: deque[tuple[list[Member], Future]] = deque()
+        self.pool = _Pool(workers, reader, params) if workers > 1 else None
+        self.inflight: deque[tuple[Task, Future]] = deque()
         if self.pool is not None:
-            for batch in self.tasks:
-                self.inflight.append((batch, self.pool.submit(batch, params)))
+            for task in self.tasks:
+                self.inflight.append((task, self.pool.submit(task)))
                 if len(self.inflight) >= self.window:
                     break
 
-    def __iter__(self) -> Iterator[tuple[Member, Decoded | None]]:
-        pool, inflight, params = self.pool, self.inflight, self.params
+    def _local(self, task: Task) -> Batch:
+        return decode_batch(_members(self.reader, task), self.params)
+
+    def __iter__(self) -> Iterator[Batch]:
+        pool, inflight = self.pool, self.inflight
         if pool is None:
-            for batch in self.tasks:
-                yield from zip(batch, _decode_local(batch, params))
+            for task in self.tasks:
+                yield self._local(task)
             return
         try:
             while inflight:
-                yield from _drain_one(pool, inflight, params)
-                for batch in self.tasks:  # top the window up again
-                    inflight.append((batch, pool.submit(batch, params)))
+                yield from self._drain_one()
+                for task in self.tasks:  # top the window up again
+                    inflight.append((task, pool.submit(task)))
                     if len(inflight) >= self.window:
                         break
         except _PoolUnusable:
             logger.warning("decoder worker processes cannot run here; decoding in this process instead")
-            pending = [b for b, _ in inflight]
+            pending = [t for t, _ in inflight]
             inflight.clear()
-            for batch in [*pending, *self.tasks]:
-                yield from zip(batch, _decode_local(batch, params))
+            for task in [*pending, *self.tasks]:
+                yield self._local(task)
         finally:
             self.close()
+
+    def _drain_one(self) -> Iterator[Batch]:
+        pool, inflight = self.pool, self.inflight
+        task, fut = inflight.popleft()
+        try:
+            batch = fut.result()
+            pool.successes += 1
+        except (BrokenProcessPool, OSError) as exc:
+            if pool.successes == 0:
+                inflight.appendleft((task, fut))
+                raise _PoolUnusable(str(exc)) from exc
+            pool.restart()
+            pending = [t for t, _ in inflight]
+            inflight.clear()
+            yield from _isolate(pool, self.reader, task)
+            # everything else in flight died with the pool: submit it again
+            for t in pending:
+                inflight.append((t, pool.submit(t)))
+            return
+        yield batch
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
 
-    def __enter__(self) -> "DecodedMembers":
+    def __enter__(self) -> "DecodedBatches":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _drain_one(pool: _Pool, inflight: deque, params: DecodeParams):
-    batch, fut = inflight.popleft()
-    try:
-        results = _merge(batch, fut.result())
-        pool.successes += 1
-    except (BrokenProcessPool, OSError) as exc:
-        if pool.successes == 0:
-            inflight.appendleft((batch, fut))
-            raise _PoolUnusable(str(exc)) from exc
-        pool.restart()
-        results = _isolate(pool, batch, params)
-        # everything else in flight died with the pool: submit it again
-        pending = [b for b, _ in inflight]
-        inflight.clear()
-        for b in pending:
-            inflight.append((b, pool.submit(b, params)))
-    yield from zip(batch, results)
 
 
 # --------------------------------------------------------------------------- dask.distributed
@@ -209,7 +232,7 @@ _READERS = threading.local()
 def _worker_reader(path: str, max_bytes: int):
     """This thread's reader of ``path``, opened once and kept for the next tasks.
 
-    Opening a zip parses its whole central directory (a million members: seconds), so a
+    Opening a zip walks its whole central directory (a million members: a second), so a
     worker keeps the last source it read open; a changed file (size or mtime) is reopened.
     """
     from .readers import open_reader
@@ -240,7 +263,7 @@ def _decode_range(kind: str, path: str, max_bytes: int, lo: int, hi: int, params
     for m in reader.members(lo):
         if m.position >= hi:
             break
-        dec = decode_image(m.data, m.name, params) if _needs_decode(m) else None
+        dec = decode_image(m.data, m.name, params) if not m.status else None
         if m.data is not None:  # the bytes need not travel back to the driver
             m.size, m.data = len(m.data), None
         if block is not None and dec is not None and dec.pixels is not None:
@@ -272,7 +295,8 @@ def write_rows_from_staging(staging: str, positions, images: str, row_lo: int) -
 def _decode_shipped(batch: list[Member], params: DecodeParams):
     """Task: decode members whose bytes the driver read (tar streams)."""
     out = []
-    for m, dec in zip(batch, _decode_local(batch, params)):
+    for m in batch:
+        dec = decode_image(m.data, m.name, params) if not m.status else None
         if m.data is not None:
             m.size, m.data = len(m.data), None
         out.append((m, dec))
@@ -309,7 +333,7 @@ def decoded_members_distributed(reader, start: int, params: DecodeParams, client
                                     reader.max_bytes, lo, hi, params, staging, pure=False)
                 lo = hi
         else:
-            for batch in _tasks(reader.members(start)):
+            for batch in _blocks(reader.members(start)):
                 yield client.submit(_decode_shipped, batch, params, pure=False)
 
     for fut in submissions():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import SourceError
+from .zipdir import Region, Span, ZipDirectory, zip_info
 
 __all__ = ["Member", "open_reader", "ArchiveReader", "source_kind", "TAR_SUFFIXES"]
 
@@ -95,18 +97,20 @@ class ArchiveReader:
 
 
 class ZipReader(ArchiveReader):
+    """The file members of a zip, in directory order; the directory is read in slices
+    (:mod:`.zipdir`), so the reader's memory does not grow with the member count."""
+
     kind = "zip"
 
     def __init__(self, path: Path, max_bytes: int):
         super().__init__(path, max_bytes)
         try:
-            self._zip = zipfile.ZipFile(path)
-            self._infos = [i for i in self._zip.infolist() if not i.is_dir()]
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            self._dir = ZipDirectory(path)
+        except (zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
             raise SourceError(f"zip archive {str(path)!r} could not be read: {exc}") from None
 
     def count(self) -> int:
-        return len(self._infos)
+        return self._dir.count
 
     @staticmethod
     def _name(info: zipfile.ZipInfo) -> tuple[str, str]:
@@ -122,37 +126,55 @@ class ZipReader(ArchiveReader):
         return name, ""
 
     def members(self, start: int = 0) -> Iterator[Member]:
-        for pos in range(start, len(self._infos)):
-            info = self._infos[pos]
-            name, note = self._name(info)
-            if info.flag_bits & 0x1:
-                yield Member(pos, name, None, "encrypted", "the member is encrypted", note)
-                continue
-            if info.file_size > self.max_bytes:
-                yield self._too_large(pos, name, info.file_size, note)
-                continue
+        for pos, entry in self._dir.entries(start):
+            yield self._member(pos, entry)
+
+    def spans(self, start: int, max_bytes: int, max_members: int, stop: int | None = None) -> Iterator[Span]:
+        """Blocks of members from ``start`` for :meth:`members_in` (see :meth:`ZipDirectory.spans`)."""
+        return self._dir.spans(start, max_bytes, max_members, stop)
+
+    def members_in(self, span: Span) -> Iterator[Member]:
+        """The members of ``span``, read from the archive (with one read where they lie together)."""
+        entries = self._dir.entries_in(span)
+        region = self._dir.region(entries)
+        for pos, entry in entries:
+            yield self._member(pos, entry, region)
+
+    def _member(self, pos: int, entry: bytes, region: Region | None = None) -> Member:
+        plain = self._dir.read_plain(entry, self.max_bytes, region)
+        if plain is not None and b"\0" not in plain[0]:
+            raw, data = plain
+            utf8 = entry[9] & 0x08  # flag bit 11: the name is UTF-8
             try:
-                with self._zip.open(info) as fh:
-                    data = fh.read(self.max_bytes + 1)
-            except zipfile.BadZipFile as exc:
-                if "crc" in str(exc).lower():
-                    yield Member(pos, name, None, "bad_crc", str(exc), note)
-                else:
-                    yield Member(pos, name, None, "unreadable", f"BadZipFile: {exc}", note)
-                continue
-            except NotImplementedError as exc:
-                yield Member(pos, name, None, "unreadable", f"unsupported zip feature: {exc}", note)
-                continue
-            except Exception as exc:  # noqa: BLE001 - zlib/lzma/I-O errors on one member
-                yield Member(pos, name, None, "unreadable", f"{type(exc).__name__}: {exc}", note)
-                continue
-            if len(data) > self.max_bytes:
-                yield self._too_large(pos, name, len(data), note)
-                continue
-            yield Member(pos, name, data, note=note)
+                return Member(pos, raw.decode("utf-8"), data)
+            except UnicodeDecodeError:
+                if not utf8:  # zipfile's cp437 name, as _name gives it
+                    return Member(pos, raw.decode("cp437"), data, note="name is not valid UTF-8; decoded as cp437")
+        try:
+            info = zip_info(entry, self._dir.concat)
+        except (zipfile.BadZipFile, NotImplementedError, UnicodeDecodeError, struct.error) as exc:
+            return Member(pos, f"<zip member {pos}>", None, "unreadable", f"{type(exc).__name__}: {exc}")
+        name, note = self._name(info)
+        if info.flag_bits & 0x1:
+            return Member(pos, name, None, "encrypted", "the member is encrypted", note)
+        if info.file_size > self.max_bytes:
+            return self._too_large(pos, name, info.file_size, note)
+        try:
+            data = self._dir.read(info, self.max_bytes)
+        except zipfile.BadZipFile as exc:
+            if "crc" in str(exc).lower():
+                return Member(pos, name, None, "bad_crc", str(exc), note)
+            return Member(pos, name, None, "unreadable", f"BadZipFile: {exc}", note)
+        except NotImplementedError as exc:
+            return Member(pos, name, None, "unreadable", f"unsupported zip feature: {exc}", note)
+        except Exception as exc:  # noqa: BLE001 - zlib/lzma/I-O errors on one member
+            return Member(pos, name, None, "unreadable", f"{type(exc).__name__}: {exc}", note)
+        if len(data) > self.max_bytes:
+            return self._too_large(pos, name, len(data), note)
+        return Member(pos, name, data, note=note)
 
     def close(self) -> None:
-        self._zip.close()
+        self._dir.close()
 
 
 class TarReader(ArchiveReader):

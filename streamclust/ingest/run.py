@@ -30,9 +30,11 @@ from .._atomic import fsync_dir, write_json
 from ..config import IngestConfig, load_run_config
 from ..errors import ConfigMismatchError, SourceError
 from ..store import RunLayout, images_location, is_url, open_zarr, remove_store, storage_options, store_exists
+from .batch import KEY_BYTES, Batch, collect
 from .decode import DecodeParams, Decoded
+from .digests import DigestIndex
 from .manifest import COLUMNS, format_rows, header, read_manifest
-from .pipeline import DecodedMembers, decoded_members_distributed
+from .pipeline import DecodedBatches, decoded_members_distributed
 from .readers import ArchiveReader, Member, open_reader
 
 __all__ = ["ingest", "IngestSummary", "IMAGE_CODEC"]
@@ -173,10 +175,16 @@ def _load_state(state_path: Path) -> dict:
 class _Writer:
     """Appends chunks to images.zarr and rows to the manifest part; commits the state.
 
-    Commits run on a background thread, one at a time and in order (images, then the
-    manifest rows, then the state), so decoding goes on while a chunk is compressed and
-    written; the caller's thread buffers the next chunk meanwhile.
+    Decoded members arrive a :class:`~.batch.Batch` at a time; their pixels are copied
+    straight into the chunk being filled, and a chunk is committed the moment its last
+    image arrives (with the manifest rows of every member up to that one), wherever that
+    falls in a batch, so the commit points depend only on the source.  Commits run on a
+    background thread, one at a time and in order (images, then the manifest rows, then
+    the state), so decoding goes on while a chunk is compressed and written.
     """
+
+    #: members gathered by :meth:`add` before they are handed to :meth:`add_batch`
+    PAIRS_PER_BATCH = 256
 
     def __init__(self, layout: RunLayout, cfg: IngestConfig, state: dict, *, client=None, staging: str | None = None):
         import zarr  # imported here: the decode workers start up meanwhile
@@ -215,50 +223,104 @@ class _Writer:
         else:
             with open(self.part_path, "r+b") as fh:
                 fh.truncate(self.state["manifest_bytes"])
-        self.hashes: dict[str, int] = {}
+        self.digests = DigestIndex(KEY_BYTES)
         self.counts: Counter = Counter()
         self.duplicates = 0
-        for row in read_manifest(self.part_path):
-            self.counts[row["status"]] += 1
-            if row["status"] == "ok":
-                self.hashes.setdefault(row["sha256"], int(row["index"]))
-                self.duplicates += bool(row["duplicate_of"])
-        self.images: list[np.ndarray] = []
-        self.rows: list[dict] = []
+        self._rebuild_index()
+        self.pairs: list = []
+        self.buffer = self._new_buffer()
+        self.filled = 0  # images in the chunk being filled
+        self.rows: list[tuple] = []
         self.next_index = self.state["rows_done"]  # row of the next ok image
         self.next_position = self.state["members_done"]
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="streamclust-ingest-commit")
         self._pending: Future | None = None
 
+    def _new_buffer(self):
+        """The chunk being filled: pixels, or (staged on dask workers) member positions."""
+        if self.staging is not None:
+            return np.empty(self.chunk, np.int64)
+        return np.empty((self.chunk, self.size, self.size, 3), np.uint8)
+
+    def _rebuild_index(self) -> None:
+        """Counts and the duplicate index from the committed manifest rows (a resume)."""
+        keys: list[bytes] = []
+        rows: list[int] = []
+
+        def flush():
+            self.digests.first(b"".join(keys), np.asarray(rows, np.int64))
+            keys.clear()
+            rows.clear()
+
+        for row in read_manifest(self.part_path):
+            self.counts[row["status"]] += 1
+            if row["status"] == "ok":
+                keys.append(bytes.fromhex(row["sha256"][:2 * KEY_BYTES]))
+                rows.append(int(row["index"]))
+                self.duplicates += bool(row["duplicate_of"])
+                if len(keys) >= 65536:
+                    flush()
+        flush()
+
     def add(self, member: Member, dec: Decoded | None) -> None:
-        row = {"position": member.position, "member": member.name,
-               "bytes": member.nbytes if member.nbytes is not None else ""}
-        if dec is None:  # the reader could not deliver the member
-            row.update(status=member.status, reason=member.reason, note=member.note)
-        else:
-            row.update(status=dec.status, reason=dec.reason, width=dec.width, height=dec.height,
-                       format=dec.format, mode=dec.mode, sha256=dec.sha256,
-                       note="; ".join(n for n in (member.note, dec.note) if n))
-            if dec.status == "ok":
-                index = self.next_index
-                self.next_index += 1
-                row["index"] = index
-                first = self.hashes.setdefault(dec.sha256, index)
-                if first != index:
-                    row["duplicate_of"] = first
-                    self.duplicates += 1
-                self.images.append(dec.pixels if dec.pixels is not None else member.position)
-        self.counts[row["status"]] += 1
-        self.rows.append(row)
-        self.next_position = member.position + 1
-        if len(self.images) == self.chunk:
+        """One decoded member (``dec`` None: the reader could not deliver it)."""
+        self.pairs.append((member, dec))
+        if len(self.pairs) >= self.PAIRS_PER_BATCH:
+            self._flush_pairs()
+
+    def _flush_pairs(self) -> None:
+        if self.pairs:
+            pairs, self.pairs = self.pairs, []
+            self.add_batch(collect(pairs, self.size))
+
+    def add_batch(self, batch: Batch) -> None:
+        """The next members of the source; commits every chunk they complete."""
+        n_ok = len(batch.ok)
+        index = np.arange(self.next_index, self.next_index + n_ok, dtype=np.int64)
+        first = self.digests.first(batch.keys, index)
+        dup = first != index
+        self.duplicates += int(dup.sum())
+        self.counts.update(row[2] for row in batch.rows)
+        images = batch.pixels if batch.pixels is not None else np.asarray(batch.positions, np.int64)
+        done = 0  # ok images of the batch placed
+        row_lo = 0  # rows of the batch handed over
+        while done < n_ok:
+            take = min(self.chunk - self.filled, n_ok - done)
+            self.buffer[self.filled:self.filled + take] = images[done:done + take]
+            self.filled += take
+            done += take
+            if self.filled < self.chunk:
+                break
+            row_hi = batch.ok[done - 1] + 1  # the chunk ends with this member
+            self._rows(batch, row_lo, row_hi, index, first, dup)
+            self.next_position = batch.rows[row_hi - 1][0] + 1
+            row_lo = row_hi
             self.commit()
+        self._rows(batch, row_lo, len(batch.rows), index, first, dup)
+        if batch.rows:
+            self.next_position = batch.rows[-1][0] + 1
+        self.next_index += n_ok
+
+    def _rows(self, batch: Batch, lo: int, hi: int, index, first, dup) -> None:
+        """Manifest rows ``lo:hi`` of ``batch``, in :data:`COLUMNS` order."""
+        if lo >= hi:
+            return
+        ok = {r: k for k, r in enumerate(batch.ok) if lo <= r < hi}
+        out = self.rows
+        for r in range(lo, hi):
+            pos, name, status, reason, w, h, fmt, mode, nbytes, sha, note = batch.rows[r]
+            k = ok.get(r)
+            if k is None:
+                out.append((pos, None, name, status, reason, w, h, fmt, mode, nbytes, sha, None, note))
+            else:
+                out.append((pos, int(index[k]), name, status, reason, w, h, fmt, mode, nbytes, sha,
+                            int(first[k]) if dup[k] else None, note))
 
     def commit(self) -> None:
         """Hand the buffered chunk to the commit thread (after the previous commit ended)."""
         self.wait()
-        self._pending = self._thread.submit(self._commit, self.images, self.rows, self.next_position)
-        self.images, self.rows = [], []
+        self._pending = self._thread.submit(self._commit, self.buffer[:self.filled], self.rows, self.next_position)
+        self.buffer, self.filled, self.rows = self._new_buffer(), 0, []
 
     def wait(self) -> None:
         """Wait for the commit in progress; re-raises its error (a full disk, say)."""
@@ -266,19 +328,19 @@ class _Writer:
             pending, self._pending = self._pending, None
             pending.result()
 
-    def _commit(self, images: list[np.ndarray], rows: list[dict], next_position: int) -> None:
+    def _commit(self, images: np.ndarray, rows: list[tuple], next_position: int) -> None:
         """Write the images, then the manifest rows, then (last) the state."""
         rows_done = self.state["rows_done"]
-        if images:
-            n = len(images)
+        n = len(images)
+        if n:
             self.array.resize((rows_done + n, self.size, self.size, 3))
-            if isinstance(images[0], np.ndarray):
-                self.array[rows_done:rows_done + n] = np.stack(images)
+            if self.staging is None:
+                self.array[rows_done:rows_done + n] = images
             else:  # staged on the workers: one of them writes the chunk
                 from .pipeline import write_rows_from_staging
 
-                done = self.client.submit(write_rows_from_staging, self.staging, images, self.location, rows_done,
-                                          pure=False).result()
+                done = self.client.submit(write_rows_from_staging, self.staging, images.tolist(), self.location,
+                                          rows_done, pure=False).result()
                 if done != n:  # pragma: no cover - a worker wrote another number of rows
                     raise RuntimeError(f"a worker wrote {done} rows of {n} at row {rows_done}")
             rows_done += n
@@ -292,6 +354,7 @@ class _Writer:
         write_json(self.state_path, self.state)
 
     def finish(self) -> None:
+        self._flush_pairs()
         self.commit()
         self.wait()
         self.state["finished"] = True
@@ -391,7 +454,7 @@ def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progres
                 _open_staging(staged, reader.count(), config.size)
             stream = decoded_members_distributed(reader, start, params, client, staging=staged)
         else:  # the decode workers start now, while the writer opens the store
-            stream = DecodedMembers(reader.members(start), params, config.resolved_workers)
+            stream = DecodedBatches(reader, start, params, config.resolved_workers)
         bar = None
         try:
             writer = _Writer(layout, config, state, client=client, staging=staged)
@@ -400,10 +463,14 @@ def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progres
             try:
                 bar = tqdm(total=reader.count(), initial=start, unit="img", desc="ingest", dynamic_ncols=True,
                            disable=(not progress) if progress is not None else None, file=sys.stderr)
-                for member, dec in stream:
-                    writer.add(member, dec)
-                    bar.update(1)
-                    if bar.n % 256 == 0:
+                if client is not None:
+                    for member, dec in stream:
+                        writer.add(member, dec)
+                        bar.update(1)
+                else:
+                    for batch in stream:
+                        writer.add_batch(batch)
+                        bar.update(len(batch.rows))
                         skipped = sum(v for k, v in writer.counts.items() if k != "ok")
                         bar.set_postfix(ok=writer.counts["ok"], skipped=skipped, refresh=False)
                 writer.finish()

@@ -241,3 +241,27 @@ def test_a_failed_commit_stops_the_run_and_a_rerun_completes_it(tmp_path, monkey
     assert out.resumed_from == state["members_done"] and out.ok == 70
     assert (run / "manifest.csv").read_bytes() == (ref / "manifest.csv").read_bytes()
     np.testing.assert_array_equal(zarr.open_array(run / "images.zarr")[:], zarr.open_array(ref / "images.zarr")[:])
+
+
+@pytest.mark.parametrize("task_members", [1, 7, 1024])
+def test_worker_counts_and_task_sizes_give_identical_outputs(tmp_path, monkeypatch, task_members):
+    """Chunks end inside decode tasks and duplicates span tasks: the store and manifest
+    must not depend on how the members were split among tasks and workers."""
+    import streamclust.ingest.pipeline as pipeline
+
+    members = list(synthetic_jpegs(60, side=20))
+    members += [(f"again/{name}", data) for name, data in members[::7]]  # duplicates of earlier tasks' images
+    members += [m[:2] for m in hostile_members()]
+    src = write_zip(tmp_path / "s.zip", members)
+    ref = tmp_path / "ref"
+    ingest(IngestConfig(str(src), size=8, chunk_size=5, workers=1), ref, progress=False)
+    monkeypatch.setattr(pipeline, "TASK_MEMBERS", task_members)
+    for workers in (1, 2):
+        run = tmp_path / f"w{workers}"
+        ingest(IngestConfig(str(src), size=8, chunk_size=5, workers=workers), run, progress=False)
+        assert (run / "manifest.csv").read_bytes() == (ref / "manifest.csv").read_bytes()
+        np.testing.assert_array_equal(zarr.open_array(run / "images.zarr")[:], zarr.open_array(ref / "images.zarr")[:])
+    rows = manifest(ref)
+    by_name = {r["member"]: r for r in rows}
+    for name, _ in members[:60:7]:
+        assert by_name[f"again/{name}"]["duplicate_of"] == by_name[name]["index"]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ._batches import RowSource, as_row_source
+from ._batches import RowSource, as_row_source, check_sample_weight
 from ._passes import Checkpointer, Plan, ProgressFn, run_passes
 
 __all__ = ["StreamingMixin", "fit_streaming", "draw_seed"]
@@ -42,6 +42,7 @@ def fit_streaming(
     X,
     *,
     rows=None,
+    sample_weight=None,
     checkpoint: Checkpointer | None = None,
     progress: ProgressFn | None = None,
     client=None,
@@ -51,10 +52,17 @@ def fit_streaming(
     With ``checkpoint`` the fit saves its state as it goes and resumes a saved state first.
     With a dask.distributed ``client`` the mergeable passes run as one task per block of
     rows (see :mod:`streamclust.distributed`).
+    ``sample_weight`` (one weight per row of the source, i.e. per selected row when
+    ``rows`` is given) goes to the estimator's ``_make_plan(source, sample_weight=w)``;
+    only estimators whose ``fit`` takes ``sample_weight`` accept it.  The weights are not
+    part of a checkpoint: resume a weighted fit with the same weights.
     Returns the fitted estimator.
     """
     source = as_row_source(estimator, X, reset=True, rows=rows)
-    plan = estimator._make_plan(source)
+    if sample_weight is None:
+        plan = estimator._make_plan(source)
+    else:
+        plan = estimator._make_plan(source, sample_weight=check_sample_weight(sample_weight, source.n_samples))
     if client is not None:
         from ..distributed import run_passes_distributed
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 from sklearn.utils.validation import validate_data
 
-__all__ = ["RowSource", "as_row_source", "is_lazy_array"]
+__all__ = ["RowSource", "as_row_source", "is_lazy_array", "check_sample_weight", "weight_slice", "output_dtype"]
 
 
 def is_lazy_array(X) -> bool:
@@ -198,3 +198,57 @@ def as_row_source(estimator, X, *, reset: bool, rows=None, dtype=(np.float64, np
             f"is expecting {estimator.n_features_in_} features as input."
         )
     return source
+
+
+def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray | None:
+    """Validated per-row weights of a fit over ``n_samples`` rows: ``None`` or 1-D float64.
+
+    ``None`` stays ``None`` (unit weights, the unweighted code paths); a scalar is
+    broadcast; an array-like (NumPy, list, zarr or dask: the weights are held in memory,
+    8 bytes a row) must have one finite, non-negative weight per row, not all zero.
+    The caller's array is never modified (a copy is made when the dtype changes).
+    """
+    if sample_weight is None:
+        return None
+    if hasattr(sample_weight, "compute"):  # dask
+        sample_weight = sample_weight.compute()
+    elif is_lazy_array(sample_weight):  # zarr
+        sample_weight = sample_weight[...]
+    w = np.array(sample_weight, dtype=np.float64)
+    if w.ndim == 0:
+        w = np.full(int(n_samples), float(w))
+    elif w.ndim != 1:
+        raise ValueError(f"Sample weights must be 1D array or scalar, got {w.ndim}D array.")
+    elif w.shape != (int(n_samples),):
+        raise ValueError(f"sample_weight.shape == {w.shape}, expected {(int(n_samples),)}!")
+    if not np.isfinite(w).all():
+        raise ValueError("Input sample_weight contains NaN or infinity.")
+    if (w < 0).any():
+        raise ValueError("Negative values in data passed to sample_weight")
+    if not (w > 0).any():
+        raise ValueError("Sample weights must contain at least one non-zero number.")
+    return w
+
+
+def weight_slice(sample_weight: np.ndarray | None, offset: int, n: int) -> np.ndarray | None:
+    """The weights of the batch of ``n`` rows at ``offset`` (``None`` for unit weights).
+
+    Accumulators that hold the fit's weights call this in ``update(X, offset)``: the
+    offset is the batch's position in the row source, in every driver (in-process,
+    resumed from a checkpoint, or a dask task over a block of rows).
+    """
+    if sample_weight is None:
+        return None
+    return sample_weight[int(offset) : int(offset) + int(n)]
+
+
+def output_dtype(source: RowSource) -> np.dtype:
+    """The float dtype of fitted attributes and outputs for this input, as scikit-learn.
+
+    float32 arrays give float32; everything else (float64, integers, uint8 images,
+    transformed rows) gives float64.  The batches are computed in the dtype they
+    always were (float64 for the k-means and mixture accumulators); only results are cast.
+    """
+    if type(source) is RowSource and np.dtype(source.array.dtype) == np.float32:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)

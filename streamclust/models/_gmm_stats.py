@@ -15,7 +15,12 @@ means during EM), :class:`GMMSuffStats` accumulates, in float64,
 * ``sxx``   = the second moments of ``x_i - c[k]`` weighted by ``r[i, k]``: per component
   ``(k, d, d)`` for ``"full"``, summed over components ``(d, d)`` for ``"tied"``, the
   diagonal only ``(k, d)`` for ``"diag"`` and ``"spherical"``;
-* ``log_likelihood = sum_i log p(x_i)`` and ``n_rows``.
+* ``log_likelihood = sum_i log p(x_i)``, ``n_rows`` and ``weight_sum``.
+
+With per-row weights ``w_i`` (``sample_weight``) every sum is weighted: ``r[i, k]``
+becomes ``w_i r[i, k]``, the log-likelihood ``sum_i w_i log p(x_i)`` and ``weight_sum =
+sum_i w_i`` (``n_rows`` without weights); an integer weight is the same as repeating the
+row.
 
 Centring on a shift close to the component means keeps the covariance
 ``sxx / nk - (sx / nk)(sx / nk)^T`` free of catastrophic cancellation.  Partial
@@ -33,6 +38,7 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import ConvergenceError
+from ._batches import weight_slice
 from ._passes import pass_rng
 
 __all__ = [
@@ -65,11 +71,12 @@ class IllDefinedCovarianceError(ConvergenceError, ValueError):
     """
 
 
+#: scikit-learn's message, word for word, then where and what to try
 _ILL_DEFINED_MSG = (
     "Fitting the mixture model failed because some components have ill-defined "
-    "empirical covariance (for instance caused by singleton or collapsed samples){where}. "
-    "Increase reg_covar (e.g. reg_covar=1e-4, or about 1e-3 times the data variance), "
-    "reduce n_components, or scale the input data."
+    "empirical covariance (for instance caused by singleton or collapsed samples). "
+    "Try to decrease the number of components, increase reg_covar, or scale the input data."
+    "{where} A reg_covar of about 1e-3 times the data variance (e.g. 1e-4) usually suffices."
 )
 
 
@@ -97,7 +104,7 @@ def precisions_cholesky_from_covariances(covariances: np.ndarray, covariance_typ
     """
     cov = np.asarray(covariances, dtype=np.float64)
     if not np.all(np.isfinite(cov)):
-        raise IllDefinedCovarianceError(_ILL_DEFINED_MSG.format(where=" (non-finite covariance)"))
+        raise IllDefinedCovarianceError(_ILL_DEFINED_MSG.format(where=" The covariance is not finite."))
     if covariance_type in ("full", "tied"):
         mats = cov[None] if covariance_type == "tied" else cov
         n_features = mats.shape[-1]
@@ -112,12 +119,13 @@ def precisions_cholesky_from_covariances(covariances: np.ndarray, covariance_typ
                 continue
             out[k] = np.linalg.solve(chol, eye).T
         if bad:
-            where = "" if covariance_type == "tied" else f" (components {bad})"
+            where = " The tied covariance is not positive definite." if covariance_type == "tied" else (
+                f" Components {bad} are not positive definite.")
             raise IllDefinedCovarianceError(_ILL_DEFINED_MSG.format(where=where))
         return out[0] if covariance_type == "tied" else out
     if np.any(cov <= 0.0):
         bad = np.unique(np.nonzero(cov <= 0.0)[0]).tolist()
-        raise IllDefinedCovarianceError(_ILL_DEFINED_MSG.format(where=f" (components {bad})"))
+        raise IllDefinedCovarianceError(_ILL_DEFINED_MSG.format(where=f" Components {bad} have a zero variance."))
     return 1.0 / np.sqrt(cov)
 
 
@@ -268,8 +276,11 @@ class GMMSuffStats:
     sxx : ndarray or None
         ``(k, d, d)`` full, ``(d, d)`` tied, ``(k, d)`` diag / spherical.
     n_rows : int
+    weight_sum : float
+        Sum of the row weights (``n_rows`` for unit weights); the mean log-likelihood is
+        ``log_likelihood / weight_sum``.
     log_likelihood : float
-        Sum of ``log p(x_i)`` when the responsibilities came from an E-step, else 0.
+        Sum of ``w_i log p(x_i)`` when the responsibilities came from an E-step, else 0.
     """
 
     name = "Gaussian mixture statistics"
@@ -290,6 +301,7 @@ class GMMSuffStats:
         }[covariance_type]
         self.sxx = None if shape is None else np.zeros(shape)
         self.n_rows = 0
+        self.weight_sum = 0.0
         self.log_likelihood = 0.0
 
     # -- accumulation -----------------------------------------------------------------
@@ -297,11 +309,15 @@ class GMMSuffStats:
         if self.shift is None:
             self.shift = np.repeat(X.mean(axis=0)[None, :], self.n_components, axis=0)
 
-    def accumulate(self, X: np.ndarray, resp: np.ndarray, log_prob_norm: np.ndarray | None = None) -> None:
-        """Add a batch with soft responsibilities ``resp`` of shape (n, n_components)."""
+    def accumulate(self, X: np.ndarray, resp: np.ndarray, log_prob_norm: np.ndarray | None = None,
+                   sample_weight: np.ndarray | None = None) -> None:
+        """Add a batch with soft responsibilities ``resp`` of shape (n, n_components)
+        (and per-row weights ``sample_weight``)."""
         if X.shape[0] == 0:
             return
         self._ensure_shift(X)
+        if sample_weight is not None:
+            resp = resp * sample_weight[:, None]
         ct = self.covariance_type
         nk = resp.sum(axis=0)
         self.nk += nk
@@ -316,33 +332,40 @@ class GMMSuffStats:
                     self.sxx[k] += rD.T @ D
                 else:  # tied
                     self.sxx += rD.T @ D
-        self._count(X, log_prob_norm)
+        self._count(X, log_prob_norm, sample_weight)
 
-    def accumulate_hard(self, X: np.ndarray, labels: np.ndarray, log_prob_norm: np.ndarray | None = None) -> None:
-        """Add a batch with one-hot responsibilities given as component ``labels``."""
+    def accumulate_hard(self, X: np.ndarray, labels: np.ndarray, log_prob_norm: np.ndarray | None = None,
+                        sample_weight: np.ndarray | None = None) -> None:
+        """Add a batch with one-hot responsibilities given as component ``labels``
+        (and per-row weights ``sample_weight``)."""
         if X.shape[0] == 0:
             return
         self._ensure_shift(X)
         ct = self.covariance_type
+        w = sample_weight
         if ct in ("diag", "spherical", None):
             n, k = X.shape[0], self.n_components
             counts = np.bincount(labels, minlength=k)
             indptr = np.zeros(k + 1, dtype=np.int64)
             np.cumsum(counts, out=indptr[1:])
-            onehot = sparse.csr_matrix((np.ones(n), np.argsort(labels, kind="stable"), indptr), shape=(k, n))
-            nk = counts.astype(np.float64)
+            order = np.argsort(labels, kind="stable")
+            data = np.ones(n) if w is None else w[order]
+            onehot = sparse.csr_matrix((data, order, indptr), shape=(k, n))
+            nk = counts.astype(np.float64) if w is None else np.bincount(labels, weights=w, minlength=k)
             self.nk += nk
             self._add_diag_moments(X, onehot, nk)
         else:
             for k in np.unique(labels):
-                D = X[labels == k] - self.shift[k]
-                self.nk[k] += D.shape[0]
-                self.sx[k] += D.sum(axis=0)
+                mask = labels == k
+                D = X[mask] - self.shift[k]
+                wD = D if w is None else w[mask, None] * D
+                self.nk[k] += D.shape[0] if w is None else float(w[mask].sum())
+                self.sx[k] += wD.sum(axis=0)
                 if ct == "full":
-                    self.sxx[k] += D.T @ D
+                    self.sxx[k] += wD.T @ D
                 else:  # tied
-                    self.sxx += D.T @ D
-        self._count(X, log_prob_norm)
+                    self.sxx += wD.T @ D
+        self._count(X, log_prob_norm, w)
 
     def _add_diag_moments(self, X: np.ndarray, R, nk: np.ndarray) -> None:
         """``sx`` and the diagonal ``sxx`` of a batch from matrix products.
@@ -363,10 +386,12 @@ class GMMSuffStats:
             RY2 = np.asarray(R @ Y)
             self.sxx += RY2 - 2.0 * a * RY + nk[:, None] * a**2
 
-    def _count(self, X, log_prob_norm) -> None:
+    def _count(self, X, log_prob_norm, sample_weight=None) -> None:
         self.n_rows += int(X.shape[0])
+        self.weight_sum += float(X.shape[0]) if sample_weight is None else float(np.sum(sample_weight))
         if log_prob_norm is not None:
-            self.log_likelihood += float(np.sum(log_prob_norm))
+            self.log_likelihood += float(np.sum(log_prob_norm) if sample_weight is None
+                                         else log_prob_norm @ sample_weight)
 
     # -- algebra ----------------------------------------------------------------------
     def reshift(self, new_shift: np.ndarray) -> None:
@@ -403,6 +428,7 @@ class GMMSuffStats:
         if self.sxx is not None:
             self.sxx += other.sxx
         self.n_rows += other.n_rows
+        self.weight_sum += other.weight_sum
         self.log_likelihood += other.log_likelihood
         return self
 
@@ -430,6 +456,7 @@ class GMMSuffStats:
             self.sxx = (1 - step) * self.sxx + step * other.sxx
         self.log_likelihood = (1 - step) * self.log_likelihood + step * other.log_likelihood
         self.n_rows += other.n_rows
+        self.weight_sum += other.weight_sum
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -437,6 +464,7 @@ class GMMSuffStats:
             "nk": self.nk.copy(),
             "sx": self.sx.copy(),
             "n_rows": np.int64(self.n_rows),
+            "weight_sum": np.float64(self.weight_sum),
             "log_likelihood": np.float64(self.log_likelihood),
         }
         if self.sxx is not None:
@@ -452,6 +480,8 @@ class GMMSuffStats:
             self.sxx = np.array(state["sxx"], dtype=np.float64)
         self.shift = np.array(state["shift"], dtype=np.float64) if "shift" in state else None
         self.n_rows = int(state["n_rows"])
+        # checkpoints written before the weights existed are unweighted
+        self.weight_sum = float(state.get("weight_sum", self.n_rows))
         self.log_likelihood = float(state["log_likelihood"])
 
 
@@ -472,23 +502,25 @@ class GMMStatsAccumulator(GMMSuffStats):
     -----
     Implements the accumulator protocol of :mod:`streamclust.models._passes`:
     ``update(X, offset)``, ``merge(other)``, ``state_dict()``, ``load_state_dict(state)``.
-    Feed it every row once, then call :func:`m_step`; ``log_likelihood / n_rows`` is the
+    Feed it every row once, then call :func:`m_step`; ``log_likelihood / weight_sum`` is the
     mean log-likelihood of the model the E-step used (scikit-learn's lower bound).
     """
 
-    def __init__(self, weights, means, precisions_cholesky, covariance_type, *, shift=None, name="EM pass"):
+    def __init__(self, weights, means, precisions_cholesky, covariance_type, *, shift=None, name="EM pass",
+                 sample_weight=None):
         means = np.asarray(means, dtype=np.float64)
         super().__init__(means.shape[0], means.shape[1], covariance_type, means if shift is None else shift)
         self.weights = np.asarray(weights, dtype=np.float64)
         self.means = means
         self.precisions_cholesky = np.asarray(precisions_cholesky, dtype=np.float64)
         self.name = name
+        self.sample_weight = sample_weight
 
     def update(self, X: np.ndarray, offset: int = 0) -> None:
         log_norm, log_resp = gmm_log_resp(X, self.weights, self.means, self.precisions_cholesky, self.covariance_type)
         with np.errstate(under="ignore"):
             resp = np.exp(log_resp)
-        self.accumulate(X, resp, log_norm)
+        self.accumulate(X, resp, log_norm, weight_slice(self.sample_weight, offset, X.shape[0]))
 
 
 class HardAssignAccumulator(GMMSuffStats):
@@ -498,19 +530,22 @@ class HardAssignAccumulator(GMMSuffStats):
     Lloyd step.  ``inertia`` is the sum of squared distances to the nearest centre.
     """
 
-    def __init__(self, centres, covariance_type, *, name="nearest-centre pass"):
+    def __init__(self, centres, covariance_type, *, name="nearest-centre pass", sample_weight=None):
         centres = np.asarray(centres, dtype=np.float64)
         super().__init__(centres.shape[0], centres.shape[1], covariance_type, centres)
         self.centres = centres
         self._c2 = np.einsum("ij,ij->i", centres, centres)
         self.inertia = 0.0
         self.name = name
+        self.sample_weight = sample_weight
 
     def update(self, X: np.ndarray, offset: int = 0) -> None:
         d2 = np.einsum("ij,ij->i", X, X)[:, None] - 2 * X @ self.centres.T + self._c2
         labels = np.argmin(d2, axis=1)
-        self.inertia += float(np.maximum(d2[np.arange(X.shape[0]), labels], 0).sum())
-        self.accumulate_hard(X, labels)
+        mind = np.maximum(d2[np.arange(X.shape[0]), labels], 0)
+        w = weight_slice(self.sample_weight, offset, X.shape[0])
+        self.inertia += float(mind.sum() if w is None else mind @ w)
+        self.accumulate_hard(X, labels, sample_weight=w)
 
     def merge(self, other):
         super().merge(other)
@@ -536,16 +571,18 @@ class RandomRespAccumulator(GMMSuffStats):
     the mean of the first batch.
     """
 
-    def __init__(self, n_components, n_features, covariance_type, *, seed, pass_index, stream=0, name="random init pass"):
+    def __init__(self, n_components, n_features, covariance_type, *, seed, pass_index, stream=0, name="random init pass",
+                 sample_weight=None):
         super().__init__(n_components, n_features, covariance_type, None)
         self.seed, self.pass_index, self.stream = int(seed), int(pass_index), int(stream)
         self.name = name
+        self.sample_weight = sample_weight
 
     def update(self, X: np.ndarray, offset: int = 0) -> None:
         rng = pass_rng(self.seed, self.pass_index, self.stream, offset)
         resp = rng.uniform(size=(X.shape[0], self.n_components))
         resp /= resp.sum(axis=1, keepdims=True)
-        self.accumulate(X, resp)
+        self.accumulate(X, resp, sample_weight=weight_slice(self.sample_weight, offset, X.shape[0]))
 
 
 # --------------------------------------------------------------------------------------

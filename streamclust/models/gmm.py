@@ -27,7 +27,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import StreamingMixin, draw_seed, fit_streaming
-from ._batches import RowSource, as_row_source
+from ._batches import RowSource, as_row_source, output_dtype
 from ._gmm_stats import (
     GMMStatsAccumulator,
     GMMSuffStats,
@@ -125,15 +125,16 @@ def _relocate_empty(centres: np.ndarray, empty: np.ndarray, sample: np.ndarray) 
     return centres
 
 
-def _lloyd_on_sample(sample: np.ndarray, centres: np.ndarray, tol: float) -> np.ndarray:
+def _lloyd_on_sample(sample: np.ndarray, centres: np.ndarray, tol: float, sample_weight=None) -> np.ndarray:
     """A few in-memory Lloyd iterations on the sample (cheap; saves streamed passes)."""
     k = centres.shape[0]
+    w = sample_weight
     for _ in range(_KMEANS_SAMPLE_ITER):
         labels, _ = _nearest(sample, centres)
-        counts = np.bincount(labels, minlength=k).astype(np.float64)
+        counts = np.bincount(labels, weights=w, minlength=k).astype(np.float64)
         sums = np.zeros_like(centres)
-        np.add.at(sums, labels, sample)
-        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
+        np.add.at(sums, labels, sample if w is None else sample * w[:, None])
+        new = np.where(counts[:, None] > 0, sums / np.where(counts > 0, counts, 1.0)[:, None], centres)
         new = _relocate_empty(new, counts == 0, sample)
         shift = float(np.sum((new - centres) ** 2))
         centres = new
@@ -169,6 +170,10 @@ class GMMPlan:
     initialisation, and per initialisation (leading axis ``n_init``) ``weights``,
     ``means``, ``covariances``, ``precisions_cholesky``, ``lower_bound``, ``n_iter``,
     ``converged``, ``active`` and ``lower_bounds`` (``(n_init, max_iter)``, NaN-padded).
+
+    ``sample_weight`` (one weight per row, or ``None``) is input like the data, not state:
+    every accumulator takes its batch's slice by offset and weights its statistics; the
+    seeding sample is drawn and seeded with the weights.
     """
 
     def __init__(
@@ -190,8 +195,10 @@ class GMMPlan:
         warm: tuple | None = None,
         verbose: int = 0,
         verbose_interval: int = 10,
+        sample_weight: np.ndarray | None = None,
     ):
         self.n_samples, self.n_features, self.n_components = int(n_samples), int(n_features), int(n_components)
+        self.sample_weight = sample_weight
         self.covariance_type = covariance_type
         self.tol, self.reg_covar, self.max_iter = float(tol), float(reg_covar), int(max_iter)
         self.init_params = init_params
@@ -272,7 +279,9 @@ class GMMPlan:
         for i in range(self.n_init):
             rng = pass_rng(self.seed, 0, 1, i)
             if self.init_params == "random_from_data":
-                out.append(rng.choice(self.n_samples, size=self.n_components, replace=False))
+                w = self.sample_weight
+                p = None if w is None else w / w.sum()
+                out.append(rng.choice(self.n_samples, size=self.n_components, replace=False, p=p))
             else:
                 m = init_sample_size(self.n_samples, self.n_components)
                 out.append(np.sort(rng.choice(self.n_samples, size=m, replace=False)))
@@ -281,6 +290,11 @@ class GMMPlan:
     def _samples(self) -> list[np.ndarray]:
         return [self.sample[np.searchsorted(self.sample_rows, idx)] for idx in self._sample_indices()]
 
+    def _sample_weights(self) -> list[np.ndarray | None]:
+        if self.sample_weight is None:
+            return [None] * self.n_init
+        return [self.sample_weight[idx] for idx in self._sample_indices()]
+
     # -- protocol ---------------------------------------------------------------------
     def next_pass(self):
         k, d, ct = self.n_components, self.n_features, self.covariance_type
@@ -288,19 +302,22 @@ class GMMPlan:
             rows = np.unique(np.concatenate(self._sample_indices()))
             return RowSampleAccumulator(rows, d)
         if self.phase == _PHASE_HARD:
-            parts = [HardAssignAccumulator(self.centres[i], ct) for i in range(self.n_init)]
+            parts = [HardAssignAccumulator(self.centres[i], ct, sample_weight=self.sample_weight)
+                     for i in range(self.n_init)]
             label = "k-means init pass" if self._n_hard > 1 else "nearest-centre init pass"
             return _MultiAccumulator(parts, f"{label} {self.hard_iter + 1}")
         if self.phase == _PHASE_RANDOM:
             parts = [
-                RandomRespAccumulator(k, d, ct, seed=self.seed, pass_index=self.pass_index, stream=i)
+                RandomRespAccumulator(k, d, ct, seed=self.seed, pass_index=self.pass_index, stream=i,
+                                      sample_weight=self.sample_weight)
                 for i in range(self.n_init)
             ]
             return _MultiAccumulator(parts, "random init pass")
         if self.phase == _PHASE_EM:
             active = np.flatnonzero(self.active)
             parts = [
-                GMMStatsAccumulator(self.weights[i], self.means[i], self.precisions_cholesky[i], ct)
+                GMMStatsAccumulator(self.weights[i], self.means[i], self.precisions_cholesky[i], ct,
+                                    sample_weight=self.sample_weight)
                 for i in active
             ]
             name = f"EM iteration {int(self.n_iter[active].max()) + 1}"
@@ -325,14 +342,15 @@ class GMMPlan:
         self.sample, self.sample_rows = acc.sample, acc.rows
         samples = self._samples()
         centres = []
-        for i, sample in enumerate(samples):
+        for i, (sample, w) in enumerate(zip(samples, self._sample_weights())):
             if self.init_params == "random_from_data":
                 centres.append(sample)
                 continue
             rs = int(pass_rng(self.seed, self.pass_index, 2, i).integers(np.iinfo(np.int32).max))
-            seeds, _ = kmeans_plusplus(sample, self.n_components, random_state=rs)
+            extra = {} if w is None else {"sample_weight": w}
+            seeds, _ = kmeans_plusplus(sample, self.n_components, random_state=rs, **extra)
             if self.init_params == "kmeans":
-                seeds = _lloyd_on_sample(sample, seeds, self._kmeans_tol(sample))
+                seeds = _lloyd_on_sample(sample, seeds, self._kmeans_tol(sample), sample_weight=w)
             centres.append(seeds)
         self.centres = np.stack(centres)
         if self.init_params != "kmeans":
@@ -351,7 +369,8 @@ class GMMPlan:
             all_stable = True
             for i, part in enumerate(acc.parts):
                 empty = part.nk == 0
-                new = np.where(empty[:, None], self.centres[i], part.shift + part.sx / np.maximum(part.nk, 1)[:, None])
+                nk = np.where(empty, 1.0, part.nk)
+                new = np.where(empty[:, None], self.centres[i], part.shift + part.sx / nk[:, None])
                 new = _relocate_empty(new, empty, samples[i])
                 moved = float(np.sum((new - self.centres[i]) ** 2))
                 all_stable &= moved <= self._kmeans_tol(samples[i]) and not np.any(empty)
@@ -371,7 +390,7 @@ class GMMPlan:
 
     def _end_em(self, acc: _MultiAccumulator) -> None:
         for part, i in zip(acc.parts, np.flatnonzero(self.active)):
-            lower_bound = part.log_likelihood / part.n_rows
+            lower_bound = part.log_likelihood / part.weight_sum
             weights, means, cov, prec_chol = m_step(part, self.reg_covar, self.covariance_type)
             self.weights[i], self.means[i], self.covariances[i], self.precisions_cholesky[i] = (
                 weights,
@@ -630,7 +649,7 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         self.decay = decay
 
     # -- fitting ----------------------------------------------------------------------
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Estimate the parameters with exact EM, streaming over ``X``.
 
         Parameters
@@ -639,33 +658,39 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
             Training rows (trailing axes of image stacks are flattened).
         y : Ignored
             Not used, present for API consistency.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each row (non-negative; ``None``: all 1): every sufficient statistic
+            and the lower bound are weighted, so an integer weight equals repeating the
+            row.  Held in memory (8 bytes a row); each batch uses its slice.
 
         Returns
         -------
         self : StreamingGaussianMixture
             The fitted mixture.
         """
-        return fit_streaming(self, X)
+        return fit_streaming(self, X, sample_weight=sample_weight)
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the component label of each row of ``X`` (two streams).
 
         Parameters
         ----------
         X : array-like, zarr.Array or dask.array.Array of shape (n_samples, n_features)
         y : Ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            See :meth:`fit`.
 
         Returns
         -------
         labels : ndarray of shape (n_samples,)
         """
-        return self.fit(X).predict(X)
+        return self.fit(X, sample_weight=sample_weight).predict(X)
 
     def _check_init_arrays(self, n_features: int) -> tuple:
         k, ct = self.n_components, self.covariance_type
         weights = means = precisions = None
         if self.weights_init is not None:
-            weights = check_array(self.weights_init, dtype=np.float64, ensure_2d=False)
+            weights = check_array(self.weights_init, dtype=[np.float64, np.float32], ensure_2d=False)
             if weights.shape != (k,):
                 raise ValueError(f"The parameter 'weights' should have the shape of {(k,)}, but got {weights.shape}")
             if np.any(weights < 0) or np.any(weights > 1):
@@ -673,7 +698,9 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
                     "The parameter 'weights' should be in the range [0, 1], but got max value "
                     f"{weights.max():.5f}, min value {weights.min():.5f}"
                 )
-            if not np.allclose(abs(1.0 - weights.sum()), 0.0, atol=1e-8):
+            # the tolerance of the weights' own precision, as scikit-learn
+            atol = 1e-6 if weights.dtype == np.float32 else 1e-8
+            if not np.allclose(abs(1.0 - weights.sum()), 0.0, atol=atol):
                 raise ValueError(f"The parameter 'weights' should be normalized, but got sum(weights) = {weights.sum():.5f}")
         if self.means_init is not None:
             means = check_array(self.means_init, dtype=np.float64, ensure_2d=False)
@@ -691,9 +718,10 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
                         raise ValueError(f"'{ct} precision' should be symmetric, positive-definite")
             elif np.any(precisions <= 0.0):
                 raise ValueError(f"'{ct} precision' should be positive")
+        weights = None if weights is None else weights.astype(np.float64)
         return weights, means, precisions
 
-    def _make_plan(self, source: RowSource) -> GMMPlan:
+    def _make_plan(self, source: RowSource, sample_weight=None) -> GMMPlan:
         self._validate_params()
         n, d = source.n_samples, source.n_features
         if n < self.n_components:
@@ -707,7 +735,8 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         if self.warm_start and hasattr(self, "converged_"):
             if self.means_.shape != (self.n_components, d):
                 raise ValueError("warm_start=True but the previous fit has another shape; refit from scratch")
-            warm = (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self.lower_bound_)
+            warm = (*self._float64_params(), self.lower_bound_)
+        self._fit_dtype = output_dtype(source)
         return GMMPlan(
             n_samples=n,
             n_features=d,
@@ -725,11 +754,13 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
             warm=warm,
             verbose=self.verbose,
             verbose_interval=self.verbose_interval,
+            sample_weight=sample_weight,
         )
 
     def _finish_plan(self, plan: GMMPlan, source: RowSource) -> None:
         i = plan.best()
-        self._set_model(plan.weights[i], plan.means[i], plan.covariances[i], plan.precisions_cholesky[i])
+        self._set_model(plan.weights[i], plan.means[i], plan.covariances[i], plan.precisions_cholesky[i],
+                        dtype=getattr(self, "_fit_dtype", np.float64))
         self.converged_ = bool(plan.converged[i])
         self.n_iter_ = int(plan.n_iter[i])
         self.lower_bound_ = float(plan.lower_bound[i]) if self.max_iter > 0 else -np.inf
@@ -744,12 +775,29 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
                 ConvergenceWarning,
             )
 
-    def _set_model(self, weights, means, covariances, precisions_cholesky) -> None:
-        self.weights_ = np.array(weights, dtype=np.float64)
-        self.means_ = np.array(means, dtype=np.float64)
-        self.covariances_ = np.array(covariances, dtype=np.float64)
-        self.precisions_cholesky_ = np.array(precisions_cholesky, dtype=np.float64)
-        self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, self.covariance_type)
+    def _set_model(self, weights, means, covariances, precisions_cholesky, dtype=np.float64) -> None:
+        """The fitted attributes in ``dtype`` (the input's float dtype), computed in float64.
+
+        The float64 parameters are kept (``_params64``) for the E-steps of later calls, so
+        that float32 attributes cost no precision in :meth:`predict` and the like.
+        """
+        params = tuple(np.array(a, dtype=np.float64) for a in (weights, means, covariances, precisions_cholesky))
+        precisions = precisions_from_cholesky(params[3], self.covariance_type)
+        self._params64 = (*params, precisions)
+        self.weights_, self.means_, self.covariances_, self.precisions_cholesky_ = (
+            a.astype(dtype) for a in params)
+        self.precisions_ = precisions.astype(dtype)
+
+    def _float64_params(self) -> tuple:
+        """``(weights, means, covariances, precisions_cholesky)`` in float64: those the
+        attributes were cast from, unless an attribute has been set to something else."""
+        attrs = (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
+        prev = getattr(self, "_params64", None)
+        if prev is not None and all(
+            p.shape == a.shape and np.array_equal(p.astype(a.dtype), a) for p, a in zip(prev, attrs)
+        ):
+            return prev[:4]
+        return tuple(np.asarray(a, dtype=np.float64) for a in attrs)
 
     def partial_fit(self, X, y=None):
         """One or more stepwise online-EM updates (Cappé & Moulines, 2009).
@@ -777,17 +825,19 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         source = as_row_source(self, X, reset=first and not hasattr(self, "means_"))
         if first:
             self._check_init_arrays(source.n_features)  # validate shapes early
+        dtype = output_dtype(source)
         for _, Xb in source.iter_batches(int(self.batch_size)):
             if not hasattr(self, "_pf_stats"):
-                self._partial_init(Xb)
+                self._partial_init(Xb, dtype)
             else:
-                self._partial_step(Xb)
+                self._partial_step(Xb, dtype)
         return self
 
-    def _partial_init(self, X: np.ndarray) -> None:
+    def _partial_init(self, X: np.ndarray, dtype) -> None:
         k, ct = self.n_components, self.covariance_type
         if hasattr(self, "means_"):
-            stats = GMMStatsAccumulator(self.weights_, self.means_, self.precisions_cholesky_, ct)
+            weights, means, _, prec_chol = self._float64_params()
+            stats = GMMStatsAccumulator(weights, means, prec_chol, ct)
             stats.update(X)
             lower_bound = stats.log_likelihood / X.shape[0]
         else:
@@ -806,21 +856,20 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         stats.scale(1.0 / X.shape[0])
         running = GMMSuffStats(k, X.shape[1], ct, stats.shift)
         running.merge(stats)
-        self._set_model(*m_step(running, self.reg_covar, ct))
+        self._set_model(*m_step(running, self.reg_covar, ct), dtype=dtype)
         self._pf_stats, self._pf_t = running, 0
         self.n_iter_, self.converged_ = 0, False
         self.lower_bound_, self.lower_bounds_ = lower_bound, []
 
-    def _partial_step(self, X: np.ndarray) -> None:
+    def _partial_step(self, X: np.ndarray, dtype) -> None:
         running = self._pf_stats
-        batch = GMMStatsAccumulator(
-            self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type, shift=running.shift
-        )
+        weights, means, _, prec_chol = self._float64_params()
+        batch = GMMStatsAccumulator(weights, means, prec_chol, self.covariance_type, shift=running.shift)
         batch.update(X)
         batch.scale(1.0 / X.shape[0])
         step = (self._pf_t + 2) ** (-float(self.decay))
         running.blend(batch, step)
-        self._set_model(*m_step(running, self.reg_covar, self.covariance_type))
+        self._set_model(*m_step(running, self.reg_covar, self.covariance_type), dtype=dtype)
         self._pf_t += 1
         self.n_iter_ = self._pf_t
         self.lower_bound_ = float(batch.log_likelihood)
@@ -832,10 +881,14 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         source = as_row_source(self, X, reset=False)
         return source, source.iter_batches(int(self.batch_size))
 
-    def _log_resp_batches(self, X):
-        source, batches = self._batches(X)
+    def _log_resp_batches(self, X, source=None):
+        if source is None:
+            source, batches = self._batches(X)
+        else:
+            batches = source.iter_batches(int(self.batch_size))
+        weights, means, _, prec_chol = self._float64_params()
         for _, Xb in batches:
-            yield gmm_log_resp(Xb, self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type)
+            yield gmm_log_resp(Xb, weights, means, prec_chol, self.covariance_type)
 
     def score_samples(self, X):
         """Log-likelihood of each row of ``X`` (streamed).
@@ -847,9 +900,12 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         Returns
         -------
         log_prob : ndarray of shape (n_samples,)
+            float32 for float32 input, float64 otherwise (computed in float64).
         """
-        parts = [lpn for lpn, _ in self._log_resp_batches(X)]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        check_is_fitted(self)
+        source = as_row_source(self, X, reset=False)
+        parts = [lpn for lpn, _ in self._log_resp_batches(X, source)]
+        return (np.concatenate(parts) if parts else np.zeros(0)).astype(output_dtype(source), copy=False)
 
     def _log_likelihood_sum(self, X) -> tuple[float, int]:
         total, n = 0.0, 0
@@ -897,10 +953,14 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         Returns
         -------
         resp : ndarray of shape (n_samples, n_components)
+            float32 for float32 input, float64 otherwise (computed in float64).
         """
+        check_is_fitted(self)
+        source = as_row_source(self, X, reset=False)
+        dtype = output_dtype(source)
         with np.errstate(under="ignore"):
-            parts = [np.exp(lr) for _, lr in self._log_resp_batches(X)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.n_components))
+            parts = [np.exp(lr).astype(dtype, copy=False) for _, lr in self._log_resp_batches(X, source)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.n_components), dtype=dtype)
 
     def _n_parameters(self) -> int:
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
@@ -952,20 +1012,19 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         check_is_fitted(self)
         if n_samples < 1:
             raise ValueError(f"Invalid value for 'n_samples': {n_samples}. The sampling requires at least one sample.")
-        n_features = self.means_.shape[1]
+        weights, means, covariances, _ = self._float64_params()
+        n_features = means.shape[1]
         rng = check_random_state(self.random_state)
-        counts = rng.multinomial(n_samples, self.weights_)
+        counts = rng.multinomial(n_samples, weights)
         if self.covariance_type == "full":
-            X = np.vstack(
-                [rng.multivariate_normal(m, c, int(s)) for m, c, s in zip(self.means_, self.covariances_, counts)]
-            )
+            X = np.vstack([rng.multivariate_normal(m, c, int(s)) for m, c, s in zip(means, covariances, counts)])
         elif self.covariance_type == "tied":
-            X = np.vstack([rng.multivariate_normal(m, self.covariances_, int(s)) for m, s in zip(self.means_, counts)])
+            X = np.vstack([rng.multivariate_normal(m, covariances, int(s)) for m, s in zip(means, counts)])
         else:
             X = np.vstack(
                 [
                     m + rng.standard_normal(size=(s, n_features)) * np.sqrt(c)
-                    for m, c, s in zip(self.means_, self.covariances_, counts)
+                    for m, c, s in zip(means, covariances, counts)
                 ]
             )
         y = np.concatenate([np.full(int(s), j, dtype=np.int64) for j, s in enumerate(counts)])

@@ -15,17 +15,20 @@ rows at a time.  A fit is a plan of passes (see :mod:`streamclust.models._passes
 
 from __future__ import annotations
 
+import copy
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.cluster import kmeans_plusplus
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._base import StreamingMixin, draw_seed, fit_streaming
-from ._batches import RowSource, as_row_source
+from ._batches import RowSource, as_row_source, check_sample_weight, output_dtype, weight_slice
 from ._passes import pass_rng
 from ._sampling import RowSampleAccumulator, sample_row_indices
 
@@ -49,21 +52,25 @@ def _assign(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray):
     return labels, mind
 
 
-def _cluster_sums(X: np.ndarray, labels: np.ndarray, k: int):
+def _cluster_sums(X: np.ndarray, labels: np.ndarray, k: int, sample_weight: np.ndarray | None = None):
     """Per-cluster row sums (float64, ``(k, d)``) and counts (``int64``).
 
-    The sums are one sparse product with the one-hot label matrix (CSR, rows of each
-    cluster in increasing order): ``O(n d)`` work, against ``O(n k d)`` for a dense
-    product and far less than a scatter-add.
+    With ``sample_weight``: the weighted sums ``sum_i w_i x_i`` and the weight sums
+    (float64) instead.  The sums are one sparse product with the one-hot label matrix
+    (CSR, rows of each cluster in increasing order): ``O(n d)`` work, against
+    ``O(n k d)`` for a dense product and far less than a scatter-add.
     """
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     n = X.shape[0]
     indptr = np.zeros(k + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     order = np.argsort(labels, kind="stable")
-    onehot = sparse.csr_matrix((np.ones(n, dtype=X.dtype), order, indptr), shape=(k, n))
-    sums = np.asarray(onehot @ X)
-    return sums.astype(np.float64, copy=False), counts
+    data = np.ones(n, dtype=X.dtype) if sample_weight is None else sample_weight[order].astype(X.dtype)
+    onehot = sparse.csr_matrix((data, order, indptr), shape=(k, n))
+    sums = np.asarray(onehot @ X).astype(np.float64, copy=False)
+    if sample_weight is None:
+        return sums, counts
+    return sums, np.bincount(labels, weights=sample_weight, minlength=k)
 
 
 def _tol_from_moments(tol, n, n_features, s1, s2) -> float:
@@ -119,62 +126,81 @@ class _ShiftedMoments:
 
 # ------------------------------------------------------------------------ lloyd
 class _LloydAccumulator(_ShiftedMoments):
-    """One Lloyd pass: per-cluster sums, counts, inertia and the ``n_clusters`` farthest points.
+    """One Lloyd pass: per-cluster sums, weights, inertia and the ``n_clusters`` farthest points.
 
     The farthest points (squared distance to their centre; ties broken by row position)
     are where empty clusters are relocated at the end of the pass, as scikit-learn does.
+    With ``sample_weight`` (one weight per row of the source; each batch takes its slice
+    by offset) the sums, cluster weights and inertia are weighted, as scikit-learn's; a
+    cluster is empty when its weight is zero.  The moments for the tolerance stay
+    unweighted, as scikit-learn's tolerance is.
     """
 
-    def __init__(self, centers: np.ndarray, *, track_moments: bool, name: str = "k-means iteration"):
+    def __init__(self, centers: np.ndarray, *, track_moments: bool, name: str = "k-means iteration",
+                 sample_weight: np.ndarray | None = None):
         k, d = centers.shape
         super().__init__(d)
         self.name = name
         self.centers = centers
         self._centers_sq = np.einsum("ij,ij->i", centers, centers)
         self.track_moments = bool(track_moments)
+        self.sample_weight = sample_weight
         self.sums = np.zeros((k, d))
         self.counts = np.zeros(k, dtype=np.int64)
+        self.weights = np.zeros(k)
         self.inertia = 0.0
         self.top_dist = np.full(k, -np.inf)
         self.top_row = np.full(k, -1, dtype=np.int64)
         self.top_label = np.full(k, -1, dtype=np.int32)
         self.top_x = np.zeros((k, d))
+        self.top_w = np.zeros(k)
 
     def update(self, X: np.ndarray, offset: int) -> None:
+        w = weight_slice(self.sample_weight, offset, X.shape[0])
         labels, mind = _assign(X, self.centers, self._centers_sq)
-        sums, counts = _cluster_sums(X, labels, self.centers.shape[0])
+        k = self.centers.shape[0]
+        if w is None:
+            sums, counts = _cluster_sums(X, labels, k)
+            self.weights += counts
+            self.inertia += float(mind.sum())
+        else:
+            sums, wsums = _cluster_sums(X, labels, k, w)
+            counts = np.bincount(labels, minlength=k)
+            self.weights += wsums
+            self.inertia += float(mind @ w)
         self.sums += sums
         self.counts += counts
-        self.inertia += float(mind.sum())
         m = self.top_dist.size
         idx = np.arange(X.shape[0]) if X.shape[0] <= m else np.argpartition(-mind, m - 1)[:m]
-        self._merge_top(mind[idx], offset + idx, labels[idx], X[idx])
+        self._merge_top(mind[idx], offset + idx, labels[idx], X[idx], np.ones(idx.size) if w is None else w[idx])
         if self.track_moments:
             self.add(X)
 
-    def _merge_top(self, dist, rows, labels, xs) -> None:
+    def _merge_top(self, dist, rows, labels, xs, ws) -> None:
         all_d = np.concatenate([self.top_dist, dist])
         all_r = np.concatenate([self.top_row, rows.astype(np.int64)])
         order = np.lexsort((all_r, -all_d))[: self.top_dist.size]
         all_l = np.concatenate([self.top_label, labels.astype(np.int32)])
         all_x = np.concatenate([self.top_x, np.asarray(xs, dtype=np.float64)])
+        all_w = np.concatenate([self.top_w, np.asarray(ws, dtype=np.float64)])
         self.top_dist, self.top_row = all_d[order], all_r[order]
-        self.top_label, self.top_x = all_l[order], all_x[order]
+        self.top_label, self.top_x, self.top_w = all_l[order], all_x[order], all_w[order]
 
     def merge(self, other: "_LloydAccumulator") -> None:
         """Add the statistics of an accumulator that saw other batches of the same pass."""
         self.sums += other.sums
         self.counts += other.counts
+        self.weights += other.weights
         self.inertia += other.inertia
-        self._merge_top(other.top_dist, other.top_row, other.top_label, other.top_x)
+        self._merge_top(other.top_dist, other.top_row, other.top_label, other.top_x, other.top_w)
         if self.track_moments:
             self.merge_moments(other)
 
     def new_centers(self):
-        """Centres after this pass (with empty clusters relocated) and the counts used."""
-        sums, counts = self.sums.copy(), self.counts.copy()
+        """Centres after this pass (with empty clusters relocated) and the cluster weights used."""
+        sums, weights, counts = self.sums.copy(), self.weights.copy(), self.counts.copy()
         centers = self.centers.copy()
-        empty = np.flatnonzero(counts == 0)
+        empty = np.flatnonzero(weights == 0)
         cand = 0
         for j in empty:
             # farthest remaining point whose cluster keeps at least one point
@@ -184,25 +210,30 @@ class _LloydAccumulator(_ShiftedMoments):
                 cand += 1
             if cand >= self.top_row.size:
                 break
-            x, old = self.top_x[cand], self.top_label[cand]
-            sums[old] -= x
+            x, old, wx = self.top_x[cand], self.top_label[cand], self.top_w[cand]
+            sums[old] -= wx * x
+            weights[old] -= wx
             counts[old] -= 1
-            sums[j] = x
+            centers[j] = x
+            sums[j] = wx * x
+            weights[j] = wx
             counts[j] = 1
             cand += 1
-        filled = counts > 0
-        centers[filled] = sums[filled] / counts[filled, None]
-        return centers, counts
+        filled = weights > 0
+        centers[filled] = sums[filled] / weights[filled, None]
+        return centers, weights
 
     def state_dict(self) -> dict:
         state = {
             "sums": self.sums,
             "counts": self.counts,
+            "weights": self.weights,
             "inertia": np.float64(self.inertia),
             "top_dist": self.top_dist,
             "top_row": self.top_row,
             "top_label": self.top_label,
             "top_x": self.top_x,
+            "top_w": self.top_w,
         }
         state.update(self.moments_state())
         return state
@@ -210,19 +241,24 @@ class _LloydAccumulator(_ShiftedMoments):
     def load_state_dict(self, state: dict) -> None:
         self.sums = np.array(state["sums"], dtype=np.float64, copy=True)
         self.counts = np.array(state["counts"], dtype=np.int64, copy=True)
+        # checkpoints of unweighted fits written before the weights existed
+        self.weights = np.array(state.get("weights", self.counts), dtype=np.float64, copy=True)
         self.inertia = float(state["inertia"])
         self.top_dist = np.array(state["top_dist"], dtype=np.float64, copy=True)
         self.top_row = np.array(state["top_row"], dtype=np.int64, copy=True)
         self.top_label = np.array(state["top_label"], dtype=np.int32, copy=True)
         self.top_x = np.array(state["top_x"], dtype=np.float64, copy=True)
+        self.top_w = np.array(state.get("top_w", np.ones(self.top_row.size)), dtype=np.float64, copy=True)
         self.load_moments(state)
 
 
 # -------------------------------------------------------------------- mini-batch
-def _minibatch_step(X, centers, counts, n_since, rng, *, reassignment_ratio):
-    """One :class:`~sklearn.cluster.MiniBatchKMeans` step on ``X`` (unit weights), in place.
+def _minibatch_step(X, centers, counts, n_since, rng, *, reassignment_ratio, sample_weight=None):
+    """One :class:`~sklearn.cluster.MiniBatchKMeans` step on ``X``, in place.
 
-    Returns ``(inertia_before_update, n_since_last_reassign)``.
+    ``counts`` are the cluster weight sums (counts with unit weights); with
+    ``sample_weight`` the update is scikit-learn's weighted one (as its ``partial_fit``).
+    Returns ``(inertia_before_update, n_since_last_reassign)``, the inertia weighted.
     """
     k = centers.shape[0]
     # sklearn's _random_reassign: every 10 * n_clusters rows, or whenever a count is 0
@@ -231,7 +267,7 @@ def _minibatch_step(X, centers, counts, n_since, rng, *, reassignment_ratio):
     if reassign:
         n_since = 0
     labels, mind = _assign(X, centers, np.einsum("ij,ij->i", centers, centers))
-    sums, bcounts = _cluster_sums(X, labels, k)
+    sums, bcounts = _cluster_sums(X, labels, k, sample_weight)
     hit = bcounts > 0
     new_counts = counts[hit] + bcounts[hit]
     centers[hit] = (centers[hit] * counts[hit, None] + sums[hit]) / new_counts[:, None]
@@ -246,70 +282,146 @@ def _minibatch_step(X, centers, counts, n_since, rng, *, reassignment_ratio):
             centers[to_reassign] = X[picks]
             if (~to_reassign).any():
                 counts[to_reassign] = np.min(counts[~to_reassign])
-    return float(mind.sum()), n_since
+    inertia = float(mind.sum()) if sample_weight is None else float(mind @ sample_weight)
+    return inertia, n_since
+
+
+class _MiniBatchConvergence:
+    """scikit-learn's ``MiniBatchKMeans._mini_batch_convergence``, one call per mini-batch.
+
+    The inertia of each batch (before its update, divided by the batch's weight) is
+    smoothed by an exponentially weighted average with ``alpha = min(2 b / (n + 1), 1)``
+    (``b`` the batch's rows); the fit stops when the squared centre change of a step is
+    at most ``tol`` (when ``tol > 0``), or when the average has not reached a new minimum
+    for ``max_no_improvement`` consecutive steps.  The first step (inertia of the
+    initial centres) is ignored, as in scikit-learn.
+
+    The batches come in storage order rather than drawn at random, so during the first
+    epoch part of the data has not been seen yet: the average is tracked from the start,
+    but neither test stops the fit before every row has been used once (``armed``).
+    """
+
+    _STATE = ("steps", "ewa", "ewa_min", "no_improvement")
+
+    def __init__(self, n_samples: int, max_no_improvement):
+        self.n_samples = int(n_samples)
+        self.max_no_improvement = max_no_improvement
+        self.steps = 0
+        self.ewa = np.nan
+        self.ewa_min = np.nan
+        self.no_improvement = 0
+
+    def step(self, batch_inertia: float, batch_weight: float, batch_rows: int, centers_sq_diff: float,
+             tol: float, armed: bool = True) -> bool:
+        """Record one step; ``True`` when the fit has converged (only when ``armed``)."""
+        self.steps += 1
+        if self.steps == 1:
+            return False
+        inertia = batch_inertia / batch_weight if batch_weight > 0 else 0.0
+        if np.isnan(self.ewa):
+            self.ewa = inertia
+        else:
+            alpha = min(batch_rows * 2.0 / (self.n_samples + 1), 1.0)
+            self.ewa = self.ewa * (1 - alpha) + inertia * alpha
+        if armed and tol > 0.0 and centers_sq_diff <= tol:
+            return True
+        if np.isnan(self.ewa_min) or self.ewa < self.ewa_min:
+            self.no_improvement, self.ewa_min = 0, self.ewa
+        else:
+            self.no_improvement += 1
+        return armed and self.max_no_improvement is not None and self.no_improvement >= self.max_no_improvement
+
+    def state(self) -> dict:
+        return {f"conv_{k}": np.asarray(getattr(self, k)) for k in self._STATE}
+
+    def load(self, state: dict) -> None:
+        for k in self._STATE:
+            setattr(self, k, np.asarray(state[f"conv_{k}"]).item())
 
 
 class _MiniBatchAccumulator(_ShiftedMoments):
     """One epoch of mini-batch updates; the accumulator *is* the model while it runs.
 
-    Sequential, hence no ``merge``: the batches must be fed in order.
+    Sequential, hence no ``merge``: the batches must be fed in order.  Once the
+    convergence test (:class:`_MiniBatchConvergence`, carried over from epoch to epoch)
+    fires, the remaining batches of the epoch are read but not used, and ``converged``
+    is set.  ``tol`` is the scaled tolerance, ``NaN`` while it is unknown (during the
+    first epoch, whose moments give it).
     """
 
     def __init__(self, centers, counts, n_since, n_steps, seed, pass_index, *, reassignment_ratio,
-                 track_moments, name):
+                 track_moments, name, convergence: _MiniBatchConvergence, tol: float,
+                 sample_weight: np.ndarray | None = None):
         super().__init__(centers.shape[1])
         self.name = name
         self.centers = np.array(centers, dtype=np.float64, copy=True)
-        self.start_centers = self.centers.copy()
         self.counts = np.array(counts, dtype=np.float64, copy=True)
         self.n_since = int(n_since)
         self.n_steps = int(n_steps)
         self.seed, self.pass_index = int(seed), int(pass_index)
         self.reassignment_ratio = float(reassignment_ratio)
         self.track_moments = bool(track_moments)
+        self.sample_weight = sample_weight
+        self.convergence = convergence
+        self.tol = float(tol)
+        self.converged = False
         self.inertia = 0.0
 
     def update(self, X: np.ndarray, offset: int) -> None:
+        if self.track_moments:
+            self.add(X)
+        if self.converged:
+            return
+        w = weight_slice(self.sample_weight, offset, X.shape[0])
         rng = pass_rng(self.seed, self.pass_index, offset)
+        before = self.centers.copy() if self.tol > 0 else None
         inertia, self.n_since = _minibatch_step(
-            X, self.centers, self.counts, self.n_since, rng, reassignment_ratio=self.reassignment_ratio
+            X, self.centers, self.counts, self.n_since, rng, reassignment_ratio=self.reassignment_ratio,
+            sample_weight=w,
         )
         self.inertia += inertia
         self.n_steps += 1
-        if self.track_moments:
-            self.add(X)
+        diff = float(np.sum((self.centers - before) ** 2)) if before is not None else 0.0
+        weight = float(X.shape[0]) if w is None else float(w.sum())
+        # tol is NaN (unknown) during the first epoch, whose rows are not all seen yet
+        armed = bool(np.isfinite(self.tol))
+        self.converged = self.convergence.step(inertia, weight, X.shape[0], diff, self.tol if armed else 0.0,
+                                               armed=armed)
 
     def state_dict(self) -> dict:
         state = {
             "centers": self.centers,
-            "start_centers": self.start_centers,
             "counts": self.counts,
             "n_since": np.int64(self.n_since),
             "n_steps": np.int64(self.n_steps),
             "inertia": np.float64(self.inertia),
+            "converged": np.bool_(self.converged),
         }
+        state.update(self.convergence.state())
         state.update(self.moments_state())
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.centers = np.array(state["centers"], dtype=np.float64, copy=True)
-        self.start_centers = np.array(state["start_centers"], dtype=np.float64, copy=True)
         self.counts = np.array(state["counts"], dtype=np.float64, copy=True)
         self.n_since = int(state["n_since"])
         self.n_steps = int(state["n_steps"])
         self.inertia = float(state["inertia"])
+        self.converged = bool(state["converged"])
+        self.convergence.load(state)
         self.load_moments(state)
 
 
 # ---------------------------------------------------------------------- labelling
 class _LabelAccumulator:
-    """Final pass: labels, exact inertia (``sum ||x - c_label||^2``) and cluster sizes."""
+    """Final pass: labels, exact inertia (``sum w ||x - c_label||^2``) and cluster sizes (rows)."""
 
     name = "k-means labels"
 
-    def __init__(self, centers: np.ndarray, n_samples: int):
+    def __init__(self, centers: np.ndarray, n_samples: int, *, sample_weight: np.ndarray | None = None):
         self.centers = centers
         self._centers_sq = np.einsum("ij,ij->i", centers, centers)
+        self.sample_weight = sample_weight
         self.labels = np.full(int(n_samples), -1, dtype=np.int32)
         self.inertia = 0.0
         self.counts = np.zeros(centers.shape[0], dtype=np.int64)
@@ -318,7 +430,11 @@ class _LabelAccumulator:
         labels, _ = _assign(X, self.centers, self._centers_sq)
         self.labels[offset : offset + X.shape[0]] = labels
         diff = X - self.centers[labels]
-        self.inertia += float(np.einsum("ij,ij->", diff, diff))
+        w = weight_slice(self.sample_weight, offset, X.shape[0])
+        if w is None:
+            self.inertia += float(np.einsum("ij,ij->", diff, diff))
+        else:
+            self.inertia += float(np.einsum("ij,ij->i", diff, diff) @ w)
         self.counts += np.bincount(labels, minlength=self.counts.size)
 
     def merge(self, other: "_LabelAccumulator") -> None:
@@ -337,17 +453,18 @@ class _LabelAccumulator:
 
 
 # ------------------------------------------------------------------------- seeding
-def _lloyd_in_memory(X, centers, max_iter, tol, chunk=8192):
+def _lloyd_in_memory(X, centers, max_iter, tol, chunk=8192, sample_weight=None):
     """Lloyd iterations on an in-memory array (the seeding sample), ``chunk`` rows at a time.
 
     Large chunks keep the per-chunk overhead (Python calls, small matrix products) low;
     the temporaries are ``chunk x n_clusters``.
 
-    Returns ``(centers, inertia, cluster sizes)``.
+    Returns ``(centers, inertia, cluster weights)`` (the weights are the cluster sizes
+    for unit weights).
     """
     tol_ = None
     for _ in range(int(max_iter)):
-        acc = _LloydAccumulator(centers, track_moments=tol_ is None)
+        acc = _LloydAccumulator(centers, track_moments=tol_ is None, sample_weight=sample_weight)
         for lo in range(0, X.shape[0], chunk):
             acc.update(X[lo : lo + chunk], lo)
         if tol_ is None:
@@ -357,22 +474,50 @@ def _lloyd_in_memory(X, centers, max_iter, tol, chunk=8192):
         centers = new
         if shift <= tol_:
             break
-    final = _LabelAccumulator(centers, X.shape[0])
+    final = _LabelAccumulator(centers, X.shape[0], sample_weight=sample_weight)
     for lo in range(0, X.shape[0], chunk):
         final.update(X[lo : lo + chunk], lo)
-    return centers, final.inertia, final.counts.astype(np.float64)
+    if sample_weight is None:
+        return centers, final.inertia, final.counts.astype(np.float64)
+    return centers, final.inertia, np.bincount(final.labels, weights=sample_weight, minlength=centers.shape[0])
 
 
-def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed):
-    """Best of ``n_init`` seedings refined on the sample: ``(centers, sample cluster sizes)``."""
+def _check_init_shape(centers: np.ndarray, n_clusters: int, n_features: int) -> None:
+    """scikit-learn's ``_validate_center_shape`` (same messages)."""
+    if centers.ndim != 2 or centers.shape[0] != n_clusters:
+        raise ValueError(
+            f"The shape of the initial centers {centers.shape} does not match the number of clusters {n_clusters}."
+        )
+    if centers.shape[1] != n_features:
+        raise ValueError(
+            f"The shape of the initial centers {centers.shape} does not match the number of features "
+            f"of the data {n_features}."
+        )
+
+
+def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed, sample_weight=None):
+    """Best of ``n_init`` seedings refined on the sample: ``(centers, sample cluster weights)``.
+
+    ``init`` is "k-means++" (weighted by ``sample_weight`` when given), "random" (rows
+    drawn with probability proportional to their weight) or a callable
+    ``init(sample, n_clusters, random_state)`` returning the centres.
+    """
     best, best_inertia, best_sizes = None, np.inf, None
+    w = sample_weight
     for i in range(int(n_init)):
         rng = pass_rng(seed, 0, i + 1)
-        if init == "random":
-            centers = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False)].copy()
+        if callable(init):
+            centers = check_array(init(sample, n_clusters, random_state=np.random.RandomState(
+                int(rng.integers(_SEED_MAX)))), dtype=np.float64, copy=True, input_name="init")
+            _check_init_shape(centers, n_clusters, sample.shape[1])
+        elif init == "random":
+            p = None if w is None else w / w.sum()
+            centers = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False, p=p)].copy()
         else:
-            centers, _ = kmeans_plusplus(sample, n_clusters, random_state=int(rng.integers(_SEED_MAX)))
-        centers, inertia, sizes = _lloyd_in_memory(sample, np.asarray(centers, dtype=np.float64), max_iter, tol)
+            extra = {} if w is None else {"sample_weight": w}
+            centers, _ = kmeans_plusplus(sample, n_clusters, random_state=int(rng.integers(_SEED_MAX)), **extra)
+        centers, inertia, sizes = _lloyd_in_memory(sample, np.asarray(centers, dtype=np.float64), max_iter, tol,
+                                                   sample_weight=w)
         if inertia < best_inertia or best is None:
             best, best_inertia, best_sizes = centers, inertia, sizes
     return best, best_sizes
@@ -380,16 +525,22 @@ def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed):
 
 # ---------------------------------------------------------------------------- plan
 class _KMeansPlan:
-    """Seeding pass (optional), iteration passes, labelling pass."""
+    """Seeding pass (optional), iteration passes, labelling pass.
+
+    ``sample_weight`` (one weight per row, or ``None``) is input like the data: it is
+    handed to every accumulator, which takes its batch's slice by offset, and is not part
+    of the state.
+    """
 
     def __init__(self, *, n_samples, n_features, n_clusters, method, init_centers, init, n_init,
-                 max_iter, tol, sample_size, reassignment_ratio, max_no_improvement, seed):
+                 max_iter, tol, sample_size, reassignment_ratio, max_no_improvement, seed, sample_weight=None):
         self.n_samples, self.n_features, self.k = int(n_samples), int(n_features), int(n_clusters)
         self.method, self.init, self.n_init = method, init, int(n_init)
         self.max_iter, self.tol, self.sample_size = int(max_iter), float(tol), int(sample_size)
         self.reassignment_ratio = float(reassignment_ratio)
         self.max_no_improvement = max_no_improvement
         self.seed = int(seed)
+        self.sample_weight = sample_weight
         # state
         self.phase = _INIT if init_centers is None else _ITER
         self.centers = (
@@ -401,37 +552,41 @@ class _KMeansPlan:
         self.counts = np.zeros(self.k)
         self.n_since = 0
         self.n_steps = 0
-        self.best_inertia = np.inf
-        self.no_improvement = 0
+        self.convergence = _MiniBatchConvergence(self.n_samples, max_no_improvement)
         self.labels = np.zeros(0, dtype=np.int32)
         self.inertia = np.nan
         self.sizes = np.zeros(self.k, dtype=np.int64)
 
+    def _sample_rows(self) -> np.ndarray:
+        return sample_row_indices(self.n_samples, self.sample_size, pass_rng(self.seed, 0))
+
     def next_pass(self):
+        w = self.sample_weight
         if self.phase == _INIT:
-            rows = sample_row_indices(self.n_samples, self.sample_size, pass_rng(self.seed, 0))
-            return RowSampleAccumulator(rows, self.n_features, name="k-means seeding sample")
+            return RowSampleAccumulator(self._sample_rows(), self.n_features, name="k-means seeding sample")
         if self.phase == _ITER:
             track = bool(np.isnan(self.tol_))
             if self.method == "lloyd":
                 return _LloydAccumulator(self.centers, track_moments=track,
-                                         name=f"k-means iteration {self.n_iter + 1}")
+                                         name=f"k-means iteration {self.n_iter + 1}", sample_weight=w)
             return _MiniBatchAccumulator(
                 self.centers, self.counts, self.n_since, self.n_steps, self.seed, self.pass_index,
                 reassignment_ratio=self.reassignment_ratio, track_moments=track,
                 name=f"mini-batch k-means epoch {self.n_iter + 1}",
+                convergence=copy.deepcopy(self.convergence), tol=self.tol_, sample_weight=w,
             )
         if self.phase == _FINAL:
-            return _LabelAccumulator(self.centers, self.n_samples)
+            return _LabelAccumulator(self.centers, self.n_samples, sample_weight=w)
         return None
 
     def end_pass(self, acc) -> None:
         if self.phase == _INIT:
+            w = None if self.sample_weight is None else self.sample_weight[self._sample_rows()]
             self.centers, sizes = _seed_centers(
-                acc.sample, self.k, self.init, self.n_init, self.max_iter, self.tol, self.seed
+                acc.sample, self.k, self.init, self.n_init, self.max_iter, self.tol, self.seed, sample_weight=w
             )
             if self.method == "minibatch":
-                # the sample was the first mini-batch: its cluster sizes are the initial counts
+                # the sample was the first mini-batch: its cluster weights are the initial counts
                 self.counts = sizes
             self.phase = _ITER
         elif self.phase == _ITER:
@@ -446,14 +601,8 @@ class _KMeansPlan:
             else:
                 self.centers, self.counts = acc.centers.copy(), acc.counts.copy()
                 self.n_since, self.n_steps = acc.n_since, acc.n_steps
-                shift = float(np.sum((acc.centers - acc.start_centers) ** 2))
-                stop = self.tol_ > 0 and shift <= self.tol_
-                if acc.inertia < self.best_inertia * (1.0 - self.tol):
-                    self.best_inertia, self.no_improvement = acc.inertia, 0
-                else:
-                    self.no_improvement += 1
-                if self.max_no_improvement is not None and self.no_improvement >= self.max_no_improvement:
-                    stop = True
+                self.convergence = acc.convergence
+                stop = acc.converged
             if stop or self.n_iter >= self.max_iter:
                 self.phase = _FINAL
         elif self.phase == _FINAL:
@@ -462,10 +611,12 @@ class _KMeansPlan:
         self.pass_index += 1
 
     _STATE = ("phase", "centers", "pass_index", "n_iter", "tol_", "counts", "n_since", "n_steps",
-              "best_inertia", "no_improvement", "labels", "inertia", "sizes", "seed")
+              "labels", "inertia", "sizes", "seed")
 
     def state_dict(self) -> dict:
-        return {name: np.asarray(getattr(self, name)) for name in self._STATE}
+        state = {name: np.asarray(getattr(self, name)) for name in self._STATE}
+        state.update(self.convergence.state())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for name in self._STATE:
@@ -473,6 +624,8 @@ class _KMeansPlan:
             if value.ndim == 0:
                 value = value.item()
             setattr(self, name, value)
+        if "conv_steps" in state:
+            self.convergence.load(state)
 
 
 # ----------------------------------------------------------------------- estimator
@@ -493,35 +646,42 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         ``algorithm="lloyd"``.  ``"minibatch"``: epochs of
         :meth:`sklearn.cluster.MiniBatchKMeans.partial_fit` updates over the batches,
         in storage order.
-    init : {"k-means++", "random"} or array-like of shape (n_clusters, n_features), \
+    init : {"k-means++", "random"}, callable or array-like of shape (n_clusters, n_features), \
             default="k-means++"
         Initial centres.  ``"k-means++"`` seeds with :func:`sklearn.cluster.kmeans_plusplus`
-        on a random sample of ``init_sample_size`` rows; ``"random"`` picks sample rows.
-    n_init : int, default=1
+        on a random sample of ``init_sample_size`` rows; ``"random"`` picks sample rows
+        (with probability proportional to their weight); a callable is called as
+        ``init(sample, n_clusters, random_state)`` on that sample and returns the centres.
+    n_init : int or "auto", default=1
         Number of seedings tried on the sample; each is refined with Lloyd iterations
         on the sample and the one with the lowest sample inertia is kept.  Only one
-        full-data run is made.  Ignored for an array ``init``.
+        full-data run is made.  ``"auto"``: 1 for "k-means++" and an array, 10
+        (``"lloyd"``) or 3 (``"minibatch"``) otherwise, as scikit-learn.  An array ``init`` is one seeding
+        (a ``RuntimeWarning`` says so when ``n_init > 1``).
     max_iter : int, default=100
         Maximum number of passes over the data: Lloyd iterations (``"lloyd"``) or
         epochs (``"minibatch"``).
     tol : float, default=1e-4
-        Relative tolerance: the fit stops when the squared centre movement of a pass
-        (summed over clusters) is at most ``tol`` times the mean per-feature variance
-        of the data (computed during the first pass), as scikit-learn does.  For
-        ``"minibatch"`` an epoch also counts as no improvement when its summed
-        mini-batch inertia is not below ``(1 - tol)`` times the best previous one.
+        Relative tolerance, times the mean per-feature variance of the data (computed
+        during the first pass), as scikit-learn does.  ``"lloyd"`` stops when the
+        squared centre movement of a pass (summed over clusters) is at most that;
+        ``"minibatch"`` when the squared centre movement of one mini-batch step is (from
+        the second epoch on, once the variance is known; ``tol=0`` disables this test).
     batch_size : int, default=1024
         Rows read per batch (and mini-batch size).
     init_sample_size : int or None, default=None
-        Rows sampled for seeding; ``None`` means ``3 * batch_size``.  At least
-        ``3 * n_clusters`` and at most ``n_samples`` rows are used.
+        Rows sampled for seeding (scikit-learn's ``init_size``); ``None`` means
+        ``3 * batch_size``, or ``3 * n_clusters`` when that is fewer than
+        ``n_clusters``.  A value below ``n_clusters`` is raised to ``3 * n_clusters``
+        with a ``RuntimeWarning``.  At most ``n_samples`` rows are used.
     reassignment_ratio : float, default=0.01
         ``"minibatch"``: centres whose count falls below this fraction of the largest
         count are moved to random rows of the current batch, as in
         :class:`~sklearn.cluster.MiniBatchKMeans`.
-    max_no_improvement : int or None, default=2
-        ``"minibatch"``: stop after this many consecutive epochs without improvement of
-        the epoch inertia; ``None`` disables this criterion.
+    max_no_improvement : int or None, default=10
+        ``"minibatch"``: stop after this many consecutive mini-batches without a new
+        minimum of the smoothed mini-batch inertia (an exponentially weighted average,
+        as :class:`~sklearn.cluster.MiniBatchKMeans`); ``None`` disables this criterion.
     random_state : int, RandomState instance or None, default=None
         Seeds the sample, the seeding and the mini-batch reassignments.  Pass an int
         for reproducible (and resumable with a fresh estimator) fits.
@@ -529,7 +689,8 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
     Attributes
     ----------
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
-        Cluster centres.
+        Cluster centres, float32 for float32 input and float64 otherwise (the sums are
+        accumulated in float64 either way).
     labels_ : ndarray of shape (n_samples,), dtype=int32
         Label of each training row (by :meth:`fit`; by :meth:`partial_fit`, of the last
         batch), consistent with ``cluster_centers_``.
@@ -569,7 +730,14 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
     does: the pass keeps the ``k`` points farthest from their centre (ties by row
     position), and each empty cluster takes the farthest remaining one whose cluster
     keeps at least one point.  Mini-batch epochs stop on ``tol``,
-    ``max_no_improvement`` or ``max_iter``; the batches are visited in storage order.
+    ``max_no_improvement`` (checked after every mini-batch, as scikit-learn; the rest of
+    the epoch is then read but not used) or ``max_iter``; the batches are visited in
+    storage order.  ``sample_weight`` weights every sum, count and inertia as in
+    scikit-learn; the mini-batch updates use the weights of the batch's rows (as
+    :meth:`~sklearn.cluster.MiniBatchKMeans.partial_fit` does), since the batches are
+    read in order rather than drawn with probabilities proportional to the weights.
+    A Lloyd fit that ends with fewer distinct clusters than ``n_clusters`` (duplicate
+    points) warns with a ``ConvergenceWarning``, as :class:`~sklearn.cluster.KMeans`.
     On data stored in class order the mini-batch updates (and their random
     reassignments, which pick rows of the current batch) are biased towards the class
     being read: keep a large seeding sample (the default), set
@@ -590,8 +758,8 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
     _parameter_constraints: dict = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
         "method": [StrOptions({"minibatch", "lloyd"})],
-        "init": [StrOptions({"k-means++", "random"}), "array-like"],
-        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init": [StrOptions({"k-means++", "random"}), callable, "array-like"],
+        "n_init": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -613,7 +781,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         batch_size=1024,
         init_sample_size=None,
         reassignment_ratio=0.01,
-        max_no_improvement=2,
+        max_no_improvement=10,
         random_state=None,
     ):
         self.n_clusters = n_clusters
@@ -634,18 +802,53 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
 
     def _init_array(self, n_features: int):
-        if isinstance(self.init, str):
+        if isinstance(self.init, str) or callable(self.init):
             return None
         centers = check_array(self.init, dtype=np.float64, copy=True, input_name="init")
-        if centers.shape != (self.n_clusters, n_features):
-            raise ValueError(
-                f"init should have shape (n_clusters, n_features)=({self.n_clusters}, {n_features}), "
-                f"got {centers.shape}."
-            )
+        _check_init_shape(centers, self.n_clusters, n_features)
         return centers
 
+    def _resolve_n_init(self) -> int:
+        """``n_init`` resolved as scikit-learn does (``"auto"``; one run for an array ``init``)."""
+        n_init = self.n_init
+        explicit = not (isinstance(self.init, str) or callable(self.init))
+        if n_init == "auto":
+            if explicit or self.init == "k-means++":
+                n_init = 1
+            else:
+                n_init = 3 if self.method == "minibatch" else 10
+        if explicit:
+            if n_init != 1:
+                warnings.warn(
+                    "Explicit initial center position passed: performing only one init in "
+                    f"{type(self).__name__} instead of n_init={n_init}.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            n_init = 1
+        return int(n_init)
+
+    def _sample_size(self, n_samples: int) -> int:
+        """Rows of the seeding sample: scikit-learn's ``_init_size`` rule."""
+        k = int(self.n_clusters)
+        if self.init_sample_size is None:
+            size = 3 * int(self.batch_size)
+            if size < k:
+                size = 3 * k
+        else:
+            size = int(self.init_sample_size)
+            if size < k:
+                warnings.warn(
+                    f"init_sample_size (MiniBatchKMeans' init_size)={size} should be larger than "
+                    f"n_clusters={k}. Setting it to min(3*n_clusters, n_samples)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                size = 3 * k
+        return min(size, int(n_samples))
+
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Compute the clustering by streaming over ``X``.
 
         Parameters
@@ -654,46 +857,67 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
             Training data; trailing axes are flattened into features.
         y : None
             Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each row (non-negative; ``None``: all 1).  Held in memory (8 bytes a
+            row); each batch uses its slice.
 
         Returns
         -------
         self : StreamingKMeans
             The fitted estimator.
         """
-        return fit_streaming(self, X)
+        return fit_streaming(self, X, sample_weight=sample_weight)
 
-    def _make_plan(self, source: RowSource):
+    def _make_plan(self, source: RowSource, sample_weight=None):
         self._validate_params()
         n, d = source.n_samples, source.n_features
         self._check_n_samples(n)
         init_centers = self._init_array(d)
-        base = 3 * int(self.batch_size) if self.init_sample_size is None else int(self.init_sample_size)
-        sample_size = min(n, max(base, 3 * int(self.n_clusters)))
+        n_init = self._resolve_n_init()
+        if isinstance(self.init, str) or callable(self.init):
+            init = self.init
+        else:
+            init = "array"
+        self._fit_dtype = output_dtype(source)
+        # the resolved values, under scikit-learn's names for them
+        self._n_init = n_init
+        self._init_size = self._sample_size(n)
         return _KMeansPlan(
             n_samples=n, n_features=d, n_clusters=self.n_clusters, method=self.method,
-            init_centers=init_centers, init=self.init if isinstance(self.init, str) else "array",
-            n_init=self.n_init, max_iter=self.max_iter, tol=self.tol, sample_size=sample_size,
-            reassignment_ratio=self.reassignment_ratio, max_no_improvement=self.max_no_improvement,
-            seed=draw_seed(self.random_state),
+            init_centers=init_centers, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol,
+            sample_size=self._init_size, reassignment_ratio=self.reassignment_ratio,
+            max_no_improvement=self.max_no_improvement, seed=draw_seed(self.random_state),
+            sample_weight=sample_weight,
         )
 
     def _finish_plan(self, plan: _KMeansPlan, source: RowSource) -> None:
-        self.cluster_centers_ = np.array(plan.centers, dtype=np.float64, copy=True)
+        dtype = getattr(self, "_fit_dtype", np.dtype(np.float64))
+        self.cluster_centers_ = np.array(plan.centers, dtype=dtype, copy=True)
         self.labels_ = np.asarray(plan.labels, dtype=np.int32)
         self.inertia_ = float(plan.inertia)
         self.cluster_sizes_ = np.asarray(plan.sizes, dtype=np.int64)
         self.n_iter_ = int(plan.n_iter)
         self.n_steps_ = int(plan.n_steps)
-        # state for later partial_fit calls
+        # state for later partial_fit calls (float64, whatever the attributes' dtype)
         self._seed = int(plan.seed)
-        self._counts = (
-            np.asarray(plan.counts, dtype=np.float64).copy()
-            if self.method == "minibatch"
-            else self.cluster_sizes_.astype(np.float64)
-        )
+        self._centers64 = np.array(plan.centers, dtype=np.float64, copy=True)
+        if self.method == "minibatch":
+            self._counts = np.asarray(plan.counts, dtype=np.float64).copy()
+        elif plan.sample_weight is not None:
+            self._counts = np.bincount(self.labels_, weights=plan.sample_weight, minlength=self.n_clusters)
+        else:
+            self._counts = self.cluster_sizes_.astype(np.float64)
         self._n_since_last_reassign = int(plan.n_since)
+        distinct = int(np.count_nonzero(self.cluster_sizes_))
+        if self.method == "lloyd" and distinct < self.n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than n_clusters ({self.n_clusters}). "
+                "Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
 
-    def partial_fit(self, X, y=None):
+    def partial_fit(self, X, y=None, sample_weight=None):
         """Update the centres with one mini-batch (:class:`~sklearn.cluster.MiniBatchKMeans` step).
 
         The first call (on an unfitted estimator) seeds the centres from ``X`` with
@@ -705,6 +929,8 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
             A batch of rows (in memory).
         y : None
             Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each row of the batch (``None``: all 1).
 
         Returns
         -------
@@ -714,31 +940,54 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         self._validate_params()
         has_centers = hasattr(self, "cluster_centers_")
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=not has_centers)
+        dtype = X.dtype
         X = X.astype(np.float64, copy=False)
+        w = check_sample_weight(sample_weight, X.shape[0])
         if not has_centers:
             self._check_n_samples(X.shape[0])
             self._seed = draw_seed(self.random_state)
             centers = self._init_array(X.shape[1])
+            self._resolve_n_init()  # the warning for an array init with n_init > 1
             if centers is None:
                 rng = pass_rng(self._seed, 0, 1)
-                if self.init == "random":
-                    centers = X[rng.choice(X.shape[0], size=self.n_clusters, replace=False)].copy()
+                if callable(self.init):
+                    centers = check_array(self.init(X, self.n_clusters, random_state=np.random.RandomState(
+                        int(rng.integers(_SEED_MAX)))), dtype=np.float64, copy=True, input_name="init")
+                    _check_init_shape(centers, self.n_clusters, X.shape[1])
+                elif self.init == "random":
+                    p = None if w is None else w / w.sum()
+                    centers = X[rng.choice(X.shape[0], size=self.n_clusters, replace=False, p=p)].copy()
                 else:
-                    centers, _ = kmeans_plusplus(X, self.n_clusters, random_state=int(rng.integers(_SEED_MAX)))
-            self.cluster_centers_ = np.array(centers, dtype=np.float64)
+                    extra = {} if w is None else {"sample_weight": w}
+                    centers, _ = kmeans_plusplus(X, self.n_clusters, random_state=int(rng.integers(_SEED_MAX)),
+                                                 **extra)
+            centers = np.array(centers, dtype=np.float64)
             self._counts = np.zeros(self.n_clusters)
             self._n_since_last_reassign = 0
             self.n_steps_ = 0
+        else:
+            centers = self._float64_centers().copy()
         rng = pass_rng(self._seed, _PARTIAL_FIT_STREAM, self.n_steps_)
         _, self._n_since_last_reassign = _minibatch_step(
-            X, self.cluster_centers_, self._counts, self._n_since_last_reassign, rng,
-            reassignment_ratio=self.reassignment_ratio,
+            X, centers, self._counts, self._n_since_last_reassign, rng,
+            reassignment_ratio=self.reassignment_ratio, sample_weight=w,
         )
-        centers_sq = np.einsum("ij,ij->i", self.cluster_centers_, self.cluster_centers_)
-        labels, mind = _assign(X, self.cluster_centers_, centers_sq)
-        self.labels_, self.inertia_ = labels, float(mind.sum())
+        self._centers64 = centers
+        self.cluster_centers_ = centers.astype(dtype)
+        labels, mind = _assign(X, centers, np.einsum("ij,ij->i", centers, centers))
+        self.labels_ = labels
+        self.inertia_ = float(mind.sum()) if w is None else float(mind @ w)
         self.n_steps_ += 1
         return self
+
+    def _float64_centers(self) -> np.ndarray:
+        """The centres in float64: the full-precision ones ``cluster_centers_`` was cast from,
+        unless the attribute has been set to something else since."""
+        attr = self.cluster_centers_
+        prev = getattr(self, "_centers64", None)
+        if prev is not None and prev.shape == attr.shape and np.array_equal(prev.astype(attr.dtype), attr):
+            return prev
+        return np.asarray(attr, dtype=np.float64)
 
     # --------------------------------------------------------------- predicting
     def predict(self, X):
@@ -772,11 +1021,11 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         Returns
         -------
         X_new : ndarray of shape (n_samples, n_clusters)
-            Distances to the centres.
+            Distances to the centres, float32 for float32 input, float64 otherwise.
         """
         check_is_fitted(self)
         source = as_row_source(self, X, reset=False)
-        out = np.empty((source.n_samples, self.cluster_centers_.shape[0]))
+        out = np.empty((source.n_samples, self.cluster_centers_.shape[0]), dtype=output_dtype(source))
         for lo, _, d2 in self._iter_distances(source):
             out[lo : lo + d2.shape[0]] = np.sqrt(d2)
         return out
@@ -799,13 +1048,14 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         check_is_fitted(self)
         source = as_row_source(self, X, reset=False)
         total = 0.0
+        centers = self._float64_centers()
         for _, batch, d2 in self._iter_distances(source):
-            diff = batch - self.cluster_centers_[np.argmin(d2, axis=1)]
+            diff = batch - centers[np.argmin(d2, axis=1)]
             total += float(np.einsum("ij,ij->", diff, diff))
         return -total
 
     def _iter_distances(self, source: RowSource):
-        centers = self.cluster_centers_
+        centers = self._float64_centers()
         centers_sq = np.einsum("ij,ij->i", centers, centers)
         for lo, batch in source.iter_batches(int(self.batch_size), dtype=np.float64):
             d2 = batch @ centers.T

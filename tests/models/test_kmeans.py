@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import zarr
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.datasets import make_blobs
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from streamclust.models._base import fit_streaming
@@ -68,11 +70,15 @@ def test_lloyd_with_empty_cluster_relocates_like_sklearn():
 @pytest.mark.parametrize("method", ["lloyd", "minibatch"])
 def test_more_clusters_than_distinct_points_gives_no_nan(method):
     X = np.repeat(np.arange(3.0), 50)[:, None] * np.ones((1, 2))
-    est = StreamingKMeans(5, method=method, batch_size=16, random_state=0).fit(X)
+    # as sklearn's KMeans (not MiniBatchKMeans), Lloyd warns about the clusters left empty
+    warns = pytest.warns(ConvergenceWarning, match=r"distinct clusters \(3\) found smaller than n_clusters \(5\)")
+    with warns if method == "lloyd" else contextlib.nullcontext():
+        est = StreamingKMeans(5, method=method, batch_size=16, random_state=0).fit(X)
     assert np.isfinite(est.cluster_centers_).all()
     assert est.inertia_ == pytest.approx(0.0, abs=1e-12)
     init = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [50.0, 50.0], [-50.0, 9.0]])
-    est = StreamingKMeans(5, method=method, init=init, batch_size=16).fit(X)
+    with pytest.warns(ConvergenceWarning) if method == "lloyd" else contextlib.nullcontext():
+        est = StreamingKMeans(5, method=method, init=init, batch_size=16).fit(X)
     assert np.isfinite(est.cluster_centers_).all()
 
 
@@ -90,7 +96,8 @@ def test_default_lloyd_close_to_sklearn_kmeans():
     [
         ({}, "shuffled"),
         ({}, "sorted by class"),
-        ({"init_sample_size": 100, "n_init": 3}, "sorted by class"),
+        # class-sorted batches: reassignments pick rows of the class being read (see Notes)
+        ({"init_sample_size": 100, "n_init": 3, "reassignment_ratio": 0.0}, "sorted by class"),
         # a 3-rows-per-cluster sample: the mini-batch updates do the work
         ({"init_sample_size": 24, "n_init": 3}, "shuffled"),
         ({"init": "random", "init_sample_size": 200, "n_init": 10}, "shuffled"),
@@ -104,7 +111,8 @@ def test_minibatch_close_to_sklearn_kmeans(params, order):
     est = StreamingKMeans(8, batch_size=128, random_state=0, **params).fit(X)
     assert est.inertia_ <= 1.05 * ref
     assert 1 <= est.n_iter_ < 100
-    assert est.n_steps_ == est.n_iter_ * 32
+    # the early stop fires after any mini-batch: n_iter_ counts the epochs started
+    assert est.n_iter_ == -(-est.n_steps_ // 32)
     assert_array_equal(est.predict(X), est.labels_)
 
 
@@ -240,8 +248,10 @@ def test_errors():
         StreamingKMeans(3, batch_size=8).fit(bad)
     with pytest.raises(ValueError, match="NaN"):
         StreamingKMeans(3, batch_size=8).fit(as_zarr(bad, 9))
-    with pytest.raises(ValueError, match="init should have shape"):
+    with pytest.raises(ValueError, match=r"initial centers \(3, 2\) does not match the number of features"):
         StreamingKMeans(3, init=np.zeros((3, 2))).fit(X)
+    with pytest.raises(ValueError, match=r"initial centers \(2, 3\) does not match the number of clusters 3"):
+        StreamingKMeans(3, init=np.zeros((2, 3))).fit(X)
     with pytest.raises(NotFittedError):
         StreamingKMeans(3).predict(X)
 
@@ -251,7 +261,12 @@ def test_errors():
     [
         StreamingKMeans(n_clusters=3, method="lloyd", batch_size=7, random_state=0),
         StreamingKMeans(n_clusters=3, method="minibatch", batch_size=7, random_state=0),
-    ]
+    ],
+    # as for sklearn's KMeans and MiniBatchKMeans: the random seeding sees other rows
+    expected_failed_checks=lambda est: {
+        "check_sample_weight_equivalence_on_dense_data":
+            "the seeding draws other rows from a weighted set than from a repeated one",
+    },
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)

@@ -1,0 +1,141 @@
+"""Our estimators under scikit-learn's names, as scikit-learn's test modules see them.
+
+Each class is the streamclust estimator with
+
+- a small odd ``batch_size`` (:data:`BATCH`), so that every fit of the tests' small data
+  sets streams over several batches (the last one short);
+- scikit-learn's defaults for the parameters both estimators share but default
+  differently (``max_iter``, ``tol``, ``max_no_improvement``), so that a test relying
+  on a default sees scikit-learn's;
+- the class name of scikit-learn's estimator (error messages such as "This
+  GaussianMixture instance is not fitted yet" name the class).
+
+Nothing else is changed: every method is ours.
+
+:func:`as_zarr` and :func:`as_dask` build the lazy inputs that replace the sparse
+containers of the k-means module; :func:`lazy_input` converts in-memory arrays to the
+input kind a test is parametrized with (``parity_input``, see ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from streamclust.models.gmm import StreamingGaussianMixture
+from streamclust.models.kmeans import StreamingKMeans
+
+__all__ = ["BATCH", "KMeans", "MiniBatchKMeans", "GaussianMixture", "as_zarr", "as_dask", "input_kind"]
+
+#: rows per batch of every parity fit (odd, and smaller than the tests' data sets)
+BATCH = 7
+
+#: the input kind ("numpy", "zarr" or "dask") that the estimators below convert to
+_INPUT_KIND: contextvars.ContextVar[str] = contextvars.ContextVar("parity_input", default="numpy")
+
+
+def as_zarr(X, dtype=None):
+    """``X`` as an in-memory zarr array in chunks of :data:`BATCH` - 2 rows (not batch-aligned)."""
+    X = np.asarray(X, dtype=dtype)
+    arr = zarr.create_array(store=zarr.storage.MemoryStore(), shape=X.shape,
+                            chunks=(max(BATCH - 2, 1), *X.shape[1:]), dtype=X.dtype)
+    arr[:] = X
+    return arr
+
+
+def as_dask(X, dtype=None):
+    """``X`` as a dask array in chunks of :data:`BATCH` + 2 rows."""
+    X = np.asarray(X, dtype=dtype)
+    return da.from_array(X, chunks=(BATCH + 2, *X.shape[1:]))
+
+
+_CONVERT = {"zarr": as_zarr, "dask": as_dask}
+
+
+@contextlib.contextmanager
+def input_kind(kind: str):
+    """Within the block, the estimators below see their in-memory inputs as ``kind`` arrays."""
+    token = _INPUT_KIND.set(kind)
+    try:
+        yield
+    finally:
+        _INPUT_KIND.reset(token)
+
+
+def _lazy(X):
+    kind = _INPUT_KIND.get()
+    if kind == "numpy" or not isinstance(X, np.ndarray) or X.ndim != 2:
+        return X
+    return _CONVERT[kind](X)
+
+
+class _LazyInput:
+    """Feeds the methods that take ``X`` the input kind of the current test."""
+
+    def fit(self, X, y=None, sample_weight=None):
+        return super().fit(_lazy(X), y, sample_weight=sample_weight)
+
+    def predict(self, X):
+        return super().predict(_lazy(X))
+
+    def score(self, X, y=None):
+        return super().score(_lazy(X), y)
+
+
+def _with_defaults(base, name: str, doc: str, *, methods: tuple[str, ...] = (), **defaults):
+    """``base`` under scikit-learn's class ``name``, with other defaults for some parameters.
+
+    The constructor keeps ``base``'s signature (with the new defaults), so ``get_params``,
+    ``clone`` and ``set_params`` see exactly ``base``'s parameters.  ``methods`` (besides
+    ``fit``, ``predict`` and ``score``) also convert their ``X`` to the test's input kind.
+    """
+    sig = inspect.signature(base.__init__)
+    unknown = set(defaults) - set(sig.parameters)
+    if unknown:
+        raise TypeError(f"{base.__name__} has no parameters {sorted(unknown)}")
+    new_sig = sig.replace(parameters=[p.replace(default=defaults.get(p.name, p.default))
+                                      for p in sig.parameters.values()])
+
+    def __init__(self, *args, **kwargs):
+        bound = new_sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        base.__init__(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = new_sig
+    namespace = {"__init__": __init__, "__doc__": doc, "__module__": __name__, "__qualname__": name}
+    for method in methods:
+        namespace[method] = _lazy_method(base, method)
+    return type(name, (_LazyInput, base), namespace)
+
+
+def _lazy_method(base, method: str):
+    def call(self, X, *args, **kwargs):
+        return getattr(base, method)(self, _lazy(X), *args, **kwargs)
+
+    call.__name__ = method
+    return call
+
+
+KMeans = _with_defaults(
+    StreamingKMeans, "KMeans",
+    """``StreamingKMeans(method="lloyd")``: exact Lloyd passes, as ``sklearn.cluster.KMeans``.""",
+    methods=("transform", "fit_predict", "fit_transform"),
+    method="lloyd", max_iter=300, tol=1e-4, batch_size=BATCH,
+)
+MiniBatchKMeans = _with_defaults(
+    StreamingKMeans, "MiniBatchKMeans",
+    """``StreamingKMeans(method="minibatch")``: mini-batch epochs, as ``sklearn.cluster.MiniBatchKMeans``.""",
+    methods=("transform", "fit_predict", "fit_transform"),
+    method="minibatch", max_iter=100, tol=0.0, max_no_improvement=10, batch_size=BATCH,
+)
+GaussianMixture = _with_defaults(
+    StreamingGaussianMixture, "GaussianMixture",
+    """``StreamingGaussianMixture`` (exact streamed EM), as ``sklearn.mixture.GaussianMixture``.""",
+    methods=("predict_proba", "score_samples", "bic", "aic", "fit_predict"),
+    batch_size=BATCH,
+)

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,13 +179,17 @@ class _Writer:
     Decoded members arrive a :class:`~.batch.Batch` at a time; their pixels are copied
     straight into the chunk being filled, and a chunk is committed the moment its last
     image arrives (with the manifest rows of every member up to that one), wherever that
-    falls in a batch, so the commit points depend only on the source.  Commits run on a
+    falls in a batch, or after :attr:`COMMIT_MEMBERS` members without a commit: the
+    commit points depend only on the source.  Commits run on a
     background thread, one at a time and in order (images, then the manifest rows, then
     the state), so decoding goes on while a chunk is compressed and written.
     """
 
     #: members gathered by :meth:`add` before they are handed to :meth:`add_batch`
     PAIRS_PER_BATCH = 256
+    #: a commit also comes after this many members without one (the rows held stay
+    #: bounded in an archive of few images); the chunk in progress is then written in part
+    COMMIT_MEMBERS = 1 << 16
 
     def __init__(self, layout: RunLayout, cfg: IngestConfig, state: dict, *, client=None, staging: str | None = None):
         import zarr  # imported here: the decode workers start up meanwhile
@@ -229,7 +234,8 @@ class _Writer:
         self._rebuild_index()
         self.pairs: list = []
         self.buffer = self._new_buffer()
-        self.filled = 0  # images in the chunk being filled
+        self.buffer_row = self.state["rows_done"]  # store row of the buffer's first image
+        self.filled = 0  # images in the buffer
         self.rows: list[tuple] = []
         self.next_index = self.state["rows_done"]  # row of the next ok image
         self.next_position = self.state["members_done"]
@@ -274,7 +280,7 @@ class _Writer:
             self.add_batch(collect(pairs, self.size))
 
     def add_batch(self, batch: Batch) -> None:
-        """The next members of the source; commits every chunk they complete."""
+        """The next members of the source; commits at every commit point they pass."""
         n_ok = len(batch.ok)
         index = np.arange(self.next_index, self.next_index + n_ok, dtype=np.int64)
         first = self.digests.first(batch.keys, index)
@@ -282,23 +288,25 @@ class _Writer:
         self.duplicates += int(dup.sum())
         self.counts.update(row[2] for row in batch.rows)
         images = batch.pixels if batch.pixels is not None else np.asarray(batch.positions, np.int64)
-        done = 0  # ok images of the batch placed
-        row_lo = 0  # rows of the batch handed over
-        while done < n_ok:
-            take = min(self.chunk - self.filled, n_ok - done)
-            self.buffer[self.filled:self.filled + take] = images[done:done + take]
-            self.filled += take
-            done += take
-            if self.filled < self.chunk:
-                break
-            row_hi = batch.ok[done - 1] + 1  # the chunk ends with this member
-            self._rows(batch, row_lo, row_hi, index, first, dup)
-            self.next_position = batch.rows[row_hi - 1][0] + 1
-            row_lo = row_hi
-            self.commit()
-        self._rows(batch, row_lo, len(batch.rows), index, first, dup)
-        if batch.rows:
-            self.next_position = batch.rows[-1][0] + 1
+        n_rows = len(batch.rows)
+        row = done = 0  # rows and ok images of the batch handed over
+        while row < n_rows:
+            # the next commit point: the image that completes the chunk, or the member
+            # that makes COMMIT_MEMBERS since the last commit (whichever comes first)
+            need = self.chunk - (self.buffer_row + self.filled) % self.chunk
+            cut = row + self.COMMIT_MEMBERS - len(self.rows)
+            if done + need <= n_ok:
+                cut = min(cut, batch.ok[done + need - 1] + 1)
+            commit = cut <= n_rows
+            cut = min(cut, n_rows)
+            upto = bisect_left(batch.ok, cut, lo=done)
+            self.buffer[self.filled:self.filled + upto - done] = images[done:upto]
+            self.filled += upto - done
+            self._rows(batch, row, cut, index, first, dup)
+            self.next_position = batch.rows[cut - 1][0] + 1
+            row, done = cut, upto
+            if commit:
+                self.commit()
         self.next_index += n_ok
 
     def _rows(self, batch: Batch, lo: int, hi: int, index, first, dup) -> None:
@@ -320,6 +328,7 @@ class _Writer:
         """Hand the buffered chunk to the commit thread (after the previous commit ended)."""
         self.wait()
         self._pending = self._thread.submit(self._commit, self.buffer[:self.filled], self.rows, self.next_position)
+        self.buffer_row += self.filled
         self.buffer, self.filled, self.rows = self._new_buffer(), 0, []
 
     def wait(self) -> None:

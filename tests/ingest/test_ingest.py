@@ -265,3 +265,28 @@ def test_worker_counts_and_task_sizes_give_identical_outputs(tmp_path, monkeypat
     by_name = {r["member"]: r for r in rows}
     for name, _ in members[:60:7]:
         assert by_name[f"again/{name}"]["duplicate_of"] == by_name[name]["index"]
+
+
+def test_an_archive_of_few_images_commits_by_member_count(tmp_path, monkeypatch):
+    """Commits also come every COMMIT_MEMBERS members, so the rows held stay bounded when
+    chunks fill slowly; the partly written chunk is completed later, to the same bytes."""
+    import streamclust.ingest.run as run_mod
+
+    images = list(synthetic_jpegs(12, side=16))
+    members = []
+    for k, m in enumerate(images):
+        members.append(m)
+        members += [(f"notes/{k}_{j}.txt", b"not an image %d" % j) for j in range(k % 4 * 3)]
+    src = write_zip(tmp_path / "s.zip", members)
+    cfg = IngestConfig(str(src), size=8, chunk_size=4, workers=1)
+    ingest(cfg, tmp_path / "ref", progress=False)
+    monkeypatch.setattr(run_mod._Writer, "COMMIT_MEMBERS", 5)
+    commits = []
+    real = run_mod.format_rows
+    monkeypatch.setattr(run_mod, "format_rows", lambda rows: commits.append(len(rows)) or real(rows))
+    run = tmp_path / "run"
+    ingest(cfg, run, progress=False)
+    assert max(commits) <= 5 and len(commits) > len(members) // 5
+    assert (run / "manifest.csv").read_bytes() == (tmp_path / "ref" / "manifest.csv").read_bytes()
+    files = lambda root: {p.relative_to(root): p.read_bytes() for p in (root / "images.zarr").rglob("*") if p.is_file()}
+    assert files(run) == files(tmp_path / "ref")

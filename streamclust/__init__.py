@@ -4,6 +4,7 @@ The estimators follow scikit-learn's conventions and accept NumPy, zarr or dask 
 streaming over them ``batch_size`` rows at a time::
 
     >>> from streamclust import StreamingPCA, StreamingKMeans, StreamingGaussianMixture
+    >>> from streamclust import StreamingKernelPCA, StreamingAgglomerative, StreamingTSNE
 
 Names are imported on first use (PEP 562), so that light modules such as the image
 decoder, which every ingestion worker process imports, do not pull in scikit-learn.
@@ -19,6 +20,9 @@ _LAZY = {
     "StreamingPCA": "streamclust.models",
     "StreamingKMeans": "streamclust.models",
     "StreamingGaussianMixture": "streamclust.models",
+    "StreamingKernelPCA": "streamclust.models",
+    "StreamingAgglomerative": "streamclust.models",
+    "StreamingTSNE": "streamclust.models",
     "fit_streaming": "streamclust.models",
     "IngestConfig": "streamclust.config",
     "FitConfig": "streamclust.config",

@@ -296,18 +296,26 @@ class _MiniBatchConvergence:
     for ``max_no_improvement`` consecutive steps.  The first step (inertia of the
     initial centres) is ignored, as in scikit-learn.
 
-    The batches come in storage order rather than drawn at random, so during the first
-    epoch part of the data has not been seen yet: the average is tracked from the start,
-    but neither test stops the fit before every row has been used once (``armed``).
+    The batches come in storage order rather than drawn at random, which changes two
+    things.  During the first epoch part of the data has not been seen yet: the average
+    is tracked from the start, but neither test stops the fit before every row has been
+    used once (``armed``).  And the same batches come back in the same order every
+    epoch, so the average swings with the batch position while the centres creep: each
+    epoch it touches a slightly lower minimum and scikit-learn's rule ("a new minimum")
+    would never fire (random batches drown that creep in noise).  A new minimum
+    therefore counts only when it is below the previous one by more than the standard
+    error of the average, ``sqrt(alpha / (2 - alpha) * var)`` with ``var`` the
+    exponentially weighted variance of the batch inertia around it.
     """
 
-    _STATE = ("steps", "ewa", "ewa_min", "no_improvement")
+    _STATE = ("steps", "ewa", "ewvar", "ewa_min", "no_improvement")
 
     def __init__(self, n_samples: int, max_no_improvement):
         self.n_samples = int(n_samples)
         self.max_no_improvement = max_no_improvement
         self.steps = 0
         self.ewa = np.nan
+        self.ewvar = 0.0
         self.ewa_min = np.nan
         self.no_improvement = 0
 
@@ -318,14 +326,17 @@ class _MiniBatchConvergence:
         if self.steps == 1:
             return False
         inertia = batch_inertia / batch_weight if batch_weight > 0 else 0.0
+        alpha = min(batch_rows * 2.0 / (self.n_samples + 1), 1.0)
         if np.isnan(self.ewa):
             self.ewa = inertia
         else:
-            alpha = min(batch_rows * 2.0 / (self.n_samples + 1), 1.0)
+            delta = inertia - self.ewa
             self.ewa = self.ewa * (1 - alpha) + inertia * alpha
+            self.ewvar = (1 - alpha) * (self.ewvar + alpha * delta * delta)
         if armed and tol > 0.0 and centers_sq_diff <= tol:
             return True
-        if np.isnan(self.ewa_min) or self.ewa < self.ewa_min:
+        margin = np.sqrt(alpha / (2.0 - alpha) * self.ewvar) if alpha < 1 else 0.0
+        if np.isnan(self.ewa_min) or self.ewa < self.ewa_min - margin:
             self.no_improvement, self.ewa_min = 0, self.ewa
         else:
             self.no_improvement += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import re
 
 import numpy as np
 import pytest
@@ -449,3 +450,163 @@ def test_fit_on_row_subset_equals_fit_on_selected_rows():
     ref = StreamingGaussianMixture(**kw).fit(X[rows])
     for attr in FITTED:
         assert_array_equal(getattr(sub, attr), getattr(ref, attr))
+
+
+# --------------------------------------------------------------------------------------
+# sample_weight
+
+
+def _integer_weights(n, seed=0):
+    return np.random.default_rng(seed).integers(1, 5, size=n)
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+@pytest.mark.parametrize("init", ["all three", "means_init"])
+def test_integer_weights_equal_repeated_rows(ct, init):
+    """sklearn's GaussianMixture has no sample_weight: an integer weight must be the row repeated.
+
+    With all three initial arrays the reference is scikit-learn's fit of the repeated rows.
+    With ``means_init`` alone (streamclust then initialises from one nearest-centre pass,
+    which scikit-learn does not do) it is streamclust's own fit of the repeated rows, so
+    the weighted initialisation pass is checked too.
+    """
+    X = _blobs(offset=3.0)
+    w = _integer_weights(X.shape[0])
+    given = _poor_init(X, ct)
+    if init == "means_init":
+        given = {"means_init": given["means_init"]}
+    kw = dict(covariance_type=ct, tol=1e-6, max_iter=300, **given)
+    repeated = np.repeat(X, w, axis=0)
+    if init == "means_init":
+        ref = StreamingGaussianMixture(3, batch_size=211, **kw).fit(repeated)
+    else:
+        ref = GaussianMixture(3, **kw).fit(repeated)
+    est = StreamingGaussianMixture(3, batch_size=97, **kw).fit(X, sample_weight=w)
+    assert est.n_iter_ == ref.n_iter_ and est.n_iter_ >= 5
+    for attr in FITTED:
+        assert_allclose(getattr(est, attr), getattr(ref, attr), rtol=1e-8, atol=1e-10, err_msg=attr)
+    assert_allclose(est.lower_bound_, ref.lower_bound_, rtol=1e-10)
+    assert_allclose(est.lower_bounds_, ref.lower_bounds_, rtol=1e-10)
+    # scaling every weight changes nothing
+    half = StreamingGaussianMixture(3, batch_size=97, **kw).fit(X, sample_weight=0.5 * w)
+    assert_allclose(half.means_, est.means_, rtol=1e-10)
+    assert_allclose(half.lower_bound_, est.lower_bound_, rtol=1e-10)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
+def test_weighted_fit_on_zarr_and_dask_equals_numpy_and_uses_the_weights(init_params):
+    import dask.array as da
+    import zarr
+
+    X = _blobs(seed=2)
+    w = np.random.default_rng(1).uniform(0.2, 3.0, size=X.shape[0])
+    Z = zarr.create_array(store=zarr.storage.MemoryStore(), shape=X.shape, chunks=(61, 3), dtype="f8")
+    Z[:] = X
+    kw = dict(n_components=3, covariance_type="diag", init_params=init_params, random_state=3, batch_size=89)
+    a = StreamingGaussianMixture(**kw).fit(X, sample_weight=w)
+    b = StreamingGaussianMixture(**kw).fit(Z, sample_weight=w)
+    c = StreamingGaussianMixture(**kw).fit(da.from_array(X, chunks=(113, 3)), sample_weight=da.from_array(w))
+    for other in (b, c):
+        for attr in FITTED:
+            assert_array_equal(getattr(other, attr), getattr(a, attr), err_msg=attr)
+    unweighted = StreamingGaussianMixture(**kw).fit(X)
+    assert not np.allclose(unweighted.lower_bound_, a.lower_bound_)
+
+
+def test_weighted_resume_mid_pass_is_exact(tmp_path):
+    X = _blobs(seed=4)
+    w = _integer_weights(X.shape[0], seed=5).astype(float)
+    kw = dict(n_components=3, covariance_type="full", random_state=7, n_init=2, batch_size=97, tol=1e-6)
+    ref = StreamingGaussianMixture(**kw).fit(X, sample_weight=w)
+    path = tmp_path / "gmm.npz"
+    seen = []
+
+    def stop(name, done, n):
+        seen.append(name)
+        if len(seen) == 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_streaming(StreamingGaussianMixture(**kw), X, sample_weight=w,
+                      checkpoint=Checkpointer(path, "key", every_seconds=0), progress=stop)
+    assert seen[-1].startswith("EM iteration")
+    resumed = fit_streaming(StreamingGaussianMixture(**kw), X, sample_weight=w,
+                            checkpoint=Checkpointer(path, "key", every_seconds=0))
+    for attr in FITTED:
+        assert_array_equal(getattr(resumed, attr), getattr(ref, attr))
+    assert resumed.lower_bounds_ == ref.lower_bounds_
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_weighted_pass_in_dask_blocks_equals_in_process(ct, rng):
+    """What a dask task does: a copy of the pass's accumulator over a block of rows, merged."""
+    from streamclust.distributed import _accumulate
+    from streamclust.models._batches import RowSource
+
+    X = rng.normal(size=(400, 3)) * 2 + 10.0
+    w = rng.uniform(0.1, 2.0, size=400)
+    est = StreamingGaussianMixture(3, covariance_type=ct, random_state=0, batch_size=64).fit(X)
+    source = RowSource(X)
+    for make in (lambda: GMMStatsAccumulator(est.weights_, est.means_, est.precisions_cholesky_, ct,
+                                             sample_weight=w),
+                 lambda: HardAssignAccumulator(est.means_, ct, sample_weight=w)):
+        whole = make()
+        for lo, Xb in source.iter_batches(50):
+            whole.update(Xb, lo)
+        parts = [_accumulate(make(), source, lo, hi, 50, np.float64) for lo, hi in [(0, 150), (150, 300), (300, 400)]]
+        for part in parts[1:]:
+            parts[0].merge(part)
+        for key, value in whole.state_dict().items():
+            assert_allclose(parts[0].state_dict()[key], value, rtol=1e-9, atol=1e-8, err_msg=key)
+        assert parts[0].weight_sum == pytest.approx(w.sum())
+
+
+# --------------------------------------------------------------------------------------
+# float32, messages
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_float32_input_gives_float32_attributes_from_float64_statistics(ct):
+    X32 = _blobs(seed=6).astype(np.float32)
+    kw = dict(n_components=3, covariance_type=ct, random_state=0, batch_size=97)
+    g32 = StreamingGaussianMixture(**kw).fit(X32)
+    g64 = StreamingGaussianMixture(**kw).fit(X32.astype(np.float64))
+    for attr in FITTED:
+        assert getattr(g32, attr).dtype == np.float32, attr
+        assert_array_equal(getattr(g32, attr), getattr(g64, attr).astype(np.float32), err_msg=attr)
+    assert g32.n_iter_ == g64.n_iter_ and g32.lower_bound_ == g64.lower_bound_
+    assert g32.predict_proba(X32).dtype == np.float32 and g32.score_samples(X32).dtype == np.float32
+    assert g32.predict_proba(X32.astype(np.float64)).dtype == np.float64
+    # inference uses the float64 parameters the attributes were cast from
+    assert_array_equal(g32.predict(X32), g64.predict(X32))
+    assert g32.score(X32) == g64.score(X32)
+    # warm start from float32 attributes continues the float64 fit
+    warm = dict(kw, warm_start=True, max_iter=1)
+    with pytest.warns(ConvergenceWarning):
+        a = StreamingGaussianMixture(**warm).fit(X32).fit(X32)
+        b = StreamingGaussianMixture(**warm).fit(X32.astype(np.float64)).fit(X32.astype(np.float64))
+    assert_array_equal(a.means_, b.means_.astype(np.float32))
+    g32.partial_fit(X32[:200])
+    assert g32.means_.dtype == np.float32
+
+
+def test_float32_weights_init_normalised_at_float32_precision():
+    X = _blobs().astype(np.float32)
+    weights = np.random.RandomState(7).rand(4).astype(np.float32)
+    weights = weights / weights.sum()
+    # normalised at float32 precision, but off by more than float64's tolerance (the issue's case)
+    assert 1e-8 < abs(1.0 - np.sum(weights, dtype=np.float64)) < 1e-6
+    gm = StreamingGaussianMixture(4, weights_init=weights, random_state=0, batch_size=97).fit(X)
+    assert_allclose(gm.weights_.sum(), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="normalized"):
+        StreamingGaussianMixture(4, weights_init=(weights * 1.001).astype(np.float32)).fit(X)
+
+
+def test_ill_defined_covariance_has_sklearns_message():
+    X = np.repeat(np.array([[0.0, 1.0], [3.0, 3.0]]), 50, axis=0)
+    msg = ("Fitting the mixture model failed because some components have ill-defined empirical covariance "
+           "(for instance caused by singleton or collapsed samples). Try to decrease the number of "
+           "components, increase reg_covar, or scale the input data.")
+    for ct in COV_TYPES:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            StreamingGaussianMixture(2, covariance_type=ct, reg_covar=0.0, random_state=0).fit(X)

@@ -53,6 +53,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -165,13 +166,14 @@ t_start = time.perf_counter()
 import io, zipfile
 import numpy as np
 from PIL import Image
+size = int(sys.argv[3]) if len(sys.argv) > 3 else 64
 t0 = time.perf_counter()
 imgs = []
 with zipfile.ZipFile(sys.argv[1]) as zf:
     for info in zf.infolist():
         if info.is_dir():
             continue
-        im = Image.open(io.BytesIO(zf.read(info))).convert("RGB").resize((64, 64))
+        im = Image.open(io.BytesIO(zf.read(info))).convert("RGB").resize((size, size))
         imgs.append(np.asarray(im))
 X = np.stack(imgs)
 t1 = time.perf_counter()
@@ -282,9 +284,9 @@ def run_child(argv: list[str], *, monitor: bool, interval: float = 0.05) -> dict
     return out
 
 
-def run_naive(zip_path: Path, tmp: Path, *, monitor: bool) -> dict:
+def run_naive(zip_path: Path, tmp: Path, *, monitor: bool, size: int = 64) -> dict:
     res = tmp / "naive.json"
-    out = run_child([sys.executable, "-c", NAIVE_CODE, str(zip_path), str(res)], monitor=monitor)
+    out = run_child([sys.executable, "-c", NAIVE_CODE, str(zip_path), str(res), str(size)], monitor=monitor)
     out.update(json.loads(res.read_text()))
     return out
 
@@ -464,6 +466,218 @@ def sweep_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- small images (real data)
+
+def data_dir() -> Path:
+    """The real image sets: ``$STREAMCLUST_DATA``, else ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("STREAMCLUST_DATA") or ROOT.parent / "shared" / "data")
+
+
+def make_upscaled_zip(src: Path, path: Path, n: int, side: int = 96, quality: int = 95) -> dict:
+    """The first ``n`` images of ``src`` upscaled (bicubic) to ``side`` px, as JPEG ``quality``."""
+    t0 = time.perf_counter()
+    nbytes = 0
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for info in [i for i in zin.infolist() if not i.is_dir()][:n]:
+            im = Image.open(io.BytesIO(zin.read(info))).convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=quality)
+            nbytes += buf.tell()
+            zout.writestr(Path(info.filename).with_suffix(".jpg").name, buf.getvalue())
+    return {"jpeg_bytes": nbytes, "generation_s": round(time.perf_counter() - t0, 2)}
+
+
+def head_zip(src: Path, path: Path, n: int) -> Path:
+    """The first ``n`` file members of ``src`` (for the fixed cost of a route)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for info in [i for i in zin.infolist() if not i.is_dir()][:n]:
+            zout.writestr(info.filename, zin.read(info))
+    return path
+
+
+def small_cases(names: list[str], tmp: Path, n96: int, n256: int, seed: int) -> list[dict]:
+    """The cases to compare: ``{"name", "zip", "n", "size", "data"}``, or ``{"name", "skipped"}``."""
+    data = data_dir()
+    cases = []
+    for name in names:
+        if name in ("cifar10", "mnist", "cifar96") and not (data / f"{name.replace('96', '10')}.zip").exists():
+            cases.append({"name": name, "skipped": f"{data / name.replace('96', '10')}.zip not found "
+                          "(set STREAMCLUST_DATA to the folder of the real image sets)"})
+            continue
+        if name == "cifar10":
+            src = data / "cifar10.zip"
+            cases.append({"name": name, "zip": src, "size": 32, "data": "real: CIFAR-10, 32x32 JPEG, to 32x32"})
+        elif name == "mnist":
+            src = data / "mnist.zip"
+            cases.append({"name": name, "zip": src, "size": 28, "data": "real: MNIST, 28x28 grey PNG, to 28x28"})
+        elif name == "cifar96":
+            src = tmp / "cifar96.zip"
+            gen = make_upscaled_zip(data / "cifar10.zip", src, n96)
+            print(f"generated {n96} 96 px q95 JPEGs from CIFAR-10 in {gen['generation_s']} s (not timed)",
+                  file=sys.stderr)
+            cases.append({"name": name, "zip": src, "size": 64,
+                          "data": "real pictures: CIFAR-10 upscaled (bicubic) to 96x96, JPEG q95, to 64x64"})
+        elif name == "synthetic256":
+            src = tmp / "faces256.zip"
+            make_zip(src, n256, side=256, seed=seed)
+            cases.append({"name": name, "zip": src, "size": 64,
+                          "data": "synthetic: 256x256 face JPEGs q90 (generated), to 64x64"})
+        else:
+            raise SystemExit(f"unknown case {name!r}")
+        with zipfile.ZipFile(cases[-1]["zip"]) as zf:
+            cases[-1]["n"] = sum(not i.is_dir() for i in zf.infolist())
+    return cases
+
+
+def decoder_alone(zip_path: Path, size: int, sample: int = 2000, repeat: int = 3) -> dict:
+    """CPU ms per image, one core, of streamclust's decoder alone and of the naive step."""
+    from streamclust.ingest.decode import DecodeParams, decode_image
+
+    with zipfile.ZipFile(zip_path) as zf:
+        datas = [zf.read(i) for i in zf.infolist() if not i.is_dir()][:sample]
+    params = DecodeParams(size, 64_000_000, 8, 4.0, (255, 255, 255))
+
+    def best(fn) -> float:
+        t = float("inf")
+        for _ in range(repeat):
+            t0 = time.process_time()
+            for d in datas:
+                fn(d)
+            t = min(t, time.process_time() - t0)
+        return t / len(datas) * 1e3
+
+    return {"decoder_ms": best(lambda d: decode_image(d, "x", params)),
+            "naive_step_ms": best(lambda d: np.asarray(Image.open(io.BytesIO(d)).convert("RGB").resize((size, size))))}
+
+
+def compare_small(case: dict, repeat: int, tmp: Path) -> dict:
+    zip_path, size, n = case["zip"], case["size"], case["n"]
+    extra = ["--size", str(size)]
+    naive, sc = [], []
+    for r in range(repeat):
+        order = ((run_naive, naive), (run_streamclust, sc)) if r % 2 == 0 else ((run_streamclust, sc), (run_naive, naive))
+        for fn, runs in order:
+            runs.append(fn(zip_path, tmp, monitor=False, size=size) if fn is run_naive
+                        else fn(zip_path, tmp, monitor=False, extra=extra))
+        print(f"  {case['name']} run {r + 1}/{repeat}: naive {naive[-1]['wall_s']:.2f} s, "
+              f"streamclust {sc[-1]['wall_s']:.2f} s", file=sys.stderr)
+    small = head_zip(zip_path, tmp / "head16.zip", 16)
+    fixed = [run_streamclust(small, tmp, monitor=False, extra=extra)["wall_s"] for _ in range(repeat)]
+    naive_mem = run_naive(zip_path, tmp, monitor=True, size=size)
+    sc_mem = run_streamclust(zip_path, tmp, monitor=True, extra=extra)
+    assert naive[0]["n"] == n, (naive[0]["n"], n)
+    wait_idle()
+    alone = decoder_alone(zip_path, size)
+    cores = len(os.sched_getaffinity(0))
+    out = {k: v for k, v in case.items() if k != "zip"}
+    out.update(
+        cores=cores, repeat=repeat,
+        naive_wall_s=_median(naive, "wall_s"), sc_wall_s=_median(sc, "wall_s"),
+        naive_wall_runs=[round(r["wall_s"], 3) for r in naive], sc_wall_runs=[round(r["wall_s"], 3) for r in sc],
+        naive_busy=[r["machine_busy_cores"] for r in naive], sc_busy=[r["machine_busy_cores"] for r in sc],
+        sc_ok=sc[0]["ok"], sc_fixed_s=statistics.median(fixed),
+        naive_ru_maxrss_mib=naive_mem["ru_maxrss_kib"] / 1024, sc_ru_maxrss_mib=sc_mem["ru_maxrss_kib"] / 1024,
+        naive_pss_mib=naive_mem["tree_pss_peak_mib"], sc_pss_mib=sc_mem["tree_pss_peak_mib"], **alone)
+    out["ratio"] = out["sc_wall_s"] / out["naive_wall_s"]
+    out["ceiling_s"] = n * alone["decoder_ms"] / 1e3 / cores  # the decoder alone, spread over the cores
+    out["ceiling_share"] = out["ceiling_s"] / max(out["sc_wall_s"] - out["sc_fixed_s"], 1e-9)
+    return out
+
+
+def small_table(rows: list[dict]) -> str:
+    lines = ["| case | data | N | naive wall s | streamclust wall s | ratio | images/s naive | images/s streamclust "
+             "| main ru_maxrss MiB naive / streamclust | tree PSS peak MiB naive / streamclust "
+             "| decoder alone ms/image (1 core) | ceiling s (N x decoder / cores) | streamclust wall - fixed s "
+             "| share of the ceiling |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 12)
+            continue
+        lines.append(
+            f"| {r['name']} | {r['data']} | {r['n']:,} | {r['naive_wall_s']:.2f} | {r['sc_wall_s']:.2f} "
+            f"| **{r['ratio']:.2f}x** | {r['n'] / r['naive_wall_s']:,.0f} | {r['n'] / r['sc_wall_s']:,.0f} "
+            f"| {r['naive_ru_maxrss_mib']:.0f} / {r['sc_ru_maxrss_mib']:.0f} | {r['naive_pss_mib']:.0f} / {r['sc_pss_mib']:.0f} "
+            f"| {r['decoder_ms']:.3f} (naive step {r['naive_step_ms']:.3f}) | {r['ceiling_s']:.2f} "
+            f"| {r['sc_wall_s'] - r['sc_fixed_s']:.2f} | {r['ceiling_share']:.0%} |")
+    busy = "; ".join(f"{r['name']}: naive {', '.join(f'{b:.2f}' for b in r['naive_busy'])} / streamclust "
+                     f"{', '.join(f'{b:.2f}' for b in r['sc_busy'])}" for r in rows if "skipped" not in r)
+    lines += ["", f"Busy cores of the whole machine during each timing run (ours included): {busy}.",
+              "Fixed cost (streamclust on the first 16 members): "
+              + ", ".join(f"{r['name']} {r['sc_fixed_s']:.2f} s" for r in rows if "skipped" not in r) + "."]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- memory per member
+
+def write_tiny_zip(path: Path, n: int, kind: str) -> dict:
+    """``n`` members written by hand (fast): ``kind`` "empty" (0 bytes) or "pgm" (distinct
+    8x8 grey PGM images, so the duplicate index grows by one key a member)."""
+    t0 = time.perf_counter()
+    local = struct.Struct("<4s2B4HL2L2H")
+    central = struct.Struct("<4s4B4HL2L5H2L")
+    with open(path, "wb") as fh, tempfile.TemporaryFile(dir=path.parent) as cd:
+        offset = 0
+        for i in range(n):
+            name = b"m/%09d.pgm" % i
+            if kind == "empty":
+                data = b""
+            else:
+                data = b"P5 8 8 255\n" + i.to_bytes(8, "little") * 8
+            crc = zlib.crc32(data)
+            fh.write(local.pack(b"PK\x03\x04", 20, 0, 0, 0, 0, 0x21, crc, len(data), len(data), len(name), 0))
+            fh.write(name)
+            fh.write(data)
+            cd.write(central.pack(b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 0x21, crc, len(data), len(data),
+                                  len(name), 0, 0, 0, 0, 0o644 << 16, offset))
+            cd.write(name)
+            offset += local.size + len(name) + len(data)
+        cd_size = cd.tell()
+        cd.seek(0)
+        shutil.copyfileobj(cd, fh, 16 * MiB)
+        fh.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(n, 0xFFFF), min(n, 0xFFFF), cd_size, offset, 0)
+                 if n < 0xFFFF else _zip64_end(n, cd_size, offset))
+    return {"zip_bytes": path.stat().st_size, "generation_s": round(time.perf_counter() - t0, 1)}
+
+
+def _zip64_end(n: int, cd_size: int, cd_offset: int) -> bytes:
+    end64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, cd_size, cd_offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, cd_offset + cd_size, 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return end64 + locator + end
+
+
+def member_sweep(sizes: list[int], kind: str, tmp: Path) -> list[dict]:
+    """The main process's peak RSS against the member count (streamclust alone, 8x8 output)."""
+    rows = []
+    for n in sizes:
+        zip_path = tmp / f"tiny_{kind}_{n}.zip"
+        gen = write_tiny_zip(zip_path, n, kind)
+        print(f"member sweep: {n:,} {kind} members ({gen['zip_bytes'] / MiB:.0f} MiB zip) in "
+              f"{gen['generation_s']} s", file=sys.stderr)
+        mem = run_streamclust(zip_path, tmp, monitor=True, extra=["--size", "8"])
+        zip_path.unlink()
+        rows.append({"n": n, "kind": kind, "zip_mib": gen["zip_bytes"] / MiB, "wall_s": mem["wall_s"], "ok": mem["ok"],
+                     "main_ru_maxrss_mib": mem["ru_maxrss_kib"] / 1024, "tree_pss_peak_mib": mem["tree_pss_peak_mib"],
+                     "max_descendant_hwm_mib": mem["max_descendant_hwm_mib"]})
+        print(f"  ingest {n:,}: {mem['wall_s']:.1f} s, main {rows[-1]['main_ru_maxrss_mib']:.0f} MiB", file=sys.stderr)
+    return rows
+
+
+def member_table(rows: list[dict]) -> str:
+    base = rows[0]
+    lines = ["| members | kind | ok images | zip MiB | wall s | members/s | main ru_maxrss MiB | bytes per member "
+             f"over N = {base['n']:,} | tree PSS peak MiB | max worker HWM MiB |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        per = ((r["main_ru_maxrss_mib"] - base["main_ru_maxrss_mib"]) * MiB / (r["n"] - base["n"])
+               if r["n"] != base["n"] else float("nan"))
+        lines.append(f"| {r['n']:,} | {r['kind']} | {r['ok']:,} | {r['zip_mib']:.0f} | {r['wall_s']:.1f} "
+                     f"| {r['n'] / r['wall_s']:,.0f} | {r['main_ru_maxrss_mib']:.0f} | {per:.0f} "
+                     f"| {r['tree_pss_peak_mib']:.0f} | {r['max_descendant_hwm_mib']:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -480,6 +694,14 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-compare", action="store_true", help="skip the naive-vs-streamclust comparison")
     ap.add_argument("--per-image", action="store_true",
                     help="also time each decoding step per image, in this process (where the time goes)")
+    ap.add_argument("--small", default=None, metavar="CASES",
+                    help="compare on these cases instead: cifar10, mnist, cifar96, synthetic256 (comma-separated; "
+                         "the real sets come from $STREAMCLUST_DATA, default ../shared/data)")
+    ap.add_argument("--n96", type=int, default=20000, help="images in the cifar96 case (default 20000)")
+    ap.add_argument("--member-sweep", default=None, metavar="SIZES",
+                    help="main-process RSS against the member count, e.g. 10000,1000000,10000000")
+    ap.add_argument("--member-kind", default="pgm", choices=("pgm", "empty"),
+                    help="members of the member sweep: distinct 8x8 PGM images, or empty members")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the temporary files (default: system temp)")
     ap.add_argument("--idle-wait", type=float, default=120.0,
                     help="before each run, wait up to this many seconds for the CPUs to be < 25%% busy (default 120)")
@@ -493,7 +715,18 @@ def main(argv=None) -> int:
         "platform": platform.platform(), "pillow": Image.__version__}}
     with tempfile.TemporaryDirectory(prefix="bench_ingest_", dir=args.tmp) as td:
         tmp = Path(td)
-        if not args.skip_compare:
+        if args.small:
+            cases = small_cases(args.small.split(","), tmp, args.n96, args.n, args.seed)
+            for case in cases:
+                if "skipped" in case:
+                    print(f"skipping {case['name']}: {case['skipped']}", file=sys.stderr)
+            result["small"] = [c if "skipped" in c else compare_small(c, args.repeat, tmp) for c in cases]
+            print("\n" + small_table(result["small"]) + "\n")
+        if args.member_sweep:
+            sizes = [int(v) for v in args.member_sweep.split(",") if v]
+            result["members"] = member_sweep(sizes, args.member_kind, tmp)
+            print("\n" + member_table(result["members"]) + "\n")
+        if not args.skip_compare and not args.small and not args.member_sweep:
             result["compare"] = compare(args.n, args.repeat, tmp, args.seed, args.pool)
             print("\n" + compare_table(result["compare"]) + "\n")
         if args.per_image:
@@ -504,7 +737,7 @@ def main(argv=None) -> int:
             sizes = [int(s) for s in args.sweep_sizes.split(",") if s]
             result["sweep"] = sweep(sizes, tmp, args.seed, args.sweep_pool)
             print("\n" + sweep_table(result["sweep"]) + "\n")
-    if "compare" in result or "sweep" in result:
+    if any(k in result for k in ("compare", "sweep", "small", "members")):
         print("main ru_maxrss: kernel high-water RSS of the main process (getrusage RUSAGE_SELF in the child). "
               "tree RSS/PSS sum peak: peak of the summed RSS/PSS of the main process and all its descendants "
               "(forkserver + decode workers), psutil polling every 50 ms; RSS counts shared pages once per process. "

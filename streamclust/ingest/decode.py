@@ -66,7 +66,8 @@ class Decoded:
 
     status: str
     reason: str = ""
-    pixels: np.ndarray | None = None  # (size, size, 3) uint8 when status == "ok"
+    pixels: np.ndarray | None = None  # (size, size, 3) uint8 when status == "ok" (decode_image)
+    image: Image.Image | None = None  # or the size x size image, mode "RGB" or "L" (decode_members)
     width: int | None = None
     height: int | None = None
     format: str = ""
@@ -116,15 +117,19 @@ except ImportError:  # pragma: no cover
     struct_error = ValueError
 
 
-def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Any Pillow mode to RGB; alpha is composited on ``background``."""
+def _to_rgb_or_grey(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any Pillow mode to RGB, or to 8-bit grey ("L") for grey images; alpha is composited
+    on ``background``.  (Grey is made RGB last, by repeating it: resampling each band
+    alone gives the same values, at a third of the work.)"""
     mode = im.mode
     if mode in _HIGH_BIT_MODES:
         arr = np.asarray(im, dtype=np.float64)
         hi = float(arr.max()) if arr.size else 0.0
         scale = 255.0 / 65535.0 if hi > 255 else 1.0
         arr8 = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB")
+        return Image.fromarray(arr8, "L")
+    if mode == "L" and "transparency" not in im.info:
+        return im
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif mode in ("PA", "LA", "La", "RGBa", "RGBA") or (mode in ("L", "RGB") and "transparency" in im.info):
@@ -146,11 +151,16 @@ def decode_image(data: bytes | None, name: str, params: DecodeParams) -> Decoded
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # we enforce our own pixel cap
-        return _decode_safely(data, name, params)
+        dec = _decode_safely(data, name, params)
+    if dec.image is not None:
+        im, dec.image = dec.image, None
+        dec.pixels = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    return dec
 
 
 def decode_members(items: Iterable[tuple[bytes | None, str]], params: DecodeParams) -> Iterator[Decoded]:
-    """:func:`decode_image` of each ``(data, name)``, lazily (warnings silenced once for all)."""
+    """Decode each ``(data, name)`` as :func:`decode_image` does, lazily (warnings silenced
+    once for all); an ok result carries its ``image`` ("RGB" or "L"), not ``pixels``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for data, name in items:
@@ -174,7 +184,7 @@ _ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"
 def _may_be_oriented(im: Image.Image) -> bool:
     """False when ``ImageOps.exif_transpose`` would certainly leave ``im`` as it is."""
     return (getattr(im, "_exif", None) is not None or hasattr(im, "tag_v2")
-            or any(key in im.info for key in _ORIENTATION_KEYS))
+            or not im.info.keys().isdisjoint(_ORIENTATION_KEYS))
 
 
 #: a source side under this many times the target side is "small": resized with
@@ -238,17 +248,16 @@ def _decode(data: bytes | None, name: str, params: DecodeParams) -> Decoded:
             im = ImageOps.exif_transpose(im)
         except Exception as exc:  # noqa: BLE001 - a broken EXIF block only loses the orientation
             note = f"EXIF orientation ignored ({type(exc).__name__})"
-    im = _to_rgb(im, params.background)
+    im = _to_rgb_or_grey(im, params.background)
     cw, ch = im.size
     side = min(cw, ch)
     if not cw == ch == side == size:  # (the same size: resize would only copy it)
         left, top = (cw - side) // 2, (ch - side) // 2
         im = im.resize((size, size), resample_filter(side, size), box=(left, top, left + side, top + side),
                        reducing_gap=2.0)
-    pixels = np.frombuffer(im.tobytes(), dtype=np.uint8)
-    if pixels.size != size * size * 3:  # pragma: no cover - defensive
-        return Decoded("error", f"unexpected decoded size {pixels.size} for {size}x{size} RGB", **info)
-    return Decoded("ok", "", pixels=pixels.reshape(size, size, 3), note=note, **info)
+    if im.size != (size, size) or im.mode not in ("RGB", "L"):  # pragma: no cover - defensive
+        return Decoded("error", f"unexpected decoded image {im.mode} {im.size}", **info)
+    return Decoded("ok", "", image=im, note=note, **info)
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -28,33 +28,40 @@ from .readers import ArchiveReader, Member
 from .zipdir import Span
 
 __all__ = ["DecodedBatches", "decoded_members_distributed", "write_rows_from_staging", "TASK_MEMBERS_DISTRIBUTED",
-           "TASK_BYTES", "TASK_MEMBERS"]
+           "TASK_BYTES", "TASK_MEMBERS", "task_members"]
 
 logger = logging.getLogger(__name__)
 
-#: a worker task holds about this many bytes of members, and at most TASK_MEMBERS of them:
-#: about 1,000 small images (CIFAR, MNIST) or 100 of 256 px; a few tens of ms of decoding each
+#: a worker task holds about this many bytes of members, and at most TASK_MEMBERS of them,
+#: and at most TASK_PIXEL_BYTES of decoded images: about 1,000 small images (CIFAR, MNIST)
+#: or 100 of 256 px, a few tens of ms of decoding each
 TASK_BYTES = 1 << 20
 TASK_MEMBERS = 1024
+TASK_PIXEL_BYTES = 16 << 20
+
+
+def task_members(size: int) -> int:
+    """Members per task at most, for images of ``size x size``."""
+    return max(1, min(TASK_MEMBERS, TASK_PIXEL_BYTES // (3 * size * size)))
 
 Task = Span | list  # a zip span, or members read by the main process
 
 
-def _tasks(reader: ArchiveReader, start: int) -> Iterator[Task]:
+def _tasks(reader: ArchiveReader, start: int, size: int) -> Iterator[Task]:
     """The blocks of members from ``start``, in source order."""
     if reader.kind == "zip":
-        return reader.spans(start, TASK_BYTES, TASK_MEMBERS)
-    return _blocks(reader.members(start))
+        return reader.spans(start, TASK_BYTES, task_members(size))
+    return _blocks(reader.members(start), task_members(size))
 
 
-def _blocks(members: Iterable[Member]) -> Iterator[list[Member]]:
-    """``members`` in lists of about :data:`TASK_BYTES` (at most :data:`TASK_MEMBERS`)."""
+def _blocks(members: Iterable[Member], max_members: int = TASK_MEMBERS) -> Iterator[list[Member]]:
+    """``members`` in lists of about :data:`TASK_BYTES` (at most ``max_members``)."""
     batch: list[Member] = []
     nbytes = 0
     for m in members:
         batch.append(m)
         nbytes += len(m.data or b"")
-        if len(batch) >= TASK_MEMBERS or nbytes >= TASK_BYTES:
+        if len(batch) >= max_members or nbytes >= TASK_BYTES:
             yield batch
             batch, nbytes = [], 0
     if batch:
@@ -158,7 +165,7 @@ class DecodedBatches:
 
     def __init__(self, reader: ArchiveReader, start: int, params: DecodeParams, workers: int):
         self.reader, self.params = reader, params
-        self.tasks = _tasks(reader, start)
+        self.tasks = _tasks(reader, start, params.size)
         self.window = 3 * workers
         self.pool = _Pool(workers, reader, params) if workers > 1 else None
         self.inflight: deque[tuple[Task, Future]] = deque()

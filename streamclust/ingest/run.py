@@ -189,7 +189,7 @@ class _Writer:
     PAIRS_PER_BATCH = 256
     #: a commit also comes after this many members without one (the rows held stay
     #: bounded in an archive of few images); the chunk in progress is then written in part
-    COMMIT_MEMBERS = 1 << 16
+    COMMIT_MEMBERS = 1 << 14
 
     def __init__(self, layout: RunLayout, cfg: IngestConfig, state: dict, *, client=None, staging: str | None = None):
         import zarr  # imported here: the decode workers start up meanwhile
@@ -433,12 +433,19 @@ def ingest(
 
 def _fill_counts(summary: IngestSummary, manifest: Path) -> None:
     counts: Counter = Counter()
+    duplicates = 0
     for row in read_manifest(manifest):
         counts[row["status"]] += 1
-        summary.duplicates += bool(row["duplicate_of"])
+        duplicates += bool(row["duplicate_of"])
+    _set_counts(summary, counts, duplicates)
+
+
+def _set_counts(summary: IngestSummary, counts: Counter, duplicates: int) -> None:
+    counts = Counter(counts)
     summary.members = sum(counts.values())
     summary.ok = counts.pop("ok", 0)
     summary.skipped = dict(counts)
+    summary.duplicates = duplicates
 
 
 def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progress: bool | None,
@@ -454,6 +461,7 @@ def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progres
     start = state["members_done"]
     if start:
         logger.info("resuming ingestion at member %d (%d images already written)", start, state["rows_done"])
+    counts = None  # (status counts, duplicates) of every row, when the writer ran
     if not state["finished"]:  # (finished: killed before the manifest was moved into place)
         params = DecodeParams(config.size, config.max_pixels, config.min_side, config.max_aspect, config.background)
         staged = None
@@ -483,6 +491,7 @@ def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progres
                         skipped = sum(v for k, v in writer.counts.items() if k != "ok")
                         bar.set_postfix(ok=writer.counts["ok"], skipped=skipped, refresh=False)
                 writer.finish()
+                counts = writer.counts, writer.duplicates
             finally:
                 writer.close()
         finally:
@@ -492,13 +501,17 @@ def _run(reader: ArchiveReader, config: IngestConfig, layout: RunLayout, progres
     os.replace(layout.state_dir / "manifest.part.csv", layout.manifest)
     fsync_dir(layout.root)
     remove_store(staging_location(layout, config.store))
-    return _finalise(layout, t0, start)
+    return _finalise(layout, t0, start, counts)
 
 
-def _finalise(layout: RunLayout, t0: float, start: int) -> IngestSummary:
-    """Write the summary, then (last) the completion marker."""
+def _finalise(layout: RunLayout, t0: float, start: int, counts: tuple[Counter, int] | None = None) -> IngestSummary:
+    """Write the summary, then (last) the completion marker.  ``counts``: the writer's
+    (status counts, duplicates); without them they are read back from the manifest."""
     summary = IngestSummary(str(layout.root), seconds=time.perf_counter() - t0, resumed_from=start)
-    _fill_counts(summary, layout.manifest)
+    if counts is None:
+        _fill_counts(summary, layout.manifest)
+    else:
+        _set_counts(summary, *counts)
     write_json(layout.ingest_summary, {
         "members": summary.members, "ok": summary.ok, "duplicates": summary.duplicates,
         "skipped": summary.skipped, "seconds": round(summary.seconds, 3), "resumed_from": start,

@@ -105,3 +105,28 @@ def test_fuzz_random_bytes_always_get_a_status(data):
     out = decode_image(data, "x", PARAMS)
     assert out.status in STATUSES
     assert (out.pixels is not None) == (out.status == "ok")
+
+
+@pytest.mark.parametrize("w,h,size", [(28, 28, 28), (40, 30, 16), (92, 112, 64), (300, 200, 32), (64, 64, 20)])
+def test_grey_is_resized_as_grey_to_the_values_of_the_rgb_route(w, h, size):
+    from streamclust.ingest.decode import resample_filter
+
+    im = noise(w, h, 7, mode="L")
+    out = decode_image(encode(im, "PNG"), "g.png", DecodeParams(size, 10**8, 1, 4.0, (0, 0, 0)))
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    ref = im.convert("RGB").resize((size, size), resample_filter(side, size), box=box, reducing_gap=2.0)
+    np.testing.assert_array_equal(out.pixels, np.asarray(ref))
+
+
+def test_a_batch_holds_the_pixels_decode_image_gives():
+    from streamclust.ingest.batch import decode_batch
+    from streamclust.ingest.readers import Member
+
+    members = [Member(k, name, data) for k, (name, data, _) in enumerate(hostile_members())]
+    batch = decode_batch(members, PARAMS)
+    expected = [decode_image(m.data, m.name, PARAMS) for m in members]
+    assert [r[2] for r in batch.rows] == [d.status for d in expected]
+    ok = [d.pixels for d in expected if d.status == "ok"]
+    assert batch.ok == [k for k, d in enumerate(expected) if d.status == "ok"]
+    np.testing.assert_array_equal(batch.pixels, np.stack(ok))

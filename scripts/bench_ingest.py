@@ -2,6 +2,8 @@
 """Benchmark ``streamclust ingest`` against the naive notebook loop, in one script run.
 
     python scripts/bench_ingest.py [--n 3000] [--repeat 3] [--out results.json] [--rss-sweep]
+    python scripts/bench_ingest.py --small cifar10,mnist,cifar96,synthetic256 --repeat 3
+    python scripts/bench_ingest.py --member-sweep 100000,1000000,10000000
 
 What it does
 ------------
@@ -34,6 +36,22 @@ What it does
    smaller (128x128) JPEGs, built from a pool of 2,000 distinct images; each member gets a
    unique JPEG comment segment so that every member's bytes (and sha256) differ and the
    duplicate index grows as with a real collection.  The decoder decodes every member.
+
+4. ``--small cifar10,mnist,cifar96,synthetic256``: the same comparison (naive loop and
+   streamclust alternating, medians of ``--repeat``) on small images, real ones from
+   ``$STREAMCLUST_DATA`` (default ``../shared/data`` beside the repository; a case whose
+   data are absent is skipped with the reason printed; nothing is copied): CIFAR-10
+   (60,000 32 px JPEGs, to 32), MNIST (20,000 28 px grey PNGs, to 28), ``--n96`` CIFAR-10
+   images upscaled to 96 px and saved as JPEG q95 (to 64), and the synthetic 256 px faces
+   (``--n``, to 64).  Each case also reports the ceiling: streamclust's decoder alone
+   (CPU ms per image on one core, best of 3 over 2,000 members) times N, divided by the
+   cores; and how much of streamclust's wall time (less its fixed cost, a 16-member run)
+   that ceiling accounts for.
+5. ``--filters``: cost and distance from Lanczos of each resize filter on small real
+   sources (ORL 92x112 faces, CIFAR-10 upscaled to 96), to 64 px.
+6. ``--member-sweep 10000,1000000,10000000``: the main process's peak RSS against the
+   member count, on zips written by hand of distinct 8x8 grey PGM images (every member
+   an ok image with its own digest) or, with ``--member-kind empty``, of empty members.
 
 Prints markdown tables; ``--out`` writes the figures as JSON.
 """
@@ -608,6 +626,49 @@ def small_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def filter_costs(tmp: Path, sample: int = 400, repeat: int = 5) -> list[dict]:
+    """Cost and distance from Lanczos of each resize filter on small real sources:
+    ORL faces (92x112 grey photos) and CIFAR-10 upscaled to 96 px (JPEG q95), to 64 px."""
+    data = data_dir()
+    sets = []
+    if (data / "orl_faces.zip").exists():
+        with zipfile.ZipFile(data / "orl_faces.zip") as zf:
+            sets.append(("ORL faces 92x112 -> 64", [Image.open(io.BytesIO(zf.read(i))).convert("RGB")
+                                                    for i in zf.infolist() if not i.is_dir()][:sample]))
+    if (data / "cifar10.zip").exists():
+        make_upscaled_zip(data / "cifar10.zip", tmp / "cifar96_filters.zip", sample)
+        with zipfile.ZipFile(tmp / "cifar96_filters.zip") as zf:
+            sets.append(("CIFAR-10 upscaled 96 q95 -> 64", [Image.open(io.BytesIO(zf.read(i))).convert("RGB")
+                                                            for i in zf.infolist()]))
+    rows = []
+    for label, images in sets:
+        boxes = []
+        for im in images:
+            w, h = im.size
+            side = min(w, h)
+            boxes.append(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+        ref = [np.asarray(im.resize((64, 64), Image.Resampling.LANCZOS, box=b, reducing_gap=2.0)).astype(np.int16)
+               for im, b in zip(images, boxes)]
+        for name in ("LANCZOS", "BICUBIC", "BILINEAR", "BOX"):
+            f = getattr(Image.Resampling, name)
+            best = float("inf")
+            for _ in range(repeat):
+                t0 = time.process_time()
+                outs = [im.resize((64, 64), f, box=b, reducing_gap=2.0) for im, b in zip(images, boxes)]
+                best = min(best, (time.process_time() - t0) / len(images))
+            diff = float(np.mean([np.abs(np.asarray(o).astype(np.int16) - r).mean() for o, r in zip(outs, ref)]))
+            rows.append({"set": label, "filter": name, "ms_per_image": best * 1e3, "mean_abs_diff_vs_lanczos": diff})
+    return rows
+
+
+def filter_table(rows: list[dict]) -> str:
+    lines = ["| source | filter | ms per image (resize only, 1 core) | mean abs difference from Lanczos (grey levels) |",
+             "|---|---|---:|---:|"]
+    lines += [f"| {r['set']} | {r['filter'].lower()} | {r['ms_per_image']:.3f} | {r['mean_abs_diff_vs_lanczos']:.2f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- memory per member
 
 def write_tiny_zip(path: Path, n: int, kind: str) -> dict:
@@ -698,6 +759,8 @@ def main(argv=None) -> int:
                     help="compare on these cases instead: cifar10, mnist, cifar96, synthetic256 (comma-separated; "
                          "the real sets come from $STREAMCLUST_DATA, default ../shared/data)")
     ap.add_argument("--n96", type=int, default=20000, help="images in the cifar96 case (default 20000)")
+    ap.add_argument("--filters", action="store_true",
+                    help="time each resize filter on small real sources and compare it with Lanczos")
     ap.add_argument("--member-sweep", default=None, metavar="SIZES",
                     help="main-process RSS against the member count, e.g. 10000,1000000,10000000")
     ap.add_argument("--member-kind", default="pgm", choices=("pgm", "empty"),
@@ -722,11 +785,15 @@ def main(argv=None) -> int:
                     print(f"skipping {case['name']}: {case['skipped']}", file=sys.stderr)
             result["small"] = [c if "skipped" in c else compare_small(c, args.repeat, tmp) for c in cases]
             print("\n" + small_table(result["small"]) + "\n")
+        if args.filters:
+            wait_idle()
+            result["filters"] = filter_costs(tmp)
+            print("\n" + filter_table(result["filters"]) + "\n")
         if args.member_sweep:
             sizes = [int(v) for v in args.member_sweep.split(",") if v]
             result["members"] = member_sweep(sizes, args.member_kind, tmp)
             print("\n" + member_table(result["members"]) + "\n")
-        if not args.skip_compare and not args.small and not args.member_sweep:
+        if not args.skip_compare and not args.small and not args.member_sweep and not args.filters:
             result["compare"] = compare(args.n, args.repeat, tmp, args.seed, args.pool)
             print("\n" + compare_table(result["compare"]) + "\n")
         if args.per_image:

@@ -237,7 +237,7 @@ def _decode(data: bytes | None, name: str, params: DecodeParams) -> Decoded:
     if max(w, h) > params.max_aspect * min(w, h):
         return Decoded("bad_aspect", f"{w}x{h} is more elongated than max_aspect={params.max_aspect:g}", **info)
     size = params.size
-    if im.format == "JPEG":
+    if im.format == "JPEG" and min(w, h) >= 2 * size:
         # decode at a reduced DCT scale (1/2, 1/4, 1/8), still at least the target size:
         # the scaled IDCT is itself a good low-pass filter, and it is the biggest speed lever
         im.draft("RGB", (size, size))

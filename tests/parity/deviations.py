@@ -11,13 +11,18 @@ not take the input as a parameter themselves.
 
 ``DEVIATIONS``: test-id pattern (``module::test[params]``, ``*`` the only wildcard) ->
 ``(action, reason)``: ``"drop"`` skips the test, ``"xfail"`` expects it to fail
-(strictly: it must fail, so a fix shows up).  The first matching pattern applies.
-Tolerances are never changed.
+(strictly: it must fail, so a fix shows up), ``"pending"`` marks work not done yet
+(``xfail`` that may pass: it shows as XPASS then; to be turned into a pass, a drop or
+an xfail with its own reason).  The first matching pattern applies, so a specific
+entry goes above a module-wide ``pending`` one.  Tolerances are never changed.
 """
 
 from __future__ import annotations
 
-from .estimators import GaussianMixture, KMeans, MiniBatchKMeans, as_dask, as_zarr
+from .estimators import PCA, GaussianMixture, IncrementalPCA, KMeans, MiniBatchKMeans, as_dask, as_zarr
+
+_ARRAY_API = ("array API dispatch: streamclust computes with NumPy (and these tests' parametrizations, "
+              "generators built at import time, cannot be collected under warnings-as-errors)")
 
 MODULES = {
     "test_k_means.py": {
@@ -46,12 +51,31 @@ MODULES = {
         "module": "sklearn.mixture.tests.test_gaussian_mixture",
         "rebind": {"GaussianMixture": GaussianMixture},
         "remove": {
-            "test_gaussian_mixture_array_api_compliance":
-                "array API dispatch: streamclust computes with NumPy (and its parametrization, "
-                "a generator, cannot be collected under this project's warnings-as-errors)",
-            "test_gaussian_mixture_raises_where_array_api_not_implemented":
-                "array API dispatch: streamclust computes with NumPy",
+            "test_gaussian_mixture_array_api_compliance": _ARRAY_API,
+            "test_gaussian_mixture_raises_where_array_api_not_implemented": _ARRAY_API,
         },
+    },
+    # StreamingPCA: the modules run; their failures are "pending" below (the lead's part)
+    "test_pca.py": {
+        "module": "sklearn.decomposition.tests.test_pca",
+        "rebind": {"PCA": PCA},
+        "keywords": {
+            # removed for now: StreamingPCA picks its method itself ("auto"); mapping the
+            # solvers onto method= (or dropping duplicate cases) is part of the pending work
+            "svd_solver": None,
+            # removed: streamclust never modifies the input (copy has no object)
+            "copy": None,
+        },
+        "remove": {
+            "test_pca_array_api_compliance": _ARRAY_API,
+            "test_pca_mle_array_api_compliance": _ARRAY_API,
+            "test_array_api_error_and_warnings_on_unsupported_params": _ARRAY_API,
+        },
+    },
+    "test_incremental_pca.py": {
+        "module": "sklearn.decomposition.tests.test_incremental_pca",
+        # sklearn's PCA stays: the module uses it as the reference
+        "rebind": {"IncrementalPCA": IncrementalPCA},
     },
 }
 
@@ -64,6 +88,7 @@ LAZY_INPUT: dict[str, tuple[str, ...]] = {
     ),
 }
 
+_PCA_PENDING = "pending: StreamingPCA parity, the lead's part"
 _SKLEARN_HELPER = "tests a scikit-learn function or private helper, not the estimator"
 _VERBOSE = "asserts the text printed with verbose=1; streamclust logs (logging) instead of printing"
 _ELKAN = "algorithm='elkan': streamclust implements Lloyd only (the lloyd case of the test runs)"
@@ -125,4 +150,7 @@ DEVIATIONS: dict[str, tuple[str, str]] = {
         "in that KMeans' component order; streamclust's k-means initialisation (seeded on a sample "
         "with its own generator) finds the same partition in the other order, so the given "
         "precisions meet the other components and EM takes 3 iterations instead of 2"),
+    # ------------------------------------------------------------------ PCA
+    "test_pca.py::*": ("pending", _PCA_PENDING),
+    "test_incremental_pca.py::*": ("pending", _PCA_PENDING),
 }

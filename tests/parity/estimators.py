@@ -29,8 +29,10 @@ import zarr
 
 from streamclust.models.gmm import StreamingGaussianMixture
 from streamclust.models.kmeans import StreamingKMeans
+from streamclust.models.pca import StreamingPCA
 
-__all__ = ["BATCH", "KMeans", "MiniBatchKMeans", "GaussianMixture", "as_zarr", "as_dask", "input_kind"]
+__all__ = ["BATCH", "KMeans", "MiniBatchKMeans", "GaussianMixture", "PCA", "IncrementalPCA", "as_zarr", "as_dask",
+           "input_kind"]
 
 #: rows per batch of every parity fit (odd, and smaller than the tests' data sets)
 BATCH = 7
@@ -77,8 +79,8 @@ def _lazy(X):
 class _LazyInput:
     """Feeds the methods that take ``X`` the input kind of the current test."""
 
-    def fit(self, X, y=None, sample_weight=None):
-        return super().fit(_lazy(X), y, sample_weight=sample_weight)
+    def fit(self, X, y=None, **fit_params):
+        return super().fit(_lazy(X), y, **fit_params)
 
     def predict(self, X):
         return super().predict(_lazy(X))
@@ -109,7 +111,8 @@ def _with_defaults(base, name: str, doc: str, *, methods: tuple[str, ...] = (), 
     __init__.__signature__ = new_sig
     namespace = {"__init__": __init__, "__doc__": doc, "__module__": __name__, "__qualname__": name}
     for method in methods:
-        namespace[method] = _lazy_method(base, method)
+        if hasattr(base, method):  # methods the estimator does not have (yet) stay absent
+            namespace[method] = _lazy_method(base, method)
     return type(name, (_LazyInput, base), namespace)
 
 
@@ -138,4 +141,16 @@ GaussianMixture = _with_defaults(
     """``StreamingGaussianMixture`` (exact streamed EM), as ``sklearn.mixture.GaussianMixture``.""",
     methods=("predict_proba", "score_samples", "bic", "aic", "fit_predict"),
     batch_size=BATCH,
+)
+PCA = _with_defaults(
+    StreamingPCA, "PCA",
+    """``StreamingPCA``, as ``sklearn.decomposition.PCA`` (parity pending: the lead's part).""",
+    methods=("transform", "fit_transform", "inverse_transform", "score_samples"),
+    batch_size=BATCH,
+)
+IncrementalPCA = _with_defaults(
+    StreamingPCA, "IncrementalPCA",
+    """``StreamingPCA(method="incremental")``, as ``sklearn.decomposition.IncrementalPCA`` (parity pending).""",
+    methods=("transform", "fit_transform", "inverse_transform", "score_samples"),
+    method="incremental", batch_size=BATCH,
 )

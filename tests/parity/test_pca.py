@@ -1,0 +1,6 @@
+"""scikit-learn's ``test_pca`` run against streamclust (see ``deviations.py``, ``_loader.py``)."""
+
+from ._loader import load_into
+from .deviations import MODULES
+
+load_into(globals(), MODULES["test_pca.py"])

@@ -169,16 +169,35 @@ class DecodedBatches:
         self.window = 3 * workers
         self.pool = _Pool(workers, reader, params) if workers > 1 else None
         self.inflight: deque[tuple[Task, Future]] = deque()
+        self._error: BaseException | None = None
+        self._starting = None
         if self.pool is not None:
+            # the first tasks are submitted on a thread: starting a worker waits until the
+            # fork server has imported the decoder, and the caller has its own imports to do
+            self._starting = threading.Thread(target=self._start, name="streamclust-ingest-start", daemon=True)
+            self._starting.start()
+
+    def _start(self) -> None:
+        try:
             for task in self.tasks:
                 self.inflight.append((task, self.pool.submit(task)))
                 if len(self.inflight) >= self.window:
                     break
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the iterating thread
+            self._error = exc
+
+    def _started(self) -> None:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+            if self._error is not None:
+                raise self._error
 
     def _local(self, task: Task) -> Batch:
         return decode_batch(_members(self.reader, task), self.params)
 
     def __iter__(self) -> Iterator[Batch]:
+        self._started()
         pool, inflight = self.pool, self.inflight
         if pool is None:
             for task in self.tasks:
@@ -221,6 +240,9 @@ class DecodedBatches:
         yield batch
 
     def close(self) -> None:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
         if self.pool is not None:
             self.pool.close()
             self.pool = None

@@ -44,7 +44,7 @@ from ..models.pca import _blocks, _map_blocks
 from ..models._passes import Checkpointer, fingerprint
 from ..models.io import load_model, save_model
 from ..store import RunLayout, image_array, ok_rows
-from .memory import batch_rows
+from .memory import batch_rows, mixture_memory_check
 from .pca_choice import DEFAULT_PCA_COMPONENTS, choose_pca, variance_note
 from .progress import PassBars
 
@@ -150,8 +150,8 @@ def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None
     write_json(layout.config, run_cfg)
 
 
-def _progress(stage: str, enabled: bool | None):
-    return PassBars(stage, enabled)
+def _progress(stage: str, enabled: bool | None, max_passes: int | None = None):
+    return PassBars(stage, enabled, max_passes=max_passes)
 
 
 def fit_run(
@@ -200,6 +200,10 @@ def fit_run(
     chunk_bytes = int(np.prod(data.chunks)) * data.dtype.itemsize
     # everything checked before anything is written: a refused request leaves the run as it was
     choice = choose_pca(config, int(rows.size), n_pixels, int(data.chunks[0]), chunk_bytes)
+    if config.gmm_components and "gmm" in config.cluster and isinstance(choice.n_components, int):
+        mixture_memory_check("the Gaussian mixture", [config.gmm_components],
+                             min(config.gmm_pca_components or choice.n_components, choice.n_components),
+                             config.covariance, config.memory_limit)
     _check_config(layout, config, overwrite)
     for stray in [*layout.state_dir.rglob("*.partial"), *layout.model_dir.glob("*.partial"),
                   *(layout.root / "features.zarr").rglob("*.partial"), *layout.root.glob("*.partial")]:
@@ -277,6 +281,8 @@ def fit_run(
         if config.gmm_components > rows.size:
             raise UsageError(f"--gmm-components {config.gmm_components} is more than the {rows.size} usable images")
         if not layout.is_done("fit-gmm"):
+            mixture_memory_check("the Gaussian mixture", [config.gmm_components], m, config.covariance,
+                                 config.memory_limit)
             t0 = time.perf_counter()
             g = config.gmm_components
             cov = m * m if config.covariance in ("full", "tied") else m
@@ -409,7 +415,9 @@ def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, cl
     ck = Checkpointer(layout.state_dir / f"fit-{stage}.ckpt.npz",
                       key=fingerprint([stage, params, data_key]), every_seconds=CHECKPOINT_SECONDS)
     logger.info("fitting %s", stage)
-    with _progress(stage, progress) as bars:
+    # at most: the Lloyd / EM iterations plus an initialisation pass (the PCA states its own passes)
+    max_passes = config.max_iter + 1 if stage in ("kmeans", "gmm") else None
+    with _progress(stage, progress, max_passes) as bars:
 
         def report(name: str, done: int, total: int) -> None:
             bars(name, done, total)

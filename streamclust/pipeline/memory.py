@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 from ..errors import MemoryLimitError
 
-__all__ = ["batch_rows", "fmt_bytes", "BASELINE_BYTES", "DEFAULT_BUDGET"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["batch_rows", "fmt_bytes", "mixture_bytes", "mixture_memory_check", "BASELINE_BYTES", "DEFAULT_BUDGET"]
 
 #: resident memory of the interpreter with numpy, scipy, scikit-learn, zarr and dask imported
 BASELINE_BYTES = 350 * 2**20
@@ -53,3 +58,41 @@ def batch_rows(
             )
         return int(requested)
     return int(max(MIN_ROWS, min(MAX_ROWS, preferred, fit_rows)))
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def mixture_bytes(ks, d: int, covariance: str) -> int:
+    """Bytes the models of mixtures with ``ks`` components in ``d`` dimensions hold (with EM's copies)."""
+    d = int(d)
+    total = 0
+    for k in map(int, ks):
+        # covariances, precisions and their Cholesky factors, with EM's working copies
+        cov = {"full": k * d * d, "tied": d * d, "diag": k * d, "spherical": k}[covariance]
+        total += 6 * cov * 8 + 6 * k * d * 8
+    return total
+
+
+def mixture_memory_check(what: str, ks, d: int, covariance: str, limit: int | None) -> None:
+    """Refuse, in one line with the memory it would need and the fix, a mixture that cannot fit.
+
+    Full covariances hold ``k d^2`` numbers per model: at thousands of PCA dimensions that
+    is gigabytes.  The bound is ``--memory-limit`` when given, else 80 % of the machine's
+    memory; above the default working budget a warning says what it will use.
+    """
+    need = BASELINE_BYTES + mixture_bytes(ks, d, covariance)
+    ceiling = limit if limit is not None else (None if _physical_memory() is None else int(0.8 * _physical_memory()))
+    fix = (f"fit the mixture on fewer dimensions with --gmm-pca-components (e.g. {max(1, min(d, 64))}), "
+           "or use --covariance diag")
+    if ceiling is not None and need > ceiling:
+        bound = f"--memory-limit {fmt_bytes(limit)}" if limit is not None else f"80 % of this machine's {fmt_bytes(ceiling / 0.8)}"
+        raise MemoryLimitError(f"{what}: {covariance} covariances of {d} dimensions need about {fmt_bytes(need)}, "
+                               f"over {bound}; {fix}")
+    if limit is None and need > DEFAULT_BUDGET:
+        logger.warning("%s: %s covariances of %d dimensions need about %s of memory; to use less, %s",
+                       what, covariance, d, fmt_bytes(need), fix)

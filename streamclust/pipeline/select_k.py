@@ -59,7 +59,7 @@ from ..models._gmm_stats import gmm_log_resp, n_parameters
 from ..models._passes import Checkpointer, fingerprint, run_passes
 from ..store import RunLayout
 from . import fit as _fit
-from .memory import batch_rows
+from .memory import batch_rows, mixture_memory_check
 from .progress import PassBars
 
 __all__ = [
@@ -514,10 +514,10 @@ def plot(path: Path, rows: Sequence[dict], method: str, picked: dict[str, int]) 
 # run directory
 
 
-def _progress_fn(progress) -> tuple[Callable | None, PassBars | None]:
+def _progress_fn(progress, max_passes: int | None = None) -> tuple[Callable | None, PassBars | None]:
     if callable(progress):
         return progress, None
-    bars = PassBars(STAGE, progress)
+    bars = PassBars(STAGE, progress, max_passes=max_passes)
     return bars, bars
 
 
@@ -525,7 +525,10 @@ def _batch_size(method: str, ks: list[int], d: int, covariance: str, fit_cfg: Fi
     if method == "gmm":
         cov = d * d if covariance in ("full", "tied") else d
         fixed = sum(6 * k * cov * 8 + 6 * k * d * 8 for k in ks)
-        per_row = max(k * d * 16 + k * 32 + d * 16 for k in ks)
+        # full / tied loop over the components with (rows, d) temporaries; diag / spherical
+        # take their moments with matrix products: a few (rows, d) and (rows, k) arrays
+        per_row = max(k * d * 16 + k * 32 + d * 16 if covariance in ("full", "tied") else 6 * d * 8 + 8 * k * 8
+                      for k in ks)
     else:
         fixed = sum(4 * k * d * 8 for k in ks)
         per_row = max(d * 16 + k * 24 for k in ks)
@@ -654,6 +657,8 @@ def select_k_run(
         fit_source = score_source = RowSource(features)
         train, held = np.arange(n), np.zeros(0, dtype=np.int64)
 
+    if method == "gmm":  # before anything is written
+        mixture_memory_check("select-k", ks, m, covariance, fit_cfg.memory_limit)
     identity = {"ks": ks, "method": method, "covariance": covariance if method == "gmm" else None,
                 "seed": int(seed), "max_iter": int(max_iter)}
     _check_config(layout, identity, overwrite)
@@ -668,7 +673,8 @@ def select_k_run(
     fit_ck_path, score_ck_path = _checkpoint_paths(layout)
     estimators = [candidate_estimator(method, k, covariance=covariance, seed=seed, max_iter=max_iter, batch_size=bs)
                   for k in ks]
-    fn, bars = _progress_fn(progress)
+    # at most: the shared Lloyd / EM passes, an initialisation pass and the scoring pass
+    fn, bars = _progress_fn(progress, int(max_iter) + 2)
     try:
         fits = fit_candidates(estimators, fit_source, checkpoint=_checkpointer(fit_ck_path, key), progress=fn,
                               client=client)

@@ -247,3 +247,36 @@ def test_pca_requests_that_cannot_be_met_are_refused_before_any_write(ingested, 
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert (run / "config.json").read_text() == before and not (run / "model").exists()
+
+
+def test_a_full_covariance_mixture_that_cannot_fit_is_refused_with_the_fix(ingested, tmp_path, capsys):
+    _, base = ingested
+    run = _copy_run(base, tmp_path / "run")
+    before = (run / "config.json").read_text()
+    rc = main(["fit", str(run), "--pca-components", "300", "--covariance", "full", "--gmm-components", "50",
+               "--clusters", "3", "--memory-limit", "450MB", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "full covariances of 300 dimensions need about" in err and "--gmm-pca-components" in err
+    assert (run / "config.json").read_text() == before and not (run / "model").exists()
+
+
+def test_the_progress_says_how_long_a_stage_may_take(monkeypatch, caplog):
+    import logging
+
+    from streamclust.pipeline import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    bars = progress.PassBars("k-means", False, max_passes=10)
+    with caplog.at_level(logging.INFO, logger="streamclust"):
+        bars("Lloyd iteration 1", 10, 100)
+        now[0] = 1.0
+        assert bars.estimate(50, 100) == pytest.approx(1.0 + 2.0 * 9)  # half a pass in 1 s: 2 s a pass
+        now[0] = 3.0
+        bars("Lloyd iteration 1", 100, 100)  # the first pass took 3 s: said once
+        bars("Lloyd iteration 2", 10, 100)
+        now[0] = 4.0
+        assert bars.estimate(50, 100) == pytest.approx(1.0 + 3.0 * 8)  # from the passes done: 3 s a pass
+    assert "k-means: about 3 s a pass, at most 10 passes: up to 27 s" in caplog.text
+    bars.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,8 @@ def fit_streaming(
     source = as_row_source(estimator, X, reset=True, rows=rows)
     if sample_weight is None:
         plan = estimator._make_plan(source)
+    elif "sample_weight" not in inspect.signature(estimator._make_plan).parameters:
+        raise TypeError(f"{type(estimator).__name__} does not take sample_weight")
     else:
         plan = estimator._make_plan(source, sample_weight=check_sample_weight(sample_weight, source.n_samples))
     if client is not None:

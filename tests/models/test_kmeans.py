@@ -392,6 +392,10 @@ def test_sample_weight_validation():
     w = np.ones(50)
     StreamingKMeans(3, batch_size=7).fit(X, sample_weight=w)
     assert_array_equal(w, np.ones(50))  # not modified
+    from streamclust.models import StreamingPCA
+
+    with pytest.raises(TypeError, match="StreamingPCA does not take sample_weight"):
+        fit_streaming(StreamingPCA(2), X, sample_weight=w)
 
 
 # -------------------------------------------------- mini-batch early stopping

@@ -610,3 +610,31 @@ def test_ill_defined_covariance_has_sklearns_message():
     for ct in COV_TYPES:
         with pytest.raises(ValueError, match=re.escape(msg)):
             StreamingGaussianMixture(2, covariance_type=ct, reg_covar=0.0, random_state=0).fit(X)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::DeprecationWarning", "ignore::UserWarning:distributed")
+def test_weighted_fits_on_a_dask_cluster_equal_in_process():
+    """The real dask driver (tasks over blocks of rows, tree-merged) with weights, k-means and GMM."""
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from streamclust.models import StreamingKMeans
+
+    X = _blobs(n=900, seed=8)
+    w = np.random.default_rng(2).uniform(0.2, 3.0, size=900)
+    store = zarr.create_array(store=zarr.storage.MemoryStore(), shape=X.shape, chunks=(97, 3), dtype="f8")
+    store[:] = X
+    gkw = dict(n_components=3, covariance_type="full", batch_size=97, random_state=0)
+    kkw = dict(n_clusters=3, method="lloyd", batch_size=97, random_state=0)
+    local_g = StreamingGaussianMixture(**gkw).fit(store, sample_weight=w)
+    local_k = StreamingKMeans(**kkw).fit(store, sample_weight=w)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        dist_g = fit_streaming(StreamingGaussianMixture(**gkw), store, sample_weight=w, client=client)
+        dist_k = fit_streaming(StreamingKMeans(**kkw), store, sample_weight=w, client=client)
+    assert dist_g.n_iter_ == local_g.n_iter_
+    for attr in FITTED:
+        assert_allclose(getattr(dist_g, attr), getattr(local_g, attr), rtol=1e-8, atol=1e-10, err_msg=attr)
+    assert_allclose(dist_k.cluster_centers_, local_k.cluster_centers_, rtol=1e-10)
+    assert_array_equal(dist_k.labels_, local_k.labels_)
+    assert dist_k.inertia_ == pytest.approx(local_k.inertia_, rel=1e-10)

@@ -593,6 +593,7 @@ def compare_small(case: dict, repeat: int, tmp: Path) -> dict:
         naive_wall_s=_median(naive, "wall_s"), sc_wall_s=_median(sc, "wall_s"),
         naive_wall_runs=[round(r["wall_s"], 3) for r in naive], sc_wall_runs=[round(r["wall_s"], 3) for r in sc],
         naive_busy=[r["machine_busy_cores"] for r in naive], sc_busy=[r["machine_busy_cores"] for r in sc],
+        naive_cpu_s=_median(naive, "tree_cpu_s"), sc_cpu_s=_median(sc, "tree_cpu_s"),
         sc_ok=sc[0]["ok"], sc_fixed_s=statistics.median(fixed),
         naive_ru_maxrss_mib=naive_mem["ru_maxrss_kib"] / 1024, sc_ru_maxrss_mib=sc_mem["ru_maxrss_kib"] / 1024,
         naive_pss_mib=naive_mem["tree_pss_peak_mib"], sc_pss_mib=sc_mem["tree_pss_peak_mib"], **alone)
@@ -603,18 +604,20 @@ def compare_small(case: dict, repeat: int, tmp: Path) -> dict:
 
 
 def small_table(rows: list[dict]) -> str:
-    lines = ["| case | data | N | naive wall s | streamclust wall s | ratio | images/s naive | images/s streamclust "
+    lines = ["| case | data | N | naive wall s | streamclust wall s | ratio | CPU s naive / streamclust (all processes) "
+             "| images/s naive | images/s streamclust "
              "| main ru_maxrss MiB naive / streamclust | tree PSS peak MiB naive / streamclust "
              "| decoder alone ms/image (1 core) | ceiling s (N x decoder / cores) | streamclust wall - fixed s "
              "| share of the ceiling |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 12)
+            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 13)
             continue
         lines.append(
             f"| {r['name']} | {r['data']} | {r['n']:,} | {r['naive_wall_s']:.2f} | {r['sc_wall_s']:.2f} "
-            f"| **{r['ratio']:.2f}x** | {r['n'] / r['naive_wall_s']:,.0f} | {r['n'] / r['sc_wall_s']:,.0f} "
+            f"| **{r['ratio']:.2f}x** | {r['naive_cpu_s']:.2f} / {r['sc_cpu_s']:.2f} "
+            f"| {r['n'] / r['naive_wall_s']:,.0f} | {r['n'] / r['sc_wall_s']:,.0f} "
             f"| {r['naive_ru_maxrss_mib']:.0f} / {r['sc_ru_maxrss_mib']:.0f} | {r['naive_pss_mib']:.0f} / {r['sc_pss_mib']:.0f} "
             f"| {r['decoder_ms']:.3f} (naive step {r['naive_step_ms']:.3f}) | {r['ceiling_s']:.2f} "
             f"| {r['sc_wall_s'] - r['sc_fixed_s']:.2f} | {r['ceiling_share']:.0%} |")

@@ -589,6 +589,14 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
     :class:`~streamclust.models._gmm_stats.IllDefinedCovarianceError`, a
     :class:`~streamclust.errors.ConvergenceError` and ``ValueError``, is raised.
 
+    The fitted arrays (``weights_``, ``means_``, ``covariances_``, ``precisions_``,
+    ``precisions_cholesky_``) and the per-row outputs of :meth:`predict_proba` and
+    :meth:`score_samples` are float32 for float32 input and float64 otherwise, as in
+    scikit-learn; the statistics and the E-steps are float64 either way (the float64
+    parameters behind float32 attributes are kept for later calls).  ``fit``'s
+    ``sample_weight`` weights every sufficient statistic (an integer weight is the row
+    repeated) and the seeding sample.
+
     :meth:`partial_fit` implements stepwise online EM (Cappé & Moulines, 2009,
     "On-line expectation-maximization algorithm for latent data models", JRSS-B).
 

@@ -66,17 +66,23 @@ def _slabs(d: int) -> list[tuple[int, int]]:
 
 
 class ScatterAccumulator:
-    """One pass: the shifted sums ``S1`` and the upper triangle of ``C_s`` (float64)."""
+    """One pass: the shifted sums ``S1`` and the upper triangle of ``C_s`` (float64).
+
+    The triangle is held as slabs of rows, slab ``[a, e)`` holding ``C_s[a:e, a:]``: half
+    the memory of the square matrix (600 MB at 12,288 features), and each slab its own
+    allocation, so :meth:`result` can free them one by one.
+    """
 
     name = "PCA scatter matrix"
 
     def __init__(self, n_features: int, shift: np.ndarray | None = None):
         d = int(n_features)
+        self.d = d
         self.has_shift = shift is not None
         self.shift = np.zeros(d) if shift is None else np.asarray(shift, dtype=np.float64)
         self.n = 0
         self.s1 = np.zeros(d)
-        self.C = np.zeros((d, d))  # upper triangle valid
+        self.slabs = [np.zeros((e - a, d - a)) for a, e in _slabs(d)]
 
     def update(self, X: np.ndarray, offset: int) -> None:
         from .pca import _integer_sums, _representable_shift
@@ -95,24 +101,25 @@ class ScatterAccumulator:
             Xc = np.subtract(X, self.shift, dtype=np.float64)
             step = b
             self.s1 += Xc.sum(axis=0)
-        C = self.C
         row_blocks = [(lo, min(lo + step, b)) for lo in range(0, b, step)]
+        bounds = _slabs(d)
 
-        def slab(a: int, e: int) -> None:
+        def slab(i: int, _: int) -> None:
+            a, e = bounds[i]
+            out = self.slabs[i]
             for lo, hi in row_blocks:
-                part = Xc[lo:hi, a:e].T @ Xc[lo:hi, a:]
-                C[a:e, a:] += part
+                out += Xc[lo:hi, a:e].T @ Xc[lo:hi, a:]
 
-        _pool()(slab, _slabs(d))
+        _pool()(slab, [(i, i + 1) for i in range(len(bounds))])
         self.n += b
 
     def _shift_to(self, new_shift: np.ndarray) -> None:
         """Re-express the sums around ``new_shift``: ``x - new = (x - old) + e``."""
         e = self.shift - new_shift
         s1, n = self.s1, self.n
-        for a, b in _slabs(e.size):  # slab by slab: no d x d temporaries
-            self.C[a:b] += np.outer(e[a:b], s1) + np.outer(s1[a:b], e) + n * np.outer(e[a:b], e)
-        self.s1 += self.n * e
+        for (a, b), C in zip(_slabs(self.d), self.slabs):
+            C += np.outer(e[a:b], s1[a:]) + np.outer(s1[a:b], e[a:]) + n * np.outer(e[a:b], e[a:])
+        self.s1 += n * e
         self.shift = np.array(new_shift, dtype=np.float64, copy=True)
 
     def merge(self, other: "ScatterAccumulator") -> None:
@@ -121,41 +128,48 @@ class ScatterAccumulator:
         if self.n == 0:
             self.load_state_dict(other.state_dict())
             return
-        o = ScatterAccumulator(self.shift.size)
+        o = ScatterAccumulator(self.d)
         o.load_state_dict(other.state_dict())
         o._shift_to(self.shift)
-        self.C += o.C
+        for mine, theirs in zip(self.slabs, o.slabs):
+            mine += theirs
         self.s1 += o.s1
         self.n += o.n
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
+    def result(self, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
         """``(mean, C)``: the exact mean and the full symmetric scatter matrix around it.
 
-        Consumes the accumulator: its matrix becomes ``C`` in place, slab by slab (no
-        second ``d x d`` array is ever allocated).
+        ``C`` is built in ``dtype`` (float32 halves the memory of the eigensolver's
+        products) slab by slab, each float64 slab freed once copied: the peak is the
+        triangle plus the square in ``dtype``, never two float64 squares.  Consumes the
+        accumulator.
         """
-        n, C, s1 = self.n, self.C, self.s1
-        slabs = _slabs(C.shape[0])
-        for i, (a, e) in enumerate(slabs):
-            for b, f in slabs[:i]:  # lower blocks from the upper ones
-                C[a:e, b:f] = C[b:f, a:e].T
-            block = C[a:e, a:e]
-            block[...] = np.triu(block) + np.triu(block, 1).T
-        for a, e in slabs:
-            C[a:e] -= np.outer(s1[a:e], s1 / n)
-        self.C = None
+        n, s1, d = self.n, self.s1, self.d
+        C = np.empty((d, d), dtype=dtype)
+        self.diagonal = np.empty(d)  # exact (float64) whatever ``dtype``: the total variance
+        for i, (a, e) in enumerate(_slabs(d)):
+            slab = self.slabs[i]
+            slab -= np.outer(s1[a:e], s1[a:] / n)
+            self.diagonal[a:e] = np.diagonal(slab[:, : e - a])
+            C[a:e, a:] = slab
+            C[a:, a:e] = slab.T
+            self.slabs[i] = None
+            del slab
+        self.slabs = []
         return self.shift + s1 / n, C
 
     def state_dict(self) -> dict:
-        return {"has_shift": np.bool_(self.has_shift), "shift": self.shift, "n": np.int64(self.n),
-                "s1": self.s1, "C": self.C}
+        state = {"has_shift": np.bool_(self.has_shift), "shift": self.shift, "n": np.int64(self.n), "s1": self.s1}
+        state.update({f"C{i}": c for i, c in enumerate(self.slabs)})
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.has_shift = bool(state["has_shift"])
         self.shift = np.array(state["shift"], dtype=np.float64, copy=True)
         self.n = int(state["n"])
         self.s1 = np.array(state["s1"], dtype=np.float64, copy=True)
-        self.C = np.array(state["C"], dtype=np.float64, copy=True)
+        self.d = self.s1.size
+        self.slabs = [np.array(state[f"C{i}"], dtype=np.float64, copy=True) for i in range(len(_slabs(self.d)))]
 
 
 def _k_for_fraction(eigvals: np.ndarray, total: float, fraction: float) -> int:
@@ -164,43 +178,66 @@ def _k_for_fraction(eigvals: np.ndarray, total: float, fraction: float) -> int:
     return int(np.searchsorted(np.cumsum(ratio), fraction, side="right") + 1)
 
 
+def components_lower_bound(eigvals: np.ndarray, total: float, fraction: float) -> int:
+    """A count of leading components that ``fraction`` of ``total`` needs *at least*.
+
+    The variance still missing after the computed (decreasing) ``eigvals`` must come from
+    further eigenvalues, none larger than the last computed one: so at least
+    ``missing / eigvals[-1]`` more.  Never above the true count, so widening a sketch to
+    it never overshoots.
+    """
+    lam = np.asarray(eigvals, dtype=np.float64)
+    k = _k_for_fraction(lam, total, fraction)
+    if k <= lam.size or lam.size == 0 or lam[-1] <= 0:
+        return k
+    missing = fraction * total - lam.sum()
+    return int(lam.size + np.ceil(missing / lam[-1]))
+
+
 def top_eigenpairs(C: np.ndarray, *, n_keep: int | None, fraction: float | None, cap: int,
                    seed: int, n_oversamples: int = 10, n_iter: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Leading eigenvalues (decreasing) and eigenvectors ``(d, k)`` of the symmetric ``C``.
 
     ``n_keep`` components, or enough for ``fraction`` of ``trace(C)`` (at most ``cap``).
-    Up to :data:`EIGH_MAX_FEATURES` a full ``eigh``; above, a randomized subspace
-    iteration in memory, its width doubled (warm-started) until the fraction is reached
-    or ``cap`` components are computed.
+    Up to :data:`EIGH_MAX_FEATURES` a full ``eigh`` (float64: exact); above, a randomized
+    subspace iteration in memory, in ``C``'s dtype, started on 256 components for a
+    fraction and widened, warm-started, while short of it: to a quarter wider at least,
+    or to the count the fraction needs at least (:func:`components_lower_bound`).
     """
     d = C.shape[0]
     if d <= EIGH_MAX_FEATURES:
         w, V = linalg.eigh(C, overwrite_a=False, check_finite=False)
         order = np.argsort(w)[::-1]
         return np.maximum(w[order], 0.0), V[:, order]
-    total = float(np.trace(C))
+    total = float(np.trace(C, dtype=np.float64))
     want = cap if n_keep is None else min(int(n_keep), cap)
-    width = min(d, (want if fraction is None else min(cap, 256)) + n_oversamples)
-    rng = pass_rng(seed, 0)
-    Q = linalg.qr(rng.standard_normal((d, width)), mode="economic")[0]
+
+    def wide(k: int) -> int:  # a sketch for k components: the trailing Ritz values are the least accurate
+        return min(d, k + max(n_oversamples, k // 8))
+
+    width = wide(want if fraction is None else min(cap, 256))
+    Q = linalg.qr(pass_rng(seed, 0).standard_normal((d, width)).astype(C.dtype), mode="economic")[0]
+    iters = n_iter
     while True:
-        for _ in range(n_iter):
-            Q = linalg.qr(C @ Q, mode="economic")[0]
-        M = Q.T @ C @ Q
+        for _ in range(iters):
+            Q = linalg.qr(C @ Q, mode="economic", overwrite_a=True)[0]
+        M = (Q.T @ (C @ Q)).astype(np.float64)
         w, V = linalg.eigh(0.5 * (M + M.T))
         order = np.argsort(w)[::-1]
-        w, V = np.maximum(w[order], 0.0), Q @ V[:, order]
-        usable = min(width - n_oversamples, cap) if width < d else width
+        w, V = np.maximum(w[order], 0.0), Q @ V[:, order].astype(Q.dtype)
+        usable = min(width - max(n_oversamples, width // 9), cap) if width < d else width
         if fraction is None or width >= d or usable >= cap:
             return w, V
         if _k_for_fraction(w[:usable], total, fraction) <= usable:
             return w, V
-        new_width = min(d, 2 * width, cap + n_oversamples)
+        need = components_lower_bound(w[:usable], total, fraction)
+        new_width = min(wide(cap), max(wide(need), int(1.25 * width)))
         logger.info("PCA: %d components explain %.4f of the variance, less than %s; widening to %d",
                     usable, w[:usable].sum() / total if total > 0 else 0.0, fraction, new_width)
-        extra = pass_rng(seed, width).standard_normal((d, new_width - width))
-        Q = linalg.qr(np.hstack([V, extra]), mode="economic")[0]
+        extra = pass_rng(seed, width).standard_normal((d, new_width - width)).astype(C.dtype)
+        Q = linalg.qr(np.hstack([V, extra]), mode="economic", overwrite_a=True)[0]
         width = new_width
+        iters = max(2, n_iter - 1)  # warm-started: the leading directions have converged already
 
 
 class CovariancePlan:
@@ -225,9 +262,10 @@ class CovariancePlan:
         return None if self.done else ScatterAccumulator(self.d)
 
     def end_pass(self, acc: ScatterAccumulator) -> None:
-        mean, C = acc.result()
+        # float64 for the exact eigh; above EIGH_MAX_FEATURES the subspace iteration runs in float32
+        mean, C = acc.result(np.float64 if self.d <= EIGH_MAX_FEATURES else np.float32)
         self.n, self.mean = acc.n, mean
-        self.scatter = np.maximum(np.diag(C).copy(), 0.0)
+        self.scatter = np.maximum(acc.diagonal, 0.0)
         w, V = top_eigenpairs(C, n_keep=self.n_keep, fraction=self.fraction, cap=self.cap, seed=self.seed)
         del C
         total = float(self.scatter.sum())
@@ -238,7 +276,7 @@ class CovariancePlan:
         else:
             keep = min(self.cap, w.size)
         self.eigvals = w
-        self.eigvecs = np.ascontiguousarray(V[:, :keep])
+        self.eigvecs = np.ascontiguousarray(V[:, :keep], dtype=np.float64)
         self.done = True
 
     def state_dict(self) -> dict:

@@ -431,13 +431,17 @@ class _RandomizedPCAPlan:
         self.pass_index += 1
 
     def _grow(self) -> None:
-        """Track twice the components (at most ``cap``), warm-started from the Ritz vectors.
+        """Track twice the components, or as many as the fraction needs at least (at most
+        ``cap``), warm-started from the Ritz vectors.
 
         The mean pass is not repeated: the next passes are ``n_power_iter`` power
         iterations (the last of them the Rayleigh-Ritz pass) on the wider basis.
         """
+        from ._scatter import components_lower_bound
+
         old = self.n_track
-        self.n_track = min(self.cap, 2 * self.n_track)
+        need = components_lower_bound(self.eigvals[:old], float(self.scatter.sum()), self.fraction)
+        self.n_track = min(self.cap, max(need, 2 * self.n_track))
         self.round += 1
         extra = pass_rng(self.seed, 0, self.round).standard_normal((self.d, self._width() - self.eigvecs.shape[1]))
         self.Q = _orthonormal_basis(np.hstack([self.eigvecs, extra]))

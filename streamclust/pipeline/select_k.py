@@ -274,7 +274,8 @@ class _GMMScoreAccumulator:
     def update(self, X: np.ndarray, offset: int) -> None:
         held = self.heldout(offset + np.arange(X.shape[0], dtype=np.int64))
         for j, est in enumerate(self.models):
-            lpn, _ = gmm_log_resp(X, est.weights_, est.means_, est.precisions_cholesky_, est.covariance_type)
+            weights, means, _, prec_chol = est._float64_params()
+            lpn, _ = gmm_log_resp(X, weights, means, prec_chol, est.covariance_type)
             self.ll_train[j] += float(lpn[~held].sum())
             self.ll_held[j] += float(lpn[held].sum())
         n_held = int(held.sum())
@@ -303,7 +304,7 @@ class _KMeansScoreAccumulator:
     def __init__(self, models: list):
         self.models = models
         self.name = "scoring the candidates"
-        self.sums = [np.zeros_like(est.cluster_centers_) for est in models]
+        self.sums = [np.zeros(est.cluster_centers_.shape) for est in models]
 
     def update(self, X: np.ndarray, offset: int) -> None:
         for j, est in enumerate(self.models):
@@ -414,7 +415,7 @@ def score_candidates(method: str, fits: CandidateFits, source: RowSource, batch_
                 row["heldout_loglik"] = acc.ll_held[j] / acc.n_held if acc.n_held else None
             else:
                 row["inertia"] = float(est.inertia_)
-                ch = calinski_harabasz_streaming(acc.sums[j], est.cluster_sizes_, est.cluster_centers_, est.inertia_)
+                ch = calinski_harabasz_streaming(acc.sums[j], est.cluster_sizes_, est._float64_centers(), est.inertia_)
                 row["calinski_harabasz"] = None if math.isnan(ch) else ch
         rows.append(row)
     return rows

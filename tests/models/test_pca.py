@@ -186,15 +186,17 @@ def test_covariance_method_equals_sklearn_pca(n_components, dtype):
 
 def test_scatter_of_pixels_is_exact():
     """8-bit pixels: float32 products over 256-row blocks, summed in float64, are exact integers."""
-    from streamclust.models._scatter import ScatterAccumulator
+    from streamclust.models._scatter import ScatterAccumulator, _slabs
 
     X = np.random.default_rng(1).integers(0, 256, size=(1000, 70)).astype(np.uint8)
     acc = ScatterAccumulator(70)
     for lo in range(0, 1000, 600):
         acc.update(X[lo : lo + 600], lo)
-    shift, s1, Cs = acc.shift.copy(), acc.s1.copy(), np.triu(acc.C)
+    shift, s1 = acc.shift.copy(), acc.s1.copy()
     Xi = X.astype(np.int64) - shift.astype(np.int64)
-    assert_array_equal(Cs, np.triu(Xi.T @ Xi).astype(np.float64))
+    exact = (Xi.T @ Xi).astype(np.float64)
+    for i, (a, e) in enumerate(_slabs(70)):  # the upper triangle, slab by slab
+        assert_array_equal(acc.slabs[i], exact[a:e, a:])
     assert_array_equal(s1, Xi.sum(axis=0).astype(np.float64))
     mean, C = acc.result()
     assert_allclose(C, np.cov(X.T.astype(np.float64)) * 999, rtol=1e-12, atol=1e-8)
@@ -226,6 +228,41 @@ def test_randomized_grows_until_the_fraction_is_reached():
     with pytest.warns(UserWarning, match=r"asked for 0.97 of the variance, reached 0\.9\d+ with 200 components"):
         capped.fit(X)
     assert capped.n_components_ == 200
+
+
+def test_the_components_a_fraction_needs_at_least():
+    """From the leading eigenvalues, a count that never exceeds the true one (widening never overshoots)."""
+    from streamclust.models._scatter import _k_for_fraction, components_lower_bound
+
+    d = 12288
+    for b in (0.6, 1.1, 2.0):
+        lam = np.arange(1, d + 1, dtype=np.float64) ** -b
+        total = lam.sum()
+        true = _k_for_fraction(lam, total, 0.99)
+        for l in (l for l in (20, 50, 256, true // 2) if l < true):
+            bound = components_lower_bound(lam[:l], total, 0.99)
+            assert l < bound <= true
+        assert components_lower_bound(lam[: true + 5], total, 0.99) == true  # already enough: exact
+
+
+def test_covariance_method_above_the_eigh_limit(monkeypatch):
+    """Past EIGH_MAX_FEATURES: float32 subspace iteration on the exact scatter, widened to the fraction."""
+    from streamclust.models import _scatter
+
+    monkeypatch.setattr(_scatter, "EIGH_MAX_FEATURES", 100)
+    X = spread_spectrum(n=1500, d=400, seed=3, dtype=np.uint8)
+    ref = PCA(0.97, svd_solver="full").fit(X.astype(np.float64))
+    assert ref.n_components_ > 256
+    est = StreamingPCA(0.97, method="covariance", batch_size=500).fit(X)
+    assert abs(est.n_components_ - ref.n_components_) <= 0.01 * ref.n_components_
+    assert est.explained_variance_ratio_.sum() > 0.97
+    # subspace iteration: the leading half exact to 1e-6, the trailing ones within 2 %
+    half = ref.n_components_ // 2
+    assert_allclose(est.explained_variance_ratio_[:half], ref.explained_variance_ratio_[:half], atol=1e-6)
+    k = min(est.n_components_, ref.n_components_)
+    assert_allclose(est.explained_variance_ratio_[:k], ref.explained_variance_ratio_[:k], rtol=2e-2)
+    cos = np.abs(np.sum(est.components_[:10] * ref.components_[:10], axis=1))
+    assert cos.min() > 0.9999
 
 
 def test_auto_method_by_shape():

@@ -67,10 +67,12 @@ def test_fit_writes_models_equal_to_the_estimators_on_the_same_rows(ingested, tm
     # float32 scores: compare at float32 precision relative to the scores' scale
     np.testing.assert_allclose(feats, ref_feats, rtol=1e-4, atol=1e-5 * np.abs(ref_feats).max())
     F = feats.astype(np.float64)
-    ref_km = StreamingKMeans(n_clusters=6, batch_size=50, max_iter=30, random_state=1, method="lloyd").fit(F)
+    # float32 features: float32 models (computed in float64, cast at the end, as the estimators)
+    ref_km = StreamingKMeans(n_clusters=6, batch_size=50, max_iter=30, random_state=1, method="lloyd").fit(feats)
+    assert km.cluster_centers_.dtype == np.float32
     np.testing.assert_allclose(km.cluster_centers_, ref_km.cluster_centers_, rtol=1e-10)
     ref_gmm = StreamingGaussianMixture(n_components=4, covariance_type="diag", batch_size=50, max_iter=30,
-                                       random_state=1).fit(F)
+                                       random_state=1).fit(feats)
     np.testing.assert_allclose(gmm.means_, ref_gmm.means_, rtol=1e-10)
     # the loaded estimators work
     assert km.predict(F[:10]).shape == (10,)

@@ -74,10 +74,11 @@ class PassBars:
         left = self.estimate(done, total)
         if left is not None:
             if not self._said and (done >= total or time.perf_counter() - self._pass_t0 > 2.0):
-                self._said = True
-                logger.info("%s: about %s a pass, at most %d passes: up to %s", self.stage,
-                            format_seconds((time.perf_counter() - self._pass_t0) * total / done),
-                            self.max_passes, format_seconds(left))
+                self._said = True  # once, and only for a stage of more than seconds
+                if left >= 10:
+                        logger.info("%s: about %s a pass, at most %d passes: up to %s", self.stage,
+                                format_seconds((time.perf_counter() - self._pass_t0) * total / done),
+                                self.max_passes, format_seconds(left))
             self.bar.set_postfix_str(f"stage <= {format_seconds(left)} left", refresh=False)
 
     def close(self) -> None:

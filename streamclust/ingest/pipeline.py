@@ -339,7 +339,7 @@ TASK_MEMBERS_DISTRIBUTED = 256
 def decoded_members_distributed(reader, start: int, params: DecodeParams, client,
                                 task_members: int = TASK_MEMBERS_DISTRIBUTED,
                                 staging: str | None = None) -> Iterator[tuple[Member, Decoded | None]]:
-    """Like :class:`DecodedMembers`, with one dask task per block of members.
+    """Like :class:`DecodedBatches` (but member by member), with one dask task per block of members.
 
     For zips and folders each task reads its own members from the shared path (the source
     must be visible to the workers) and, with ``staging``, writes their pixels into the

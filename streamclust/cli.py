@@ -305,6 +305,7 @@ def _cmd_run(args) -> int:
     from .pipeline.assign import assign_run
     from .pipeline.evaluate import evaluate_run, format_table
     from .pipeline.fit import fit_run
+    from . import stages
     from .report import build_report
     from .store import RunLayout
 
@@ -317,7 +318,7 @@ def _cmd_run(args) -> int:
         print(summary.line())
         fitted = fit_run(args.run_dir, fit_config, overwrite=args.overwrite, progress=progress, client=client)
         print(fitted.line())
-        if not layout.is_done("assign"):
+        if not stages.is_current(layout, "assign"):
             assign_run(args.run_dir, progress=progress, client=client)
     if args.labels or args.labels_from_folders:
         print(format_table(evaluate_run(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders)))

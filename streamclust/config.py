@@ -131,7 +131,9 @@ class IngestConfig:
 
 def load_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The saved ``config.json`` of a run directory (empty when there is none)."""
-    path = Path(run_dir) / "config.json"
+    from .stages import ARTEFACTS
+
+    path = Path(run_dir) / ARTEFACTS["config"]
     if not path.exists():
         return {}
     return json.loads(path.read_text())

@@ -32,7 +32,11 @@ if TYPE_CHECKING:  # zarr is imported on use: ``ingest`` starts its decoders mea
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Paths inside a run directory."""
+    """Paths inside a run directory.
+
+    Every artefact declared in :data:`streamclust.stages.ARTEFACTS` is an attribute
+    (``layout.features``, ``layout.assignments``, ...) and :meth:`path` by name.
+    """
 
     root: Path
 
@@ -40,39 +44,35 @@ class RunLayout:
     def of(cls, run_dir: str | os.PathLike) -> "RunLayout":
         return cls(Path(run_dir))
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
+    def path(self, artefact: str) -> Path:
+        """The path of ``artefact``, a name of :data:`streamclust.stages.ARTEFACTS`."""
+        from .stages import ARTEFACTS
 
-    @property
-    def images(self) -> Path:
-        return self.root / "images.zarr"
+        try:
+            return self.root / ARTEFACTS[artefact]
+        except KeyError:
+            raise AttributeError(f"no artefact {artefact!r} in a run directory") from None
 
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.csv"
-
-    @property
-    def ingest_summary(self) -> Path:
-        return self.root / "ingest_summary.json"
-
-    @property
-    def model_dir(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / ".streamclust"
+    def __getattr__(self, name: str) -> Path:
+        if name.startswith("_") or name == "root":
+            raise AttributeError(name)
+        return self.path(name)
 
     def marker(self, stage: str) -> Path:
         """Completion marker of ``stage``: written last, after the stage's outputs."""
         return self.state_dir / f"{stage}.done"
 
     def is_done(self, stage: str) -> bool:
+        """Whether ``stage``'s marker exists (current or not: see :func:`streamclust.stages.status`)."""
         return self.marker(stage).exists()
 
-    def require(self, stage: str, command: str) -> None:
-        """Raise :class:`StageNotDoneError` naming the command to run first."""
+    def require(self, stage: str, command: str | None = None) -> None:
+        """Raise :class:`StageNotDoneError` naming the command to run first (also when ``stage`` is stale)."""
+        from .stages import STAGES, require
+
+        if stage in STAGES:
+            require(self, stage, command)
+            return
         if not self.root.is_dir():
             raise StageNotDoneError(f"run directory {str(self.root)!r} does not exist; run `{command}` first")
         if not self.is_done(stage):
@@ -145,8 +145,7 @@ def image_array(run_dir: str | os.PathLike, mode: str = "r") -> "zarr.Array":
 
 def open_images(run_dir: str | os.PathLike) -> "zarr.Array":
     """The ingested image array (read-only) of a completed ingestion."""
-    layout = RunLayout.of(run_dir)
-    layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
+    RunLayout.of(run_dir).require("ingest")
     return image_array(run_dir)
 
 
@@ -157,7 +156,7 @@ def ok_rows(run_dir: str | os.PathLike, *, drop_duplicates: bool = True) -> np.n
     from array import array
 
     layout = RunLayout.of(run_dir)
-    layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
+    layout.require("ingest")
     rows = array("q")  # 8 bytes a row: a list of Python ints would take 36 and stay in the heap
     for r in read_manifest(layout.manifest):
         if r["status"] == "ok" and not (drop_duplicates and r["duplicate_of"]):

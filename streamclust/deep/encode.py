@@ -20,11 +20,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from .. import stages
 from .._atomic import write_bytes, write_json
 from ..config import load_run_config
 from ..errors import ConfigMismatchError, UsageError
@@ -40,32 +40,21 @@ logger = logging.getLogger(__name__)
 
 
 def latents_path(run_dir) -> Path:
-    return Path(run_dir) / "latents.zarr"
+    return RunLayout.of(run_dir).latents
 
 
 def reset_encode(layout: RunLayout) -> None:
     """Remove ``latents.zarr`` and its marker and settings, and a fit on those latents.
 
-    The fit goes first and the marker before the data, so a kill at any moment leaves
-    no stage marked done whose input is gone.
+    The cascade is :func:`streamclust.stages.invalidate`'s: the fit (when it was on
+    latents) and what was made from it go first, markers before data, so a kill at any
+    moment leaves no stage marked done whose input is gone.
     """
-    fit_cfg = load_run_config(layout.root).get("fit") or {}
-    if fit_cfg.get("features") == "latents":
-        from ..pipeline.fit import reset_fit
-
-        if reset_fit(layout.root):
-            logger.info("removed the fit on the old latents of %s (models, features and what was made from them); "
-                        "run `streamclust fit %s --features latents` with its settings again once encoded",
-                        layout.root, layout.root)
-    layout.marker("encode").unlink(missing_ok=True)
-    path = latents_path(layout.root)
-    if path.exists():
-        shutil.rmtree(path)
-    (layout.root / "deep" / "latent_rows.npy").unlink(missing_ok=True)
-    cfg = load_run_config(layout.root)
-    if "encode" in cfg:
-        del cfg["encode"]
-        write_json(layout.config, cfg)
+    gone = stages.invalidate(layout, "encode", include_self=True)
+    if "fit" in gone:
+        logger.info("removed the fit on the old latents of %s (models, features and what was made from them); "
+                    "run `streamclust fit %s --features latents` with its settings again once encoded",
+                    layout.root, layout.root)
 
 
 def _to_uint8(t) -> np.ndarray:
@@ -112,7 +101,7 @@ def encode_run(
     if batch_size < 1:
         raise UsageError("--batch-size must be a positive integer")
     layout = RunLayout.of(run_dir)
-    layout.require(f"train-{model}", f"streamclust train {run_dir} --model {model}")
+    layout.require(f"train-{model}")
     path = latents_path(layout.root)
     ident = {"model": model, "drop_duplicates": True}
     saved = load_run_config(layout.root).get("encode")
@@ -160,8 +149,8 @@ def encode_run(
                           "latent": k})
     buf = io.BytesIO()
     np.save(buf, rows)
-    write_bytes(layout.root / "deep" / "latent_rows.npy", buf.getvalue())
-    layout.marker("encode").write_text("done\n")
+    write_bytes(layout.latent_rows, buf.getvalue())
+    stages.complete(layout, "encode")
     return path
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import stages
 from .._atomic import atomic_open, write_json
 from ..config import load_run_config
 from ..errors import ConfigMismatchError, RunDirError, UsageError
@@ -97,11 +98,11 @@ class TrainConfig:
 
 # -- paths ------------------------------------------------------------------------------
 def weights_path(run_dir, model: str) -> Path:
-    return Path(run_dir) / "deep" / f"{model}.pt"
+    return RunLayout.of(run_dir).path(f"{model}_weights")
 
 
 def history_path(run_dir, model: str) -> Path:
-    return Path(run_dir) / "deep" / f"{model}_history.json"
+    return RunLayout.of(run_dir).path(f"{model}_history")
 
 
 def checkpoint_path(run_dir, model: str) -> Path:
@@ -319,17 +320,9 @@ def _remove_partials(layout: RunLayout, model: str) -> None:
 
 
 def _reset(layout: RunLayout, model: str) -> None:
-    """Forget a training of ``model`` and everything computed from it."""
-    for p in (weights_path(layout.root, model), history_path(layout.root, model),
-              checkpoint_path(layout.root, model), layout.marker(f"train-{model}")):
-        p.unlink(missing_ok=True)
+    """Forget a training of ``model`` and everything computed from it (:func:`streamclust.stages.invalidate`)."""
+    stages.invalidate(layout, f"train-{model}", include_self=True)
     _remove_partials(layout, model)
-    cfg = load_run_config(layout.root)
-    enc = cfg.get("encode")
-    if enc and enc.get("model") == model:
-        from .encode import reset_encode
-
-        reset_encode(layout)
 
 
 def _check_config(layout: RunLayout, config: TrainConfig, data: dict, overwrite: bool) -> bool:
@@ -493,7 +486,7 @@ def train_run(
                else "negative ELBO per image (BCE summed over pixels + KL)",
                "epochs": log.epochs, "steps": log.steps}
     write_json(hpath, history)
-    layout.marker(f"train-{model}").write_text("done\n")
+    stages.complete(layout, f"train-{model}")
     cpath.unlink(missing_ok=True)
     return {**summary, "epochs": config.epochs, "steps": global_step, "images": images_seen,
             "seconds": round(seconds, 3), "images_per_s": round(images_seen / seconds, 1) if seconds > 0 else None,

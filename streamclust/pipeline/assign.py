@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .._atomic import atomic_open, write_json
+from .. import stages
+from .._atomic import atomic_open
 from ..config import load_run_config
 from ..ingest.manifest import read_manifest
 from ..models._batches import RowSource
@@ -33,7 +34,7 @@ ASSIGN_COLUMNS = ("index", "member", "duplicate_of", "cluster", "distance", "com
 def load_fitted(run_dir) -> dict:
     """The fitted models of a run: ``{"pca": ..., "kmeans": ... or None, "gmm": ... or None}``."""
     layout = RunLayout.of(run_dir)
-    layout.require("fit", f"streamclust fit {run_dir}")
+    layout.require("fit")
     out = {"pca": load_model(layout.model_dir / "pca.npz")}
     for name in ("kmeans", "gmm"):
         path = layout.model_dir / f"{name}.npz"
@@ -112,7 +113,7 @@ def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, pro
     features = (load_run_config(layout.root).get("fit") or {}).get("features", "pixels")
     if features == "latents":
         return _assign_latents(layout, models, rows, members, dups, bs, client, progress, t0)
-    path = layout.root / "assignments.csv"
+    path = layout.assignments
     bars = PassBars("assign", progress)
     with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -125,15 +126,15 @@ def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, pro
                                  cols["component"][i], _num(cols["log_likelihood"][i])])
             bars("assigning", start + n, source.n_samples)
     bars.close()
-    write_json(layout.state_dir / "assign.done", {"rows": int(rows.size), "seconds": round(time.perf_counter() - t0, 3)})
+    stages.complete(layout, "assign", rows=int(rows.size), seconds=round(time.perf_counter() - t0, 3))
     return path
 
 
 def _assign_latents(layout, models, rows, members, dups, bs, client, progress, t0) -> Path:
     """Models fitted on autoencoder latents: assign every fitted image from ``latents.zarr``;
     a duplicate gets the values of the image it repeats (identical bytes, identical latents)."""
-    lat = zarr.open_array(str(layout.root / "latents.zarr"), mode="r")
-    fit_rows = np.load(layout.model_dir / "fit_rows.npy", allow_pickle=False)
+    lat = zarr.open_array(str(layout.latents), mode="r")
+    fit_rows = np.load(layout.fit_rows, allow_pickle=False)
     cols: dict[str, list] = {c: [] for c in ("cluster", "distance", "component", "log_likelihood")}
     bars = PassBars("assign", progress)
     source = RowSource(lat)
@@ -144,14 +145,14 @@ def _assign_latents(layout, models, rows, members, dups, bs, client, progress, t
     bars.close()
     key = np.array([int(d) if d else r for r, d in zip(rows, dups)], dtype=np.int64)
     pos = np.searchsorted(fit_rows, key)
-    path = layout.root / "assignments.csv"
+    path = layout.assignments
     with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(ASSIGN_COLUMNS)
         for j, p in enumerate(pos):
             writer.writerow([rows[j], members[j], dups[j], cols["cluster"][p], _num(cols["distance"][p]),
                              cols["component"][p], _num(cols["log_likelihood"][p])])
-    write_json(layout.state_dir / "assign.done", {"rows": int(len(rows)), "seconds": round(time.perf_counter() - t0, 3)})
+    stages.complete(layout, "assign", rows=int(len(rows)), seconds=round(time.perf_counter() - t0, 3))
     return path
 
 
@@ -161,8 +162,9 @@ def _num(x) -> str:
 
 def read_assignments(run_dir) -> dict[str, np.ndarray]:
     """``assignments.csv`` as arrays (``cluster``/``component`` are -1 where absent)."""
-    path = RunLayout.of(run_dir).root / "assignments.csv"
-    RunLayout.of(run_dir).require("assign", f"streamclust assign {run_dir}")
+    layout = RunLayout.of(run_dir)
+    layout.require("assign")
+    path = layout.assignments
     cols = {c: [] for c in ASSIGN_COLUMNS}
     with open(path, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):

@@ -65,6 +65,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .. import stages
 from .._atomic import atomic_open, load_npz
 from ..config import load_run_config
 from ..errors import RunDirError, UsageError
@@ -186,7 +187,7 @@ def _latent_reconstruction_errors(layout: RunLayout, pca, kpca, device: str) -> 
     if model is None:
         raise RunDirError(f"{root}/config.json does not say which network was encoded; "
                           f"run `streamclust encode {root} --overwrite`, then fit again")
-    latents = zarr.open_array(str(root / "latents.zarr"), mode="r")
+    latents = zarr.open_array(str(layout.latents), mode="r")
     rows = ok_rows(root)
     if latents.shape != (rows.size, int(pca.n_features_in_)):
         raise RunDirError(f"latents.zarr of {root} ({latents.shape[0]} x {latents.shape[1]}) does not match the "
@@ -299,7 +300,7 @@ def compare_run(
     from sklearn.metrics import silhouette_score
 
     layout = RunLayout.of(run_dir)
-    layout.require("fit", f"streamclust fit {run_dir}")
+    layout.require("fit")
     if labels is not None and from_folders:
         raise UsageError("give either --labels labels.csv or --labels-from-folders, not both")
     if int(sample) < 2:
@@ -312,12 +313,12 @@ def compare_run(
     kpca_path, tsne_path = layout.model_dir / "kpca.npz", layout.model_dir / "tsne.npz"
     kpca = load_any_model(kpca_path) if kpca_path.exists() else None
     tsne = load_any_model(tsne_path) if tsne_path.exists() else None
-    fit_rows = np.load(layout.model_dir / "fit_rows.npy", allow_pickle=False)
+    fit_rows = np.load(layout.fit_rows, allow_pickle=False)
     n = int(fit_rows.size)
-    features = zarr.open_array(str(layout.root / "features.zarr"), mode="r")
+    features = zarr.open_array(str(layout.features), mode="r")
     seconds = {}
-    if (layout.root / "fit_summary.json").exists():
-        seconds = json.loads((layout.root / "fit_summary.json").read_text()).get("seconds", {})
+    if layout.fit_summary.exists():
+        seconds = json.loads(layout.fit_summary.read_text()).get("seconds", {})
 
     # predictions and the mixture's log-likelihood, streamed over the features
     preds: dict[str, np.ndarray] = {}
@@ -383,7 +384,8 @@ def compare_run(
             mask, y = truth
             row.update(_score(y, pred[mask]))
         rows.append(row)
-    _write_csv(layout.root / "compare.csv", rows)
+    _write_csv(layout.compare_csv, rows)
+    stages.complete(layout, "compare")
     return rows
 
 
@@ -420,7 +422,7 @@ def compare_runs(run_dirs, **kwargs) -> list[dict]:
     if not run_dirs:
         raise UsageError("give at least one run directory")
     for d in run_dirs:  # every run must be ready before any is compared
-        RunLayout.of(d).require("fit", f"streamclust fit {d}")
+        RunLayout.of(d).require("fit")
     names = _run_names(run_dirs)
     rows = []
     for name, d in zip(names, run_dirs):

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics
 
+from .. import stages
 from .._atomic import write_json
 from ..errors import UsageError
 from ..store import RunLayout
@@ -88,7 +89,9 @@ def evaluate_run(run_dir, *, labels: str | os.PathLike | None = None, from_folde
         pred = a[col][keep]
         if (pred >= 0).all():
             result["methods"][method] = {"n_clusters": int(len(set(pred))), **score_labels(y, pred)}
-    write_json(RunLayout.of(run_dir).root / "evaluation.json", result)
+    layout = RunLayout.of(run_dir)
+    write_json(layout.evaluation, result)
+    stages.complete(layout, "evaluate")
     return result
 
 

@@ -43,6 +43,7 @@ from ..models._batches import RowSource
 from ..models.pca import _blocks, _map_blocks
 from ..models._passes import Checkpointer, fingerprint
 from ..models.io import load_model, save_model
+from .. import stages
 from ..store import RunLayout, image_array, ok_rows
 from .memory import batch_rows, mixture_memory_check
 from .pca_choice import DEFAULT_PCA_COMPONENTS, choose_pca, variance_note
@@ -82,33 +83,19 @@ class FitSummary:
 
 
 def _reset_fit(layout: RunLayout) -> None:
-    # markers first (the fit's own first), so that a kill part-way leaves nothing marked done
-    # whose data is gone: the commands reading the fit then ask for `streamclust fit`
-    for stage in ("fit", *STAGES):
-        layout.marker(f"fit-{stage}" if stage != "fit" else "fit").unlink(missing_ok=True)
-    # everything computed from the old models is stale too
-    for name in ("assign", "select-k", "report"):
-        layout.marker(name).unlink(missing_ok=True)
-    for child in (layout.model_dir, layout.root / "features.zarr", layout.root / "embedding.zarr"):
-        if child.exists():
-            shutil.rmtree(child)
-    for stale in ("assignments.csv", "evaluation.json", "select_k.csv", "select_k.png", "samples.png",
-                  "compare.csv"):
-        (layout.root / stale).unlink(missing_ok=True)
-    if (layout.root / "report").exists():
-        shutil.rmtree(layout.root / "report")
-    for ck in layout.state_dir.glob("fit-*"):
-        ck.unlink()
-    _SketchScores(layout, 0).clear()
+    """The fit, its sub-stages' markers and checkpoints, and everything downstream of it
+    (derived from :data:`streamclust.stages.STAGES`), markers first."""
+    stages.invalidate(layout, "fit", include_self=True)
 
 
 def reset_fit(run_dir: str | os.PathLike) -> bool:
     """Discard the fit of ``run_dir``, complete or partial, and everything computed from it.
 
     The models, ``features.zarr``, ``embedding.zarr``, the fit's checkpoints and markers,
-    and the outputs made from the models (assignments, evaluation, select-k, samples,
-    comparison, report) are removed, completion markers first; the fit settings stay
-    in ``config.json``, so ``streamclust fit`` with the same settings fits again.
+    and the outputs of every stage downstream of the fit (assignments, evaluation,
+    select-k, samples, comparison, report: :func:`streamclust.stages.downstream`) are
+    removed, completion markers first; the fit settings stay in ``config.json``, so
+    ``streamclust fit`` with the same settings fits again.
 
     Parameters
     ----------
@@ -121,9 +108,7 @@ def reset_fit(run_dir: str | os.PathLike) -> bool:
         Whether there was anything of a fit to discard.
     """
     layout = RunLayout.of(run_dir)
-    found = (layout.model_dir.exists() or (layout.root / "features.zarr").exists()
-             or (layout.root / "embedding.zarr").exists()
-             or (layout.state_dir.is_dir() and any(layout.state_dir.glob("fit*"))))
+    found = stages.found_any(layout, "fit")
     if found:
         _reset_fit(layout)
     return found
@@ -178,7 +163,7 @@ def fit_run(
         Run the exact passes on a dask cluster (see :mod:`streamclust.distributed`).
     """
     layout = RunLayout.of(run_dir)
-    layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
+    layout.require("ingest")
     if config is None:
         saved = load_run_config(layout.root).get("fit")
         config = FitConfig.from_dict(saved) if saved else FitConfig()
@@ -186,8 +171,8 @@ def fit_run(
     rows = ok_rows(layout.root, drop_duplicates=config.drop_duplicates)
     data, data_rows = images, rows  # what the PCA reads: pixels, or an autoencoder's latents
     if config.features == "latents":
-        layout.require("encode", f"streamclust encode {run_dir}")
-        data, data_rows = zarr.open_array(str(layout.root / "latents.zarr"), mode="r"), None
+        layout.require("encode")
+        data, data_rows = zarr.open_array(str(layout.latents), mode="r"), None
         if data.shape[0] != rows.size:
             raise UsageError(f"latents.zarr has {data.shape[0]} rows for {rows.size} images; "
                              f"run `streamclust encode {run_dir} --overwrite`")
@@ -206,9 +191,13 @@ def fit_run(
                              config.covariance, config.memory_limit)
     _check_config(layout, config, overwrite)
     for stray in [*layout.state_dir.rglob("*.partial"), *layout.model_dir.glob("*.partial"),
-                  *(layout.root / "features.zarr").rglob("*.partial"), *layout.root.glob("*.partial")]:
+                  *layout.features.rglob("*.partial"), *layout.root.glob("*.partial")]:
         stray.unlink(missing_ok=True)  # temp files of atomic writes that a kill interrupted
     summary = FitSummary(str(layout.root), n_images=int(rows.size))
+    if stages.status(layout, "fit") == stages.STALE:  # its input was redone since: fit again
+        logger.info("the fit of %s is stale (%s was redone since): fitting again", layout.root,
+                    stages.stale_because(layout, "fit"))
+        _reset_fit(layout)
     if layout.is_done("fit"):
         _pca_outcome(summary, choice, load_model(layout.model_dir / "pca.npz"))
         return summary
@@ -236,13 +225,13 @@ def fit_run(
         if hasattr(pca, "_sketch_basis"):
             sketch.save_basis(pca._sketch_basis, pca._sketch_shift)
         save_model(pca, pca_path)
-        layout.marker("fit-pca").write_text("done\n")
+        stages.complete(layout, "fit-pca")
         summary.seconds["pca"] = time.perf_counter() - t0
     pca = load_model(pca_path)
     _pca_outcome(summary, choice, pca)
 
     # -- 2. features --------------------------------------------------------------------
-    feat_path = layout.root / "features.zarr"
+    feat_path = layout.features
     if not layout.is_done("fit-features"):
         t0 = time.perf_counter()
         _write_features(layout, pca, data, rows, config, progress, _SketchScores(layout, int(rows.size)),
@@ -266,7 +255,7 @@ def fit_run(
             with _small_products():
                 _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress, client)
             save_model(km, layout.model_dir / "kmeans.npz")
-            layout.marker("fit-kmeans").write_text("done\n")
+            stages.complete(layout, "fit-kmeans")
             summary.seconds["kmeans"] = time.perf_counter() - t0
         km = load_model(layout.model_dir / "kmeans.npz")
         summary.results["kmeans_inertia"] = float(km.inertia_)
@@ -300,7 +289,7 @@ def fit_run(
             with _small_products():
                 _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress, client)
             save_model(gmm, layout.model_dir / "gmm.npz", extra={"pca_components": m})
-            layout.marker("fit-gmm").write_text("done\n")
+            stages.complete(layout, "fit-gmm")
             summary.seconds["gmm"] = time.perf_counter() - t0
         gmm = load_model(layout.model_dir / "gmm.npz")
         summary.results["gmm_lower_bound"] = float(gmm.lower_bound_)
@@ -313,11 +302,11 @@ def fit_run(
     fit_methods(layout, config, features, data_key, summary, progress=progress, client=client,
                 fit_stage=_fit_stage)
 
-    write_json(layout.root / "fit_summary.json", {
+    write_json(layout.fit_summary, {
         "n_images": summary.n_images, "seconds": {k: round(v, 3) for k, v in summary.seconds.items()},
         "results": summary.results, "pca": summary.pca, "notes": summary.notes,
     })
-    layout.marker("fit").write_text("done\n")
+    stages.complete(layout, "fit")
     return summary
 
 
@@ -499,7 +488,7 @@ def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: Fi
     From the projections kept by the PCA's last pass when there are (see
     :class:`_SketchScores`), else (and for any chunk they miss) from the pixels.
     """
-    path = layout.root / "features.zarr"
+    path = layout.features
     state_path = layout.state_dir / "fit-features.json"
     k = int(pca.n_components_)
     chunk = FEATURE_CHUNK_ROWS
@@ -536,6 +525,6 @@ def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: Fi
         bars.close()
     buf = io.BytesIO()
     np.save(buf, rows)
-    write_bytes(layout.model_dir / "fit_rows.npy", buf.getvalue())
-    layout.marker("fit-features").write_text("done\n")
+    write_bytes(layout.fit_rows, buf.getvalue())
+    stages.complete(layout, "fit-features")
     sketch.clear()

@@ -21,6 +21,7 @@ import time
 
 import zarr
 
+from .. import stages
 from ..models.io import load_model, save_model
 
 __all__ = ["fit_methods"]
@@ -31,7 +32,7 @@ def _stage(layout, name, summary, run):
         return
     t0 = time.perf_counter()
     run()
-    layout.marker(f"fit-{name}").write_text("done\n")
+    stages.complete(layout, f"fit-{name}")
     summary.seconds[name] = time.perf_counter() - t0
 
 
@@ -78,10 +79,10 @@ def fit_methods(layout, config, features, data_key, summary, *, progress, client
 
         _stage(layout, "tsne", summary, tsne)
         _stage(layout, "embedding", summary,
-               lambda: embed_to_zarr(load_model(model / "tsne.npz"), scores, layout.root / "embedding.zarr"))
+               lambda: embed_to_zarr(load_model(model / "tsne.npz"), scores, layout.embedding))
 
         def tsne_kmeans():
-            emb = zarr.open_array(str(layout.root / "embedding.zarr"), mode="r")
+            emb = zarr.open_array(str(layout.embedding), mode="r")
             est = StreamingKMeans(max(1, min(config.clusters or 2, n)), method="lloyd", batch_size=bs,
                                   random_state=config.seed)
             fit_stage(layout, "tsne_kmeans", est, emb, None, data_key, config, progress, client)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import stages
 from .._atomic import write_bytes
 from ..errors import StageNotDoneError, UsageError
+from ..store import RunLayout
 from .assign import load_fitted
 
 __all__ = ["sample_images", "montage", "save_png", "sample_run"]
@@ -71,10 +73,13 @@ def sample_run(run_dir, n: int = 64, *, out: str | os.PathLike | None = None, se
     """Sample ``n`` images and write a grid PNG (default ``RUN_DIR/samples.png``)."""
     imgs, _ = sample_images(run_dir, n, seed=seed)
     side = imgs.shape[1]
-    out = Path(out) if out else Path(run_dir) / "samples.png"
+    layout = RunLayout.of(run_dir)
+    out = Path(out) if out else layout.samples
     save_png(montage(imgs, scale=max(1, 64 // side)), out)
     if npy:
         buf = __import__("io").BytesIO()
         np.save(buf, imgs)
         write_bytes(npy, buf.getvalue())
+    if out.resolve() == layout.samples.resolve():  # the run's own samples.png (not a picture elsewhere)
+        stages.complete(layout, "sample", n=int(n), seed=int(seed))
     return out

@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import zarr
 
+from .. import stages
 from .._atomic import write_bytes, write_json
 from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
@@ -554,13 +555,11 @@ def _check_config(layout: RunLayout, identity: dict, overwrite: bool) -> None:
 
 
 def _checkpoint_paths(layout: RunLayout) -> tuple[Path, Path]:
-    return layout.state_dir / f"{STAGE}.ckpt.npz", layout.state_dir / f"{STAGE}-score.ckpt.npz"
+    return tuple(layout.state_dir / name for name in stages.stage(STAGE).state)
 
 
 def _reset(layout: RunLayout) -> None:
-    layout.marker(STAGE).unlink(missing_ok=True)
-    for p in (*_checkpoint_paths(layout), layout.root / "select_k.csv", layout.root / "select_k.png"):
-        p.unlink(missing_ok=True)
+    stages.invalidate(layout, STAGE, include_self=True)
 
 
 def _checkpointer(path: Path, key: str) -> Checkpointer:
@@ -575,8 +574,7 @@ def _checkpointer(path: Path, key: str) -> Checkpointer:
 
 def _result(rows: list[dict], method: str, layout: RunLayout, extra: dict | None = None) -> dict:
     picked = pick(rows, method)
-    out = {"picked": picked, "rows": rows, "csv": str(layout.root / "select_k.csv"),
-           "png": str(layout.root / "select_k.png")}
+    out = {"picked": picked, "rows": rows, "csv": str(layout.select_k_csv), "png": str(layout.select_k_png)}
     if method == "kmeans":
         out["note"] = "k-means: the inertia elbow is ill-defined; k is picked by the Calinski-Harabasz maximum"
     out.update(extra or {})
@@ -628,7 +626,7 @@ def select_k_run(
         ``n_heldout_rows``, and for k-means a ``note``.
     """
     layout = RunLayout.of(run_dir)
-    layout.require("fit", f"streamclust fit {run_dir}")
+    layout.require("fit")
     if method not in METHODS:
         raise UsageError(f"--method must be gmm or kmeans, got {method!r}")
     if method == "gmm" and covariance not in COVARIANCES:
@@ -638,7 +636,7 @@ def select_k_run(
     if batch_size is not None and int(batch_size) < 1:
         raise UsageError("--batch-size must be a positive integer")
     ks = parse_k_range(ks) if isinstance(ks, str) else parse_k_range(list(ks))
-    feat_path = layout.root / "features.zarr"
+    feat_path = layout.features
     if not feat_path.exists():
         raise UsageError(f"{feat_path} is missing; run `streamclust fit {run_dir} --overwrite`")
     features = zarr.open_array(str(feat_path), mode="r")
@@ -664,10 +662,10 @@ def select_k_run(
                 "seed": int(seed), "max_iter": int(max_iter)}
     _check_config(layout, identity, overwrite)
     extra = {"n_fit_rows": int(train.size), "n_heldout_rows": int(held.size)}
-    if layout.is_done(STAGE) and not (layout.root / "select_k.csv").exists():
-        layout.marker(STAGE).unlink()  # the outputs were removed: sweep again
+    if layout.is_done(STAGE) and not (layout.select_k_csv.exists() and stages.is_current(layout, STAGE)):
+        _reset(layout)  # the outputs were removed, or the fit was redone since: sweep again
     if layout.is_done(STAGE):
-        return _result(read_csv(layout.root / "select_k.csv"), method, layout, extra)
+        return _result(read_csv(layout.select_k_csv), method, layout, extra)
 
     bs = _batch_size(method, ks, m, covariance, fit_cfg, batch_size)
     key = fingerprint([STAGE, identity, fit_cfg.identity(), n, n_feat, m])
@@ -687,9 +685,9 @@ def select_k_run(
     for i, msg in fits.failed.items():
         logger.warning("select-k: k=%d failed: %s", ks[i], msg)
     picked = pick(rows, method)
-    write_csv(layout.root / "select_k.csv", rows)
-    plot(layout.root / "select_k.png", rows, method, picked)
-    layout.marker(STAGE).write_text("done\n")
+    write_csv(layout.select_k_csv, rows)
+    plot(layout.select_k_png, rows, method, picked)
+    stages.complete(layout, STAGE)
     for p in (fit_ck_path, score_ck_path):
         p.unlink(missing_ok=True)
     extra.update(failed={ks[i]: msg for i, msg in fits.failed.items()},

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .. import stages
 from .._atomic import write_bytes, write_text
 from ..errors import StreamclustError
 from ..store import RunLayout, image_array
@@ -109,9 +110,8 @@ def build_report(run_dir: str | os.PathLike, *, seed: int = 0, progress: bool | 
         When ingestion, the fit or the assignment has not run (names the command to run).
     """
     layout = RunLayout.of(run_dir)
-    layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
-    layout.require("fit", f"streamclust fit {run_dir}")
-    layout.require("assign", f"streamclust assign {run_dir}")
+    for name in ("ingest", *stages.reads("report")):
+        layout.require(name)
     report = _Report(layout, seed=seed, tsne_samples=tsne_samples or TSNE_MAX_SAMPLES)
     return report.build(progress)
 
@@ -121,7 +121,9 @@ class _Report:
         from ..pipeline.assign import load_fitted, read_assignments
 
         self.layout = layout
-        self.out = layout.root / REPORT_DIR
+        self.out = layout.report_dir
+        #: what each stage's outputs are: current, stale or missing; only current ones are shown
+        self.status = stages.statuses(layout)
         self.seed = int(seed)
         self.tsne_samples = max(1, int(tsne_samples))
         self.models = load_fitted(layout.root)
@@ -201,6 +203,7 @@ class _Report:
         for stale in self.out.glob("*.png"):  # pictures of an earlier report of this run
             if stale.name not in self.written:
                 stale.unlink()
+        stages.complete(self.layout, "report")
         logger.info("report written to %s (%.1f s)", index, seconds)
         return index
 
@@ -208,7 +211,7 @@ class _Report:
     def summary(self) -> Section:
         sec = Section("summary", "Run summary")
         ingest = read_json(self.layout.ingest_summary) or {}
-        fit_summary = read_json(self.layout.root / "fit_summary.json") or {}
+        fit_summary = read_json(self.layout.fit_summary) or {}
         config = read_json(self.layout.config) or {}
         assign_done = read_json(self.layout.marker("assign")) or {}
         over = manifest_overview(self.layout.manifest)
@@ -279,7 +282,26 @@ class _Report:
             sec.add(table(("stage", "seconds"), trows, numeric={1}, caption="Timings"))
         else:
             sec.note("No timings recorded.")
+        sec.add(table(("stage", "outputs", "state"), self.stage_rows(),
+                      caption="Stages (only current outputs are shown in this report)"))
+        stale = [n for n, st in self.status.items() if st == stages.STALE and n != "report"]
+        if stale:
+            sec.note(f"Stale (an earlier stage was redone since, so they are not shown): {', '.join(stale)}; "
+                     "run their commands again.")
         return sec
+
+    def stage_rows(self) -> list[tuple]:
+        words = {stages.CURRENT: "current", stages.STALE: "stale: not shown", stages.MISSING: "not run"}
+        rows = []
+        for name, st in self.status.items():
+            if name == "report":
+                continue
+            rows.append((name, stages.stage(name).help, words[st]))
+        return rows
+
+    def current(self, name: str) -> bool:
+        """Whether the outputs of stage ``name`` may be shown: complete and current."""
+        return self.status.get(name) == stages.CURRENT
 
     def eigenfaces(self) -> Section:
         sec = Section("eigenfaces", "Mean image and eigenfaces")
@@ -418,7 +440,7 @@ class _Report:
     def deep(self) -> Section:
         """Trained autoencoders: the loss curves, originals vs reconstructions, VAE samples."""
         sec = Section("deep", "Learned features (autoencoders)")
-        trained = [m for m in ("ae", "vae") if self.layout.is_done(f"train-{m}")]
+        trained = [m for m in stages.MODEL_NETS if self.current(f"train-{m}")]
         if not trained:
             return sec.note("No network trained in this run (`streamclust train RUN_DIR --model ae|vae`).")
         try:
@@ -447,7 +469,10 @@ class _Report:
 
     def select_k(self) -> Section:
         sec = Section("select-k", "Choosing the number of clusters")
-        records = read_select_k(self.layout.root / "select_k.csv")
+        if self.status.get("select-k") == stages.STALE:
+            return sec.note("The select-k sweep of this run is stale (the fit was redone since); run "
+                            "`streamclust select-k` again to compare numbers of clusters.")
+        records = read_select_k(self.layout.select_k_csv) if self.current("select-k") else None
         if records is None:
             return sec.note("No select_k.csv in this run (run `streamclust select-k` to compare numbers of clusters).")
         rendered = figures.select_k_png(records) if records else None
@@ -507,12 +532,12 @@ class _Report:
 
     def map(self) -> Section:
         sec = Section("map", "Map of every image")
-        path = self.layout.root / "embedding.zarr"
+        path = self.layout.embedding
         if not (self.layout.is_done("fit-embedding") and path.exists()):
             return sec.note("No map of every image in this run (fit with `--embed tsne` to place every "
                             "image on a t-SNE map).")
         emb = zarr.open_array(str(path), mode="r")
-        fit_rows = np.load(self.layout.model_dir / "fit_rows.npy", allow_pickle=False)
+        fit_rows = np.load(self.layout.fit_rows, allow_pickle=False)
         n = int(fit_rows.size)
         if emb.shape[0] != n or emb.ndim != 2 or emb.shape[1] < 2:
             return sec.note("embedding.zarr does not match the fitted images; run "
@@ -570,7 +595,7 @@ class _Report:
             c = c.reshape(len(names), B, B)
             majority = np.where(c.sum(axis=0) > 0, np.argmax(c, axis=0), -1)
             drawn.append((title, majority, names))
-        meta = read_json(self.layout.root / "fit_summary.json") or {}
+        meta = read_json(self.layout.fit_summary) or {}
         sec.text(f"Every one of the {n:,} fitted images on the t-SNE map (`embedding.zarr`): t-SNE was fitted "
                  "on a sample and the other images were placed into it by streaming, so the map's cost is linear "
                  f"in the number of images. The map is cut into {B} x {B} cells; the first panel counts the images "
@@ -588,7 +613,8 @@ class _Report:
         """The labels ``streamclust evaluate`` scored against (member -> label), if it ran."""
         from ..pipeline.evaluate import labels_from_folders, read_labels
 
-        source = (read_json(self.layout.root / "evaluation.json") or {}).get("labels_source") or {}
+        ev = read_json(self.layout.evaluation) if self.current("evaluate") else None
+        source = (ev or {}).get("labels_source") or {}
         try:
             if source.get("from_folders"):
                 return labels_from_folders(self.a["member"])
@@ -600,8 +626,11 @@ class _Report:
 
     def compare(self) -> Section:
         sec = Section("compare", "Methods side by side")
-        path = self.layout.root / "compare.csv"
-        if not path.exists():
+        path = self.layout.compare_csv
+        if self.status.get("compare") == stages.STALE:
+            return sec.note("The comparison of this run is stale (the fit was redone since); run "
+                            "`streamclust compare RUN_DIR` again.")
+        if not (self.current("compare") and path.exists()):
             return sec.note("No compare.csv in this run (run `streamclust compare RUN_DIR [--labels ...]` to "
                             "compare the fitted methods).")
         with open(path, newline="", encoding="utf-8") as fh:
@@ -652,7 +681,10 @@ class _Report:
 
     def evaluation(self) -> Section:
         sec = Section("evaluation", "Evaluation against labels")
-        ev = read_json(self.layout.root / "evaluation.json")
+        if self.status.get("evaluate") == stages.STALE:
+            return sec.note("The evaluation of this run is stale (the assignments were redone since); run "
+                            "`streamclust evaluate RUN_DIR --labels labels.csv` again.")
+        ev = read_json(self.layout.evaluation) if self.current("evaluate") else None
         if not ev:
             return sec.note("No labels were given (run `streamclust evaluate RUN_DIR --labels labels.csv` "
                             "or `--labels-from-folders`).")

@@ -72,8 +72,8 @@ def read_features(layout: RunLayout, rows: np.ndarray, pca, images: zarr.Array) 
     if rows.size == 0:
         return out
     todo = np.ones(rows.size, dtype=bool)
-    feat_path = layout.root / "features.zarr"
-    rows_path = layout.model_dir / "fit_rows.npy"
+    feat_path = layout.features
+    rows_path = layout.fit_rows
     if feat_path.exists() and rows_path.exists():
         fit_rows = np.load(rows_path, allow_pickle=False)
         feats = zarr.open_array(str(feat_path), mode="r")

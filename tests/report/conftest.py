@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from streamclust import stages
 from streamclust.config import FitConfig, IngestConfig
 from streamclust.ingest import ingest
 from streamclust.pipeline.assign import assign_run
 from streamclust.pipeline.fit import fit_run
+from streamclust.store import RunLayout
 
 #: hostile member names that must come out escaped in the HTML
 HOSTILE_NAMES = (
@@ -98,6 +100,7 @@ def digits_run(tmp_path_factory) -> Path:
     evaluate_run(run, labels=str(zip_path) + ".labels.csv")
     compare_run(run, labels=str(zip_path) + ".labels.csv")
     write_select_k(run)
+    stages.complete(RunLayout.of(run), "select-k")
     return run
 
 

@@ -136,26 +136,32 @@ class ScatterAccumulator:
         self.s1 += o.s1
         self.n += o.n
 
-    def result(self, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    def result(self, dtype=np.float64, *, consume: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``(mean, C)``: the exact mean and the full symmetric scatter matrix around it.
 
         ``C`` is built in ``dtype`` (float32 halves the memory of the eigensolver's
         products) slab by slab, each float64 slab freed once copied: the peak is the
         triangle plus the square in ``dtype``, never two float64 squares.  Consumes the
-        accumulator.
+        accumulator, unless ``consume=False`` (``partial_fit``: the sums go on growing;
+        each slab is then corrected in a temporary copy).
         """
         n, s1, d = self.n, self.s1, self.d
         C = np.empty((d, d), dtype=dtype)
         self.diagonal = np.empty(d)  # exact (float64) whatever ``dtype``: the total variance
         for i, (a, e) in enumerate(_slabs(d)):
             slab = self.slabs[i]
-            slab -= np.outer(s1[a:e], s1[a:] / n)
+            if consume:
+                slab -= np.outer(s1[a:e], s1[a:] / n)
+            else:
+                slab = slab - np.outer(s1[a:e], s1[a:] / n)
             self.diagonal[a:e] = np.diagonal(slab[:, : e - a])
             C[a:e, a:] = slab
             C[a:, a:e] = slab.T
-            self.slabs[i] = None
+            if consume:
+                self.slabs[i] = None
             del slab
-        self.slabs = []
+        if consume:
+            self.slabs = []
         return self.shift + s1 / n, C
 
     def state_dict(self) -> dict:
@@ -261,9 +267,9 @@ class CovariancePlan:
     def next_pass(self):
         return None if self.done else ScatterAccumulator(self.d)
 
-    def end_pass(self, acc: ScatterAccumulator) -> None:
+    def end_pass(self, acc: ScatterAccumulator, *, consume: bool = True) -> None:
         # float64 for the exact eigh; above EIGH_MAX_FEATURES the subspace iteration runs in float32
-        mean, C = acc.result(np.float64 if self.d <= EIGH_MAX_FEATURES else np.float32)
+        mean, C = acc.result(np.float64 if self.d <= EIGH_MAX_FEATURES else np.float32, consume=consume)
         self.n, self.mean = acc.n, mean
         self.scatter = np.maximum(acc.diagonal, 0.0)
         w, V = top_eigenpairs(C, n_keep=self.n_keep, fraction=self.fraction, cap=self.cap, seed=self.seed)

@@ -39,11 +39,12 @@ from scipy import linalg
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.decomposition import IncrementalPCA
 from sklearn.utils import gen_batches
+from sklearn.utils.extmath import fast_logdet
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._base import StreamingMixin, draw_seed, fit_streaming
-from ._batches import RowSource, as_row_source, is_lazy_array
+from ._batches import RowSource, as_row_source, is_lazy_array, output_dtype
 from ._passes import pass_rng
 
 __all__ = ["StreamingPCA", "choose_method"]
@@ -641,11 +642,15 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
 
     Parameters
     ----------
-    n_components : int, float or None, default=None
+    n_components : int, float, "mle" or None, default=None
         Number of components to keep.  ``None`` keeps ``min(n_samples, n_features)``; an
-        int must lie in ``[1, min(n_samples, n_features)]``; a float in ``(0, 1)`` keeps
-        the smallest number of components whose explained variance ratio exceeds it
-        (scikit-learn's rule), at most ``max_components``.
+        int must lie in ``[0, min(n_samples, n_features)]`` (``[1, ...]`` for the
+        randomized and incremental methods, as scikit-learn's randomized solver and
+        IncrementalPCA; 0 keeps the mean and the noise variance only); a float in
+        ``(0, 1)`` keeps the smallest number of components whose explained variance
+        ratio exceeds it (scikit-learn's rule), at most ``max_components``; ``"mle"``
+        Minka's estimate, as :class:`~sklearn.decomposition.PCA` (the covariance method,
+        ``n_samples >= n_features``).
     method : {"auto", "covariance", "randomized", "incremental"}, default="auto"
         ``"covariance"``: exact; one pass accumulating the centred scatter matrix in
         float64 (exactly, for 8-bit pixels), then its eigendecomposition: the same
@@ -707,6 +712,11 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
     noise_variance_ : float
         Average variance of the discarded directions (probabilistic PCA model), from
         the exact total variance; 0 when all components are kept.
+    n_samples_seen_ : int
+        Rows seen by :meth:`partial_fit` (and by ``fit`` with ``method="incremental"``).
+    var_ : ndarray of shape (n_features,)
+        Per-feature variance (``ddof=0``), ``method="incremental"`` only: the state
+        IncrementalPCA's :meth:`partial_fit` goes on from.
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -733,6 +743,15 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
     checkpointed and resumed at batch granularity with
     :func:`streamclust.models._base.fit_streaming`.
 
+    The float attributes are float32 for float32 input (NumPy, zarr or dask) and float64
+    otherwise, as scikit-learn keeps them; the sums behind them are float64 either way.
+
+    :meth:`partial_fit` updates a model with new rows (a store that grows), as
+    :meth:`IncrementalPCA.partial_fit`: exactly with the covariance method (its sums
+    merge), IncrementalPCA's merge with the incremental one.  :meth:`score`,
+    :meth:`score_samples`, :meth:`get_covariance` and :meth:`get_precision` are those of
+    scikit-learn's probabilistic PCA model, the scores streamed batch by batch.
+
     References
     ----------
     N. Halko, P.-G. Martinsson and J. A. Tropp, "Finding structure with randomness:
@@ -756,8 +775,9 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
 
     _parameter_constraints: dict = {
         "n_components": [
-            Interval(Integral, 1, None, closed="left"),
+            Interval(Integral, 0, None, closed="left"),
             Interval(RealNotInt, 0, 1, closed="neither"),
+            StrOptions({"mle"}),
             None,
         ],
         "method": [StrOptions({"auto", "covariance", "randomized", "incremental"})],
@@ -809,6 +829,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         self : StreamingPCA
             The fitted estimator.
         """
+        self.__dict__.pop("_partial", None)  # a fit starts afresh: no partial_fit sums
         return fit_streaming(self, X)
 
     def _cap(self, n_samples: int, n_features: int) -> int:
@@ -822,11 +843,34 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         k = self.n_components
         if k is None:
             return limit
+        if k == "mle":  # Minka's rule on the whole spectrum: the exact method only
+            method = self._resolved_method(n_samples, n_features)
+            if method != "covariance":
+                raise ValueError(f"n_components='mle' cannot be a string with method={method!r}")
+            if n_samples < n_features:
+                raise ValueError("n_components='mle' is only supported if n_samples >= n_features")
+            return limit
         if isinstance(k, Integral):
-            if k > limit:
+            if self.method == "incremental":  # IncrementalPCA's checks and messages
+                if not 1 <= k <= n_features:
+                    raise ValueError(
+                        f"n_components={k!r} invalid for n_features={n_features}, need more rows than "
+                        "columns for IncrementalPCA processing"
+                    )
+                if k > n_samples:
+                    raise ValueError(
+                        f"n_components={k} must be less or equal to the batch number of samples "
+                        f"{n_samples} for the first partial_fit call."
+                    )
+                return int(k)
+            # PCA's: 0 components (the mean and the noise variance only) except for the
+            # randomized sketch, as scikit-learn's full / arpack and randomized solvers
+            low = 1 if self.method == "randomized" else 0
+            if not low <= k <= limit:
                 raise ValueError(
-                    f"n_components={k} must be between 1 and min(n_samples, n_features)="
-                    f"{limit} (n_samples={n_samples}, n_features={n_features}); lower n_components."
+                    f"n_components={k} must be between {low} and min(n_samples, n_features)="
+                    f"{limit} with method={self.method!r} (n_samples={n_samples}, "
+                    f"n_features={n_features}); lower n_components."
                 )
             return int(k)
         cap = self._cap(n_samples, n_features)
@@ -834,9 +878,16 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             return min(cap, _FIRST_TRACKED)
         return cap
 
+    def _fraction(self):
+        """``n_components`` when it is a fraction of the variance, else ``None``."""
+        k = self.n_components
+        return None if k is None or k == "mle" or isinstance(k, Integral) else k
+
     def _resolved_method(self, n_samples: int, n_features: int) -> str:
         if self.method != "auto":
             return self.method
+        if self.n_components == "mle":
+            return "covariance"
         return choose_method(n_samples, n_features, self.n_components, n_power_iter=self.n_power_iter)
 
     def _make_plan(self, source: RowSource):
@@ -853,7 +904,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             return _IncrementalPCAPlan(n, d, k, max(int(self.batch_size), k))
         compute = np.float32 if self.dtype == "float32" else np.float64
         src_dtype = np.dtype(getattr(source.array, "dtype", np.float64))
-        fraction = None if self.n_components is None or isinstance(self.n_components, Integral) else self.n_components
+        fraction = self._fraction()
         seed = draw_seed(self.random_state)
         if method == "covariance":
             from ._scatter import CovariancePlan
@@ -879,7 +930,14 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         return plan
 
     def _finish_plan(self, plan, source: RowSource) -> None:
-        n, d = source.n_samples, source.n_features
+        self._set_fitted(plan, source.n_samples, source.n_features, output_dtype(source))
+
+    def _set_fitted(self, plan, n: int, d: int, dtype) -> None:
+        """The fitted attributes from a finished plan over ``n`` rows of ``d`` features.
+
+        Computed in float64; stored in ``dtype`` (float32 for float32 input, as
+        scikit-learn keeps them).
+        """
         limit = min(n, d)
         if isinstance(plan, _RandomizedPCAPlan):
             k = plan.n_track
@@ -906,7 +964,12 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             ev = lam / (n - 1)
             ratio = ev / total_var if total_var > 0 else np.zeros_like(ev)
             noise = None  # from the exact total: the mean of the other eigenvalues, as PCA's
-        if self.n_components is not None and not isinstance(self.n_components, Integral):
+        if self.n_components == "mle":
+            from sklearn.decomposition._pca import _infer_dimension
+
+            k = int(_infer_dimension(np.asarray(ev, dtype=np.float64)[:limit], n))
+            noise = None
+        elif self._fraction() is not None:
             cum = np.cumsum(ratio[:k])
             k_frac = int(np.searchsorted(cum, self.n_components, side="right") + 1)
             if k_frac > k and k < limit:
@@ -923,21 +986,28 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         if noise is None:
             noise = (total_var - float(ev.sum())) / (limit - k) if k < limit else 0.0
             noise = max(noise, 0.0)
-        self.components_ = np.ascontiguousarray(components, dtype=np.float64)
-        self.singular_values_ = np.asarray(sv, dtype=np.float64).copy()
-        self.explained_variance_ = np.asarray(ev, dtype=np.float64).copy()
-        self.explained_variance_ratio_ = np.asarray(ratio, dtype=np.float64).copy()
-        self.mean_ = np.asarray(mean, dtype=np.float64).copy()
+        dtype = np.dtype(dtype)
+        self.components_ = np.array(np.reshape(components, (k, d)), dtype=dtype, order="C")
+        self.singular_values_ = np.array(sv, dtype=dtype)
+        self.explained_variance_ = np.array(ev, dtype=dtype)
+        self.explained_variance_ratio_ = np.array(ratio, dtype=dtype)
+        self.mean_ = np.array(mean, dtype=dtype)
         self.n_components_ = int(k)
         self.n_samples_ = int(n)
-        self.noise_variance_ = float(noise)
+        self.noise_variance_ = dtype.type(noise)
+        if isinstance(plan, _IncrementalPCAPlan):  # IncrementalPCA's state, which partial_fit goes on from
+            self.var_ = np.array(plan.result["var_"], dtype=dtype)
+            self.n_samples_seen_ = int(plan.result["n_samples_seen_"])
+        else:
+            for attr in ("var_", "n_samples_seen_"):
+                self.__dict__.pop(attr, None)
 
     # --------------------------------------------------------------- transforming
     def _input_source(self, X) -> tuple[RowSource, np.dtype]:
+        """The rows of ``X`` and the float dtype of the outputs: float32 for float32 input
+        (NumPy, zarr or dask), float64 otherwise."""
         source = as_row_source(self, X, reset=False)
-        if is_lazy_array(source.array) or isinstance(X, RowSource):
-            return source, np.dtype(np.float64)
-        return source, source.array.dtype
+        return source, output_dtype(source)
 
     def transform(self, X):
         """Project ``X`` on the principal components, streaming over lazy input.
@@ -950,16 +1020,17 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         Returns
         -------
         X_new : ndarray of shape (n_samples, n_components_)
-            Projections (float32 for float32 NumPy input, float64 otherwise).
+            Projections (float32 for float32 input, float64 otherwise).
         """
         check_is_fitted(self)
         source, dtype = self._input_source(X)
         comps = self.components_.astype(dtype, copy=False)
-        offset = (self.mean_ @ self.components_.T).astype(dtype)
+        offset = (self.mean_.astype(np.float64) @ self.components_.astype(np.float64).T).astype(dtype)
         scale = None
         if self.whiten:
-            scale = np.sqrt(self.explained_variance_)
-            scale[scale < np.finfo(scale.dtype).eps] = np.finfo(scale.dtype).eps
+            scale = np.sqrt(self.explained_variance_.astype(np.float64))
+            eps = float(np.finfo(self.explained_variance_.dtype).eps)
+            scale[scale < eps] = eps
             scale = scale.astype(dtype)
         out = np.empty((source.n_samples, self.n_components_), dtype=dtype)
         for lo, batch in source.iter_batches(int(self.batch_size), dtype=dtype):
@@ -989,6 +1060,309 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         if self.whiten:
             comps = np.sqrt(self.explained_variance_)[:, None] * comps
         return X @ comps.astype(X.dtype, copy=False) + self.mean_.astype(X.dtype, copy=False)
+
+    # ------------------------------------------------------------ partial_fit
+    def partial_fit(self, X, y=None, check_input=True):
+        """Update the model with the rows of ``X``, as :meth:`IncrementalPCA.partial_fit`.
+
+        Successive calls give the model that one :meth:`fit` over the concatenation of
+        their rows gives, within the method's tolerance:
+
+        - ``method="covariance"`` (and ``"auto"`` up to 12,288 features): the float64
+          scatter sums of every row seen are kept (``d x d / 2`` values) and merge
+          exactly, so the model after each call is the exact PCA of all the rows so far
+          (equal to :meth:`fit` on them to rounding), ``n_components`` of any kind
+          (int, fraction or ``None``: ``min(n_samples_seen_, n_features)``).
+        - ``method="incremental"`` (and ``"auto"`` above 12,288 features): one step of
+          :class:`~sklearn.decomposition.IncrementalPCA` per call (its truncated merge,
+          its checks and messages); the state is the public attributes (``var_``,
+          ``n_samples_seen_``, ...), so a saved model can go on.
+        - ``method="randomized"`` raises ``ValueError``: its sketch needs several passes
+          over all the rows.
+
+        Parameters
+        ----------
+        X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)
+            New rows (lazy input is streamed ``batch_size`` rows at a time).
+        y : None
+            Ignored.
+        check_input : bool, default=True
+            Validate ``X`` (NumPy input); as in scikit-learn, ``False`` trusts it.
+
+        Returns
+        -------
+        self : StreamingPCA
+            The updated estimator.
+        """
+        self._validate_params()
+        first = not hasattr(self, "components_")
+        if first:
+            self.__dict__.pop("_partial", None)
+        if check_input or is_lazy_array(X):
+            source = as_row_source(self, X, reset=first)
+        else:
+            source = RowSource(np.asarray(X))
+        d = source.n_features
+        if first:
+            method = self.method
+            if method == "auto":
+                method = "covariance" if d <= COVARIANCE_MAX_FEATURES else "incremental"
+        elif self.method_ == "incremental" or hasattr(self, "_partial"):
+            method = self.method_
+        elif self.method != "randomized" and d <= COVARIANCE_MAX_FEATURES:
+            method = "covariance"  # after fit: the sums of the fitted model (see _model_sums)
+        else:
+            method = "randomized"
+        if method == "randomized":
+            raise ValueError(
+                "partial_fit needs method='covariance' (exact, d x d sums) or 'incremental' "
+                "(IncrementalPCA's merge); method='randomized' sketches in several passes over all the rows."
+            )
+        if method == "covariance":
+            self._partial_fit_covariance(source, first)
+        else:
+            self._partial_fit_incremental(source, first)
+        self.method_ = method
+        return self
+
+    def _partial_fit_covariance(self, source: RowSource, first: bool) -> None:
+        from ._scatter import CovariancePlan, EIGH_MAX_FEATURES, ScatterAccumulator
+
+        d = source.n_features
+        acc = None if first else self._partial["acc"] if hasattr(self, "_partial") else self._model_sums()
+        n = source.n_samples + (0 if acc is None else acc.n)
+        if n < 2:
+            raise ValueError(
+                f"StreamingPCA needs at least 2 samples to estimate a covariance, got n_samples={n}."
+            )
+        k = self._n_tracked(n, d)  # checked before any row is added: a refused call changes nothing
+        fraction = self._fraction()
+        src_dtype = np.dtype(getattr(source.array, "dtype", np.float64))
+        batch_dtype = src_dtype if src_dtype.kind in "iub" and src_dtype.itemsize == 1 else np.float64
+        new = ScatterAccumulator(d)
+        if acc is not None:  # around the same shift: the sums just add
+            new.load_state_dict(acc.state_dict())
+        for offset, batch in source.iter_batches(int(self.batch_size), dtype=batch_dtype):
+            new.update(batch, offset)
+        plan = CovariancePlan(d, n_keep=None if fraction is not None else k, fraction=fraction,
+                              cap=self._cap(n, d) if fraction else k, seed=0)
+        plan.end_pass(new, consume=False)
+        dtype = output_dtype(source) if first else self.components_.dtype
+        self._set_fitted(plan, n, d, dtype)
+        self._partial = {"acc": new}
+        self.n_samples_seen_ = int(n)
+        if d > EIGH_MAX_FEATURES:
+            logger.debug("partial_fit: %d features, subspace iteration on the scatter matrix", d)
+
+    def _model_sums(self):
+        """Scatter sums standing for the rows a :meth:`fit` saw, rebuilt from the fitted model.
+
+        Around ``mean_``: ``S1 = 0`` and ``C = (n - 1) get_covariance()`` (float64), the
+        covariance of the probabilistic PCA model: the exact scatter matrix when every
+        component was kept (``n_components_ = min(n_samples, n_features)``), else its
+        kept components plus the noise variance in every discarded direction.
+        """
+        from ._scatter import ScatterAccumulator, _slabs
+
+        d = self.components_.shape[1]
+        W = np.asarray(self.components_, dtype=np.float64)
+        ev = np.asarray(self.explained_variance_, dtype=np.float64)
+        sigma2 = float(self.noise_variance_)
+        n = int(self.n_samples_)
+        C = (W.T * (np.maximum(ev - sigma2, 0.0) * (n - 1))) @ W
+        C.flat[:: d + 1] += sigma2 * (n - 1)
+        acc = ScatterAccumulator(d, shift=np.asarray(self.mean_, dtype=np.float64))
+        acc.n = n
+        acc.slabs = [np.array(C[a:e, a:]) for a, e in _slabs(d)]
+        return acc
+
+    def _partial_fit_incremental(self, source: RowSource, first: bool) -> None:
+        n_new, d = source.n_samples, source.n_features
+        if self.n_components is not None and not isinstance(self.n_components, Integral):
+            raise ValueError(
+                f"n_components={self.n_components!r} (a fraction or 'mle') needs method='covariance' in partial_fit; "
+                "IncrementalPCA keeps a fixed number of components."
+            )
+        ipca = IncrementalPCA(n_components=self.n_components)
+        if not first:
+            if not hasattr(self, "var_"):
+                raise ValueError("this model has no var_ (IncrementalPCA's state): it cannot go on with "
+                                 "partial_fit; fit again on all the rows")
+            for attr in ("components_", "singular_values_", "mean_", "var_", "explained_variance_",
+                         "explained_variance_ratio_", "noise_variance_", "n_components_"):
+                setattr(ipca, attr, getattr(self, attr))
+            ipca.n_samples_seen_ = getattr(self, "n_samples_seen_", self.n_samples_)
+        # a NumPy X is one partial_fit step (as IncrementalPCA); lazy input one per chunk of
+        # max(batch_size, n_components) rows, the last short chunk merged with the one before
+        k = ipca.n_components if ipca.n_components is not None else (
+            min(n_new, d) if first else self.components_.shape[0])
+        if is_lazy_array(source.array):
+            bounds = [(s.start, s.stop) for s in gen_batches(n_new, max(int(self.batch_size), k), min_batch_size=k)]
+        else:
+            bounds = [(0, n_new)]
+        for lo, batch in source.iter_ranges(bounds, dtype=np.float64 if source.array.dtype != np.float32 else np.float32):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ipca.partial_fit(np.array(batch, copy=True), check_input=False)
+        n = int(ipca.n_samples_seen_) if float(ipca.n_samples_seen_).is_integer() else ipca.n_samples_seen_
+        dtype = output_dtype(source) if first else self.components_.dtype
+        self.components_ = ipca.components_.astype(dtype, copy=False)
+        self.singular_values_ = ipca.singular_values_.astype(dtype, copy=False)
+        self.explained_variance_ = ipca.explained_variance_.astype(dtype, copy=False)
+        ratio = np.where(np.isfinite(ipca.explained_variance_ratio_), ipca.explained_variance_ratio_, 0.0)
+        self.explained_variance_ratio_ = ratio.astype(dtype, copy=False)
+        self.mean_ = np.asarray(ipca.mean_).astype(dtype, copy=False)
+        self.var_ = np.asarray(ipca.var_).astype(dtype, copy=False)
+        noise = float(ipca.noise_variance_)
+        self.noise_variance_ = dtype.type(noise if np.isfinite(noise) else 0.0)
+        self.n_components_ = int(ipca.n_components_)
+        self.n_samples_seen_ = n
+        self.n_samples_ = int(n)
+
+    # ------------------------------------------------- probabilistic PCA model
+    def _model_axes(self):
+        """The model's axes (scaled by the root explained variances when whitening, as
+        scikit-learn's) and the variance above the noise along each (0 where none)."""
+        components_ = self.components_
+        exp_var = self.explained_variance_
+        if self.whiten:
+            components_ = components_ * np.sqrt(exp_var[:, np.newaxis])
+        exp_var_diff = np.where(exp_var > self.noise_variance_, exp_var - self.noise_variance_,
+                                np.asarray(0.0, dtype=exp_var.dtype))
+        return components_, exp_var_diff
+
+    def get_covariance(self):
+        """Data covariance of the probabilistic PCA model, as :meth:`PCA.get_covariance`.
+
+        ``cov = components_.T * S**2 * components_ + sigma2 * eye(n_features)``, ``S**2``
+        the explained variances and ``sigma2`` the noise variance.
+
+        Returns
+        -------
+        cov : ndarray of shape (n_features, n_features)
+            Estimated covariance of the data.
+        """
+        check_is_fitted(self)
+        components_, exp_var_diff = self._model_axes()
+        cov = (components_.T * exp_var_diff) @ components_
+        cov.flat[:: cov.shape[0] + 1] += self.noise_variance_
+        return cov
+
+    def get_precision(self):
+        """Data precision matrix of the probabilistic PCA model, as :meth:`PCA.get_precision`.
+
+        The inverse of :meth:`get_covariance`, by the matrix inversion lemma.
+
+        Returns
+        -------
+        precision : ndarray of shape (n_features, n_features)
+            Estimated precision of the data.
+        """
+        check_is_fitted(self)
+        n_features = self.components_.shape[1]
+        if self.n_components_ == 0:
+            return np.eye(n_features) / self.noise_variance_
+        if self.noise_variance_ == 0.0:
+            return linalg.inv(self.get_covariance())
+        components_, exp_var_diff = self._model_axes()
+        precision = components_ @ components_.T / self.noise_variance_
+        precision.flat[:: precision.shape[0] + 1] += 1.0 / exp_var_diff
+        precision = components_.T @ linalg.inv(precision) @ components_
+        precision /= -(self.noise_variance_**2)
+        precision.flat[:: precision.shape[0] + 1] += 1.0 / self.noise_variance_
+        return precision
+
+    def _loglik_model(self):
+        """What the per-row log-likelihood needs, in float64, without a ``d x d`` matrix when
+        the noise variance is positive.
+
+        The covariance is ``sigma2 I + G^T G`` with ``G = sqrt(D) W`` (``W`` the components,
+        scaled by the root explained variances when whitening, as scikit-learn's
+        :meth:`get_covariance`; ``D`` the variances above the noise).  Then
+        ``x^T P x = (|x|^2 - (G x)^T (sigma2 I + G G^T)^{-1} (G x)) / sigma2`` and
+        ``log det cov = (d - k) log sigma2 + log det (sigma2 I + G G^T)``.
+        """
+        d = self.components_.shape[1]
+        sigma2 = float(self.noise_variance_)
+        mean = np.asarray(self.mean_, dtype=np.float64)
+        if sigma2 <= 0.0:  # scikit-learn's way: the inverse of the covariance
+            precision = np.asarray(self.get_precision(), dtype=np.float64)
+            return {"mean": mean, "precision": precision, "logdet": fast_logdet(precision)}
+        W = np.asarray(self.components_, dtype=np.float64)
+        ev = np.asarray(self.explained_variance_, dtype=np.float64)
+        if self.whiten:
+            W = W * np.sqrt(ev[:, None])
+        diff = ev - sigma2
+        keep = diff > 0
+        G = np.sqrt(diff[keep])[:, None] * W[keep]
+        M = G @ G.T
+        M.flat[:: M.shape[0] + 1] += sigma2
+        factor = linalg.cho_factor(M, lower=True) if M.size else None
+        logdet_m = 2.0 * float(np.sum(np.log(np.diag(factor[0])))) if M.size else 0.0
+        logdet_cov = (d - G.shape[0]) * np.log(sigma2) + logdet_m
+        return {"mean": mean, "G": G, "factor": factor, "sigma2": sigma2, "logdet": -logdet_cov}
+
+    def _loglik_batch(self, model: dict, X: np.ndarray) -> np.ndarray:
+        Xr = X - model["mean"]
+        d = Xr.shape[1]
+        if "precision" in model:
+            quad = np.einsum("ij,ij->i", Xr, Xr @ model["precision"])
+        else:
+            quad = np.einsum("ij,ij->i", Xr, Xr)
+            if model["factor"] is not None:
+                Y = Xr @ model["G"].T
+                quad -= np.einsum("ij,ij->i", Y, linalg.cho_solve(model["factor"], Y.T).T)
+            quad /= model["sigma2"]
+        return -0.5 * quad - 0.5 * (d * np.log(2.0 * np.pi) - model["logdet"])
+
+    def score_samples(self, X):
+        """Log-likelihood of each row under the probabilistic PCA model, streamed.
+
+        As :meth:`PCA.score_samples` (Bishop, "Pattern Recognition and Machine
+        Learning", 12.2.1), computed batch by batch in float64 over NumPy, zarr or dask
+        input; no ``d x d`` matrix is formed when ``noise_variance_ > 0``.
+
+        Parameters
+        ----------
+        X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)
+            Data with ``n_features_in_`` features.
+
+        Returns
+        -------
+        ll : ndarray of shape (n_samples,)
+            Log-likelihood of each row (float32 for float32 input, float64 otherwise).
+        """
+        check_is_fitted(self)
+        source, dtype = self._input_source(X)
+        model = self._loglik_model()
+        out = np.empty(source.n_samples, dtype=dtype)
+        for lo, batch in source.iter_batches(int(self.batch_size), dtype=np.float64):
+            out[lo : lo + batch.shape[0]] = self._loglik_batch(model, batch)
+        return out
+
+    def score(self, X, y=None):
+        """Average log-likelihood of the rows under the probabilistic PCA model, streamed.
+
+        As :meth:`PCA.score`: the mean of :meth:`score_samples`, summed in float64.
+
+        Parameters
+        ----------
+        X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)
+            Data with ``n_features_in_`` features.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        ll : float
+            Average log-likelihood.
+        """
+        check_is_fitted(self)
+        source, _ = self._input_source(X)
+        model = self._loglik_model()
+        total = 0.0
+        for _, batch in source.iter_batches(int(self.batch_size), dtype=np.float64):
+            total += float(np.sum(self._loglik_batch(model, batch)))
+        return total / source.n_samples
 
     @property
     def _n_features_out(self):

@@ -378,8 +378,15 @@ def test_too_many_components_raise():
     X = low_rank(n=30, d=10)
     with pytest.raises(ValueError, match=r"min\(n_samples, n_features\)=10"):
         StreamingPCA(11).fit(X)
-    with pytest.raises(ValueError, match=r"min\(n_samples, n_features\)=5"):
+    with pytest.raises(ValueError, match=r"must be between 0 and min\(n_samples, n_features\)=5 with method='covariance'"):
+        StreamingPCA(6, method="covariance").fit(X[:5])
+    with pytest.raises(ValueError, match=r"must be between 1 and min\(n_samples, n_features\)=5 with method='randomized'"):
+        StreamingPCA(0, method="randomized").fit(X[:5])
+    # IncrementalPCA's messages for the incremental method
+    with pytest.raises(ValueError, match="n_components=6 must be less or equal to the batch number of samples 5"):
         StreamingPCA(6, method="incremental").fit(X[:5])
+    with pytest.raises(ValueError, match="n_components=11 invalid for n_features=10"):
+        StreamingPCA(11, method="incremental").fit(X)
 
 
 def test_single_sample_raises():
@@ -408,3 +415,136 @@ def test_feature_names_out():
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+# ------------------------------------------------ probabilistic model (issue 14)
+@pytest.mark.parametrize("whiten", [False, True])
+@pytest.mark.parametrize("n_components", [0, 3, 12])
+def test_score_and_covariance_equal_sklearn(n_components, whiten):
+    X = low_rank(n=300, d=12)
+    Xt = low_rank(n=50, d=12, seed=1)
+    ref = PCA(n_components, whiten=whiten, svd_solver="full").fit(X)
+    est = StreamingPCA(n_components, method="covariance", whiten=whiten, batch_size=17).fit(X)
+    assert est.n_components_ == n_components
+    assert_allclose(est.get_covariance(), ref.get_covariance(), rtol=1e-9, atol=1e-12)
+    P = ref.get_precision()  # ill-conditioned when every component is kept: compare to its scale
+    assert_allclose(est.get_precision(), P, rtol=1e-7, atol=1e-9 * np.abs(P).max())
+    # all components kept (no noise): the inverse of a covariance of condition ~1e8 (whitened)
+    rtol = 1e-9 if est.noise_variance_ > 0 else 1e-7
+    assert_allclose(est.score_samples(Xt), ref.score_samples(Xt), rtol=rtol)
+    assert_allclose(est.score(Xt), ref.score(Xt), rtol=rtol)
+    # streamed over lazy input, batch by batch: the same values
+    assert_allclose(est.score_samples(as_zarr(Xt, 7)), ref.score_samples(Xt), rtol=rtol)
+    assert_allclose(est.score(da.from_array(Xt, chunks=9)), ref.score(Xt), rtol=rtol)
+
+
+def test_score_low_rank_path_needs_no_square_matrix(monkeypatch):
+    X = low_rank(n=400, d=30)
+    est = StreamingPCA(5, method="covariance", batch_size=64).fit(X)
+    expected = PCA(5, svd_solver="full").fit(X).score(X)
+    monkeypatch.setattr(StreamingPCA, "get_precision", lambda self: pytest.fail("d x d precision formed"))
+    assert_allclose(est.score(X), expected, rtol=1e-10)
+
+
+def test_n_components_mle_equals_sklearn():
+    rng = np.random.RandomState(0)
+    X = rng.randn(600, 10)
+    X[:, -1] = X[:, :-1].mean(axis=1)
+    ref = PCA("mle", svd_solver="full").fit(X)
+    est = StreamingPCA("mle", batch_size=50).fit(X)
+    assert est.method_ == "covariance" and est.n_components_ == ref.n_components_ == 9
+    assert_allclose(est.noise_variance_, ref.noise_variance_, rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="n_components='mle' cannot be a string with method='randomized'"):
+        StreamingPCA("mle", method="randomized").fit(X)
+
+
+# ------------------------------------------------------------ float32 (issue 14)
+FLOAT_ATTRS = ("components_", "explained_variance_", "explained_variance_ratio_", "singular_values_", "mean_")
+
+
+@pytest.mark.parametrize("method", ["covariance", "randomized", "incremental"])
+def test_float32_input_gives_float32_attributes_and_outputs(method):
+    X64 = low_rank(n=400, d=20)
+    X32 = X64.astype(np.float32)
+    est32 = StreamingPCA(4, method=method, batch_size=37, random_state=0).fit(X32)
+    est64 = StreamingPCA(4, method=method, batch_size=37, random_state=0).fit(X64)
+    for attr in FLOAT_ATTRS:
+        assert getattr(est32, attr).dtype == np.float32, attr
+        assert getattr(est64, attr).dtype == np.float64, attr
+    assert np.asarray(est32.noise_variance_).dtype == np.float32
+    assert_allclose(est32.components_, est64.components_, rtol=1e-3, atol=1e-3)
+    for Xin in (X32, as_zarr(X32, 13), da.from_array(X32, chunks=29)):
+        assert est32.transform(Xin).dtype == np.float32
+        assert est32.score_samples(Xin).dtype == np.float32
+    assert est32.transform(X64).dtype == np.float64
+    assert est64.transform(as_zarr(X32, 13)).dtype == np.float32
+    assert est32.inverse_transform(est32.transform(X32)).dtype == np.float32
+    # integers and uint8 images: float64, as scikit-learn
+    Xi = np.rint(X64 * 10).astype(np.int32)
+    assert StreamingPCA(3, method=method, batch_size=37, random_state=0).fit(Xi).components_.dtype == np.float64
+    # float32 sums stay float64 inside: the fit equals the fit of the same values in float64
+    est_same = StreamingPCA(4, method=method, batch_size=37, random_state=0).fit(X32.astype(np.float64))
+    assert_allclose(est32.explained_variance_, est_same.explained_variance_, rtol=1e-5)
+
+
+# ---------------------------------------------------------- partial_fit (issue 14)
+@pytest.mark.parametrize("n_components", [None, 3, 0.9])
+def test_partial_fit_over_slices_equals_fit(n_components):
+    X = low_rank(n=500, d=15)
+    full = StreamingPCA(n_components, method="covariance", batch_size=64).fit(X)
+    part = StreamingPCA(n_components, method="covariance", batch_size=64)
+    for lo in range(0, 500, 70):  # slices that are not batch-aligned, the last one short
+        part.partial_fit(X[lo : lo + 70])
+    assert part.method_ == "covariance" and part.n_samples_seen_ == 500
+    assert part.n_components_ == full.n_components_
+    for attr in FLOAT_ATTRS:  # to rounding (the noise axes' eigenvectors, nearly degenerate, to 1e-9)
+        assert_allclose(getattr(part, attr), getattr(full, attr), rtol=1e-10, atol=1e-9, err_msg=attr)
+    assert_allclose(part.noise_variance_, full.noise_variance_, rtol=1e-10, atol=1e-14)
+    # and both equal scikit-learn's exact PCA of all the rows
+    ref = PCA(n_components, svd_solver="full").fit(X)
+    assert_allclose(part.components_, ref.components_, atol=1e-7)
+    assert_allclose(part.explained_variance_, ref.explained_variance_, rtol=1e-9)
+
+
+def test_partial_fit_of_lazy_slices_of_a_growing_store():
+    X = np.rint(low_rank(n=240, d=12) * 10 + 100).clip(0, 255).astype(np.uint8)
+    store = as_zarr(X, 16)
+    part = StreamingPCA(4, batch_size=25)
+    part.partial_fit(store)  # the store as it was: streamed batch by batch
+    grown = np.concatenate([X, X[:60] // 2 + 7])  # then 60 more images arrive (dask this time)
+    part.partial_fit(da.from_array(grown[240:], chunks=11))
+    X = grown
+    ref = PCA(4, svd_solver="full").fit(X.astype(np.float64))
+    assert_allclose(part.components_, ref.components_, atol=1e-8)
+    assert_allclose(part.mean_, ref.mean_, rtol=1e-12)
+
+
+def test_partial_fit_incremental_equals_incremental_pca():
+    X = low_rank(n=200, d=10)
+    ours = StreamingPCA(3, method="incremental", batch_size=7)
+    ref = IncrementalPCA(3)
+    for lo in range(0, 200, 40):
+        ours.partial_fit(X[lo : lo + 40])
+        ref.partial_fit(X[lo : lo + 40])
+    for attr in FLOAT_ATTRS + ("var_", "noise_variance_", "n_samples_seen_"):
+        assert_allclose(getattr(ours, attr), getattr(ref, attr), rtol=1e-12, atol=1e-14, err_msg=attr)
+    # lazy input: one IncrementalPCA step a chunk of max(batch_size, n_components) rows
+    lazy = StreamingPCA(3, method="incremental", batch_size=40)
+    lazy.partial_fit(as_zarr(X, 9))
+    assert_allclose(lazy.components_, ref.components_, atol=1e-10)
+
+
+def test_partial_fit_after_fit_continues_from_the_model():
+    X = low_rank(n=300, d=8)
+    est = StreamingPCA(None, method="covariance", batch_size=50).fit(X[:200])  # all components: exact sums
+    est.partial_fit(X[200:])
+    ref = PCA(svd_solver="full").fit(X)
+    assert_allclose(est.explained_variance_, ref.explained_variance_, rtol=1e-10)
+    assert_allclose(np.abs(est.components_), np.abs(ref.components_), atol=1e-8)
+    ipca = StreamingPCA(3, method="incremental", batch_size=50).fit(X[:200])
+    ipca.partial_fit(X[200:])
+    assert ipca.n_samples_seen_ == 300
+    with pytest.raises(ValueError, match="method='randomized'"):
+        StreamingPCA(3, method="randomized").partial_fit(X)
+    with pytest.raises(ValueError, match="X has 7 features"):
+        est.partial_fit(X[:, :7])

@@ -41,9 +41,17 @@ BATCH = 7
 _INPUT_KIND: contextvars.ContextVar[str] = contextvars.ContextVar("parity_input", default="numpy")
 
 
+def _dense(X, dtype=None):
+    """``X`` as a NumPy array (a SciPy sparse matrix densified: the PCA modules build their
+    "sparse" input with SciPy, and the lazy containers stand in for it)."""
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    return np.asarray(X, dtype=dtype)
+
+
 def as_zarr(X, dtype=None):
     """``X`` as an in-memory zarr array in chunks of :data:`BATCH` - 2 rows (not batch-aligned)."""
-    X = np.asarray(X, dtype=dtype)
+    X = _dense(X, dtype)
     arr = zarr.create_array(store=zarr.storage.MemoryStore(), shape=X.shape,
                             chunks=(max(BATCH - 2, 1), *X.shape[1:]), dtype=X.dtype)
     arr[:] = X
@@ -52,7 +60,7 @@ def as_zarr(X, dtype=None):
 
 def as_dask(X, dtype=None):
     """``X`` as a dask array in chunks of :data:`BATCH` + 2 rows."""
-    X = np.asarray(X, dtype=dtype)
+    X = _dense(X, dtype)
     return da.from_array(X, chunks=(BATCH + 2, *X.shape[1:]))
 
 
@@ -89,13 +97,17 @@ class _LazyInput:
         return super().score(_lazy(X), y)
 
 
-def _with_defaults(base, name: str, doc: str, *, methods: tuple[str, ...] = (), **defaults):
+def _with_defaults(base, name: str, doc: str, *, methods: tuple[str, ...] = (), aliases: dict | None = None,
+                   **defaults):
     """``base`` under scikit-learn's class ``name``, with other defaults for some parameters.
 
     The constructor keeps ``base``'s signature (with the new defaults), so ``get_params``,
     ``clone`` and ``set_params`` see exactly ``base``'s parameters.  ``methods`` (besides
     ``fit``, ``predict`` and ``score``) also convert their ``X`` to the test's input kind.
+    ``aliases`` maps a scikit-learn keyword the constructor also takes (however it is
+    passed, e.g. from a ``**kwargs`` dict) to ``(our parameter, value conversion)``.
     """
+    aliases = dict(aliases or {})
     sig = inspect.signature(base.__init__)
     unknown = set(defaults) - set(sig.parameters)
     if unknown:
@@ -104,6 +116,9 @@ def _with_defaults(base, name: str, doc: str, *, methods: tuple[str, ...] = (), 
                                       for p in sig.parameters.values()])
 
     def __init__(self, *args, **kwargs):
+        for alias, (param, convert) in aliases.items():
+            if alias in kwargs:
+                kwargs[param] = convert(kwargs.pop(alias))
         bound = new_sig.bind(self, *args, **kwargs)
         bound.apply_defaults()
         base.__init__(*bound.args, **bound.kwargs)
@@ -142,15 +157,29 @@ GaussianMixture = _with_defaults(
     methods=("predict_proba", "score_samples", "bic", "aic", "fit_predict"),
     batch_size=BATCH,
 )
+#: scikit-learn's PCA solvers -> StreamingPCA's methods: the exact ones (a full SVD, the
+#: covariance's eigh, and ARPACK, an exact truncated solver) -> the exact covariance method;
+#: the randomized SVD -> the streamed randomized subspace iteration; "auto" -> "auto" (our
+#: rule, see deviations.py)
+SOLVER_METHOD = {"full": "covariance", "covariance_eigh": "covariance", "randomized": "randomized",
+                 "arpack": "covariance", "auto": "auto"}
+
 PCA = _with_defaults(
     StreamingPCA, "PCA",
-    """``StreamingPCA``, as ``sklearn.decomposition.PCA`` (parity pending: the lead's part).""",
-    methods=("transform", "fit_transform", "inverse_transform", "score_samples"),
-    batch_size=BATCH,
+    """``StreamingPCA``, as ``sklearn.decomposition.PCA``: ``svd_solver`` becomes ``method``
+    (:data:`SOLVER_METHOD`), ``iterated_power`` ``n_power_iter``.
+
+    Two defaults as scikit-learn's: the sketch multiplies in float64 (``dtype="float64"``;
+    streamclust's default, float32 products for pixels, is not what scikit-learn does with
+    float64 data), and 7 power iterations (scikit-learn's ``iterated_power="auto"`` for a
+    few components).""",
+    methods=("transform", "fit_transform", "inverse_transform", "score_samples", "partial_fit"),
+    aliases={"svd_solver": ("method", SOLVER_METHOD.__getitem__), "iterated_power": ("n_power_iter", int)},
+    batch_size=BATCH, dtype="float64", n_power_iter=7,
 )
 IncrementalPCA = _with_defaults(
     StreamingPCA, "IncrementalPCA",
-    """``StreamingPCA(method="incremental")``, as ``sklearn.decomposition.IncrementalPCA`` (parity pending).""",
-    methods=("transform", "fit_transform", "inverse_transform", "score_samples"),
+    """``StreamingPCA(method="incremental")``, as ``sklearn.decomposition.IncrementalPCA``.""",
+    methods=("transform", "fit_transform", "inverse_transform", "score_samples", "partial_fit"),
     method="incremental", batch_size=BATCH,
 )

@@ -6,6 +6,12 @@ streaming over them ``batch_size`` rows at a time::
     >>> from streamclust import StreamingPCA, StreamingKMeans, StreamingGaussianMixture
     >>> from streamclust import StreamingKernelPCA, StreamingAgglomerative, StreamingTSNE
 
+A run directory from Python (what the command line is a thin layer over)::
+
+    >>> from streamclust import Run
+    >>> run = Run("runs/faces")                            # doctest: +SKIP
+    >>> run.ingest("faces.zip", size=64); run.fit(clusters=100)  # doctest: +SKIP
+
 Names are imported on first use (PEP 562), so that light modules such as the image
 decoder, which every ingestion worker process imports, do not pull in scikit-learn.
 """
@@ -24,6 +30,7 @@ _LAZY = {
     "StreamingAgglomerative": "streamclust.models",
     "StreamingTSNE": "streamclust.models",
     "fit_streaming": "streamclust.models",
+    "Run": "streamclust.api",
     "IngestConfig": "streamclust.config",
     "FitConfig": "streamclust.config",
     "load_model": "streamclust.models.io",

@@ -220,23 +220,23 @@ def _progress(args):
     return False if args.quiet else None
 
 
-def _cmd_assign(args) -> int:
-    from .pipeline.assign import assign_run
+def _run(args):
+    """The :class:`streamclust.Run` of ``args.run_dir``: every command is one or more of its calls."""
+    from .api import Run
 
-    with _client(args) as client:
-        path = assign_run(args.run_dir, progress=_progress(args), client=client)
+    return Run(args.run_dir)
+
+
+def _cmd_assign(args) -> int:
+    path = _run(args).assign(progress=_progress(args), scheduler=args.scheduler, frame=False)
     print(f"wrote {path}")
     return 0
 
 
 def _cmd_select_k(args) -> int:
-    from .pipeline.select_k import parse_k_range, select_k_run
-
-    ks = parse_k_range(args.k)
-    with _client(args) as client:
-        result = select_k_run(args.run_dir, ks, method=args.method, covariance=args.covariance, seed=args.seed,
-                              max_iter=args.max_iter, batch_size=args.batch_size, overwrite=args.overwrite,
-                              progress=_progress(args), client=client)
+    result = _run(args).select_k(args.k, method=args.method, covariance=args.covariance, seed=args.seed,
+                                 max_iter=args.max_iter, batch_size=args.batch_size, overwrite=args.overwrite,
+                                 progress=_progress(args), scheduler=args.scheduler).details
     picks = ", ".join(f"{crit} picks k={k}" for crit, k in result["picked"].items())
     print(f"wrote {args.run_dir}/select_k.csv and select_k.png: {picks}")
     if result.get("note"):
@@ -248,81 +248,67 @@ def _cmd_select_k(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from .pipeline.sample import sample_run
-
-    path = sample_run(args.run_dir, args.n, out=args.output, seed=args.seed, npy=args.npy)
+    path = _run(args).sample(args.n, output=args.output, seed=args.seed, npy=args.npy).path
     print(f"wrote {path}" + (f" and {args.npy}" if args.npy else ""))
     return 0
 
 
 def _cmd_evaluate(args) -> int:
-    from .pipeline.evaluate import evaluate_run, format_table
-
-    result = evaluate_run(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders)
-    print(format_table(result))
+    print(_run(args).evaluate(args.labels, from_folders=args.labels_from_folders))
     return 0
 
 
 def _cmd_compare(args) -> int:
-    from .pipeline.compare import compare_runs, format_compare
+    from .api import Run
+    from .pipeline.compare import format_compare
 
-    rows = compare_runs(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders,
-                        sample=args.sample, seed=args.seed, device=args.device)
-    print(format_compare(rows))
+    first, *others = args.run_dir
+    table = Run(first).compare(*others, labels=args.labels, from_folders=args.labels_from_folders,
+                               sample=args.sample, seed=args.seed, device=args.device)
+    print(format_compare(table.attrs["rows"]))
     return 0
 
 
 def _cmd_report(args) -> int:
-    from .report import build_report
-
-    path = build_report(args.run_dir, seed=args.seed, tsne_samples=args.tsne_samples, progress=_progress(args))
+    path = _run(args).report(seed=args.seed, tsne_samples=args.tsne_samples, progress=_progress(args))
     print(f"report: {path}")
     return 0
 
 
 def _cmd_train(args) -> int:
-    from .deep.train import train_run
-
-    out = train_run(args.run_dir, model=args.model, latent=args.latent, epochs=args.epochs,
-                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, width=args.width,
-                    buffer_chunks=args.buffer_chunks, checkpoint_steps=args.checkpoint_steps, device=args.device,
-                    threads=args.threads, progress=_progress(args), overwrite=args.overwrite)
+    out = _run(args).train(model=args.model, latent=args.latent, epochs=args.epochs, batch_size=args.batch_size,
+                           lr=args.lr, seed=args.seed, width=args.width, buffer_chunks=args.buffer_chunks,
+                           checkpoint_steps=args.checkpoint_steps, device=args.device, threads=args.threads,
+                           progress=_progress(args), overwrite=args.overwrite)
     print(json.dumps(out))
     return 0
 
 
 def _cmd_encode(args) -> int:
-    from .deep.encode import encode_run
-
-    path = encode_run(args.run_dir, model=args.model, batch_size=args.batch_size, device=args.device,
-                      progress=_progress(args), overwrite=args.overwrite)
+    path = _run(args).encode(model=args.model, batch_size=args.batch_size, device=args.device,
+                             progress=_progress(args), overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
 
 
 def _cmd_run(args) -> int:
-    from .ingest import ingest
-    from .pipeline.assign import assign_run
-    from .pipeline.evaluate import evaluate_run, format_table
-    from .pipeline.fit import fit_run
     from . import stages
-    from .report import build_report
-    from .store import RunLayout
 
-    layout = RunLayout.of(args.run_dir)
+    run = _run(args)
     progress = _progress(args)
-    fit_config = _fit_config(args)  # flags are checked before anything runs
+    fit_settings = _fit_settings(args)
+    _fit_config(args)  # flags are checked before anything runs
     with _client(args) as client:
-        summary = ingest(_ingest_config(args), args.run_dir, overwrite=args.overwrite, progress=progress,
-                         client=client)
+        summary = run.ingest(args.source, **_ingest_settings(args), overwrite=args.overwrite, progress=progress,
+                             client=client)
         print(summary.line())
-        fitted = fit_run(args.run_dir, fit_config, overwrite=args.overwrite, progress=progress, client=client)
-        print(fitted.line())
-        if not stages.is_current(layout, "assign"):
-            assign_run(args.run_dir, progress=progress, client=client)
+        fitted = run.fit(**fit_settings, overwrite=args.overwrite, progress=progress, client=client)
+        print(fitted.summary.line())
+        if not stages.is_current(run.layout, "assign"):
+            run.assign(progress=progress, client=client, frame=False)
     if args.labels or args.labels_from_folders:
-        print(format_table(evaluate_run(args.run_dir, labels=args.labels, from_folders=args.labels_from_folders)))
-    path = build_report(args.run_dir, progress=progress)
+        print(run.evaluate(args.labels, from_folders=args.labels_from_folders))
+    path = run.report(progress=progress)
     print(f"report: {path}")
     return 0
 
@@ -389,10 +375,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                         "(after `streamclust train` and `streamclust encode`)")
 
 
-def _fit_config(args):
-    from .config import FitConfig
-
-    return FitConfig(
+def _fit_settings(args) -> dict:
+    """The ``fit`` flags as :meth:`streamclust.Run.fit` settings (:class:`~streamclust.config.FitConfig` fields)."""
+    return dict(
         pca_components=args.pca_components, pca_method=args.pca_method,
         pca_max_components=args.pca_max_components, clusters=args.clusters,
         kmeans_method=args.kmeans_method, gmm_components=args.gmm_components, covariance=args.covariance,
@@ -403,36 +388,29 @@ def _fit_config(args):
     )
 
 
-def _cmd_fit(args) -> int:
-    from .pipeline.fit import fit_run
+def _fit_config(args):
+    from .config import FitConfig
 
-    with _client(args) as client:
-        summary = fit_run(args.run_dir, _fit_config(args), overwrite=args.overwrite, progress=_progress(args),
-                          client=client)
-    print(summary.line())
+    return FitConfig(**_fit_settings(args))
+
+
+def _cmd_fit(args) -> int:
+    fitted = _run(args).fit(**_fit_settings(args), overwrite=args.overwrite, progress=_progress(args),
+                            scheduler=args.scheduler)
+    print(fitted.summary.line())
     return 0
 
 
-def _ingest_config(args):
-    from .config import IngestConfig
-
-    return IngestConfig(
-        source=args.source, size=args.size, chunk_size=args.chunk_size, workers=args.workers,
-        max_member_bytes=args.max_member_bytes, max_pixels=args.max_pixels,
-        min_side=args.min_side, max_aspect=args.max_aspect, store=args.store,
-    )
+def _ingest_settings(args) -> dict:
+    """The ``ingest`` flags as :meth:`streamclust.Run.ingest` settings (:class:`~streamclust.config.IngestConfig` fields)."""
+    return dict(size=args.size, chunk_size=args.chunk_size, workers=args.workers,
+                max_member_bytes=args.max_member_bytes, max_pixels=args.max_pixels,
+                min_side=args.min_side, max_aspect=args.max_aspect, store=args.store)
 
 
 def _cmd_ingest(args) -> int:
-    config = _ingest_config(args)
-    if args.scheduler is None and config.resolved_workers > 1:
-        from .ingest._server import start_decoder_server
-
-        start_decoder_server()  # it loads the decoder on another core while we import the rest
-    from .ingest import ingest
-
-    with _client(args) as client:
-        summary = ingest(config, args.run_dir, overwrite=args.overwrite, progress=_progress(args), client=client)
+    summary = _run(args).ingest(args.source, **_ingest_settings(args), overwrite=args.overwrite,
+                                progress=_progress(args), scheduler=args.scheduler)
     print(summary.line())
     return 0
 

@@ -13,7 +13,7 @@ from ..errors import StageNotDoneError, UsageError
 from ..store import RunLayout
 from .assign import load_fitted
 
-__all__ = ["sample_images", "montage", "save_png", "sample_run"]
+__all__ = ["sample_images", "montage", "save_png", "sample_run", "write_samples"]
 
 
 def sample_images(run_dir: str | os.PathLike, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +71,13 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
 def sample_run(run_dir, n: int = 64, *, out: str | os.PathLike | None = None, seed: int = 0,
                npy: str | os.PathLike | None = None) -> Path:
     """Sample ``n`` images and write a grid PNG (default ``RUN_DIR/samples.png``)."""
-    imgs, _ = sample_images(run_dir, n, seed=seed)
+    return write_samples(run_dir, n, out=out, seed=seed, npy=npy)[0]
+
+
+def write_samples(run_dir, n: int = 64, *, out: str | os.PathLike | None = None, seed: int = 0,
+                  npy: str | os.PathLike | None = None) -> tuple[Path, np.ndarray, np.ndarray]:
+    """:func:`sample_run`, also returning the images and their components."""
+    imgs, comp = sample_images(run_dir, n, seed=seed)
     side = imgs.shape[1]
     layout = RunLayout.of(run_dir)
     out = Path(out) if out else layout.samples
@@ -82,4 +88,4 @@ def sample_run(run_dir, n: int = 64, *, out: str | os.PathLike | None = None, se
         write_bytes(npy, buf.getvalue())
     if out.resolve() == layout.samples.resolve():  # the run's own samples.png (not a picture elsewhere)
         stages.complete(layout, "sample", n=int(n), seed=int(seed))
-    return out
+    return out, imgs, comp

@@ -274,7 +274,8 @@ class ReportResult:
         return str(self.path)
 
     def _repr_html_(self) -> str:
-        return f'<p>report: <a href="{html.escape(self.path.as_uri())}">{html.escape(str(self.path))}</a></p>'
+        href = self.path.as_uri() if self.path.is_absolute() else self.path.as_posix()
+        return f'<p>report: <a href="{html.escape(href)}" target="_blank">{html.escape(str(self.path))}</a></p>'
 
 
 # ------------------------------------------------------------------------------ Run

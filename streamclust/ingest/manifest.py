@@ -39,10 +39,20 @@ def format_rows(rows: Iterable[Sequence | dict]) -> bytes:
     A row is a sequence of values in :data:`COLUMNS` order (None for an empty cell) or a
     dict keyed by :data:`COLUMNS` (missing keys are empty).
     """
+    rows = [[_clean(row.get(col)) for col in COLUMNS] if isinstance(row, dict) else row for row in rows]
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerows([_clean(row.get(col)) for col in COLUMNS] if isinstance(row, dict) else row for row in rows)
-    return buf.getvalue().encode("utf-8")
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    text = buf.getvalue()
+    if "\r" in text:
+        # a carriage return inside a value (a member name): the minimal quoting leaves it bare,
+        # and a reader would end the row there; such rows are written with every value quoted
+        buf = io.StringIO()
+        plain = csv.writer(buf, lineterminator="\n")
+        quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        for row in rows:
+            (quoted if any("\r" in str(v) for v in row if v is not None) else plain).writerow(row)
+        text = buf.getvalue()
+    return text.encode("utf-8")
 
 
 def header() -> bytes:

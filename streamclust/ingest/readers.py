@@ -57,6 +57,10 @@ def source_kind(path: Path) -> str:
         raise SourceError(f"source {str(path)!r} does not exist; give a .zip, .tar(.gz) or a folder of images")
     if path.is_dir():
         return "dir"
+    if not path.is_file():  # from stat alone: a FIFO is never opened (that would wait for a writer)
+        raise SourceError(
+            f"source {str(path)!r} is not a regular file or a folder (a device, FIFO or socket); "
+            "give a .zip, .tar(.gz) or a folder of images")
     if not os.access(path, os.R_OK):
         raise SourceError(f"source {str(path)!r} is not readable; check its permissions")
     if zipfile.is_zipfile(path):

@@ -1,4 +1,6 @@
 import csv
+import os
+import time
 import json
 import tarfile
 import zipfile
@@ -290,3 +292,47 @@ def test_an_archive_of_few_images_commits_by_member_count(tmp_path, monkeypatch)
     assert (run / "manifest.csv").read_bytes() == (tmp_path / "ref" / "manifest.csv").read_bytes()
     files = lambda root: {p.relative_to(root): p.read_bytes() for p in (root / "images.zarr").rglob("*") if p.is_file()}
     assert files(run) == files(tmp_path / "ref")
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_non_regular_source_is_refused_at_once(tmp_path, capsys, kind):
+    """/dev/zero would be read without end and a FIFO would block in open(): both refused from stat."""
+    from streamclust.cli import main
+
+    if kind == "device":
+        source = "/dev/zero"
+    else:
+        source = str(tmp_path / "pipe.zip")
+        os.mkfifo(source)
+    t = time.monotonic()
+    rc = main(["ingest", source, str(tmp_path / "run"), "--quiet", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and time.monotonic() - t < 10
+    assert "is not a regular file or a folder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_carriage_return_in_a_member_name_round_trips_through_the_manifest(tmp_path):
+    from streamclust.ingest.manifest import COLUMNS, format_rows, header, read_manifest
+
+    rows = [{"position": 0, "member": "a\rb.png", "status": "ok"}, {"position": 1, "member": "c.png", "status": "ok"}]
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(header() + format_rows(rows))
+    back = list(read_manifest(path))
+    assert [r["member"] for r in back] == ["a\rb.png", "c.png"]
+    assert [r["status"] for r in back] == ["ok", "ok"] and list(back[0]) == list(COLUMNS)
+
+
+def test_an_archive_with_a_carriage_return_in_a_name_ingests_and_re_runs(tmp_path):
+    from .hostile import encode, noise, write_zip
+
+    src = write_zip(tmp_path / "cr.zip", [("a\rb.png", encode(noise(16, 16), "PNG")),
+                                         ("c.png", encode(noise(16, 16, seed=1), "PNG"))])
+    run = tmp_path / "run"
+    first = ingest(IngestConfig(str(src), size=8, workers=1), run, progress=False)
+    assert first.ok == 2
+    with open(run / "manifest.csv", newline="", encoding="utf-8") as fh:
+        assert [r["member"] for r in csv.DictReader(fh)] == ["a\rb.png", "c.png"]
+    again = ingest(IngestConfig(str(src), size=8, workers=1), run, progress=False)
+    assert again.already_complete
+    ingest(IngestConfig(str(src), size=8, workers=1), run, overwrite=True, progress=False)

@@ -110,16 +110,26 @@ class Checkpointer:
         Fingerprint of the fit's parameters and data; a checkpoint with another key is
         refused (``ValueError``) rather than silently resumed.
     every_seconds : float
-        Save at most this often (and always at the end of a pass).
+        Save at most this often (and always at the end of a pass; ``0``: after every
+        batch).  A large state (the
+        exact PCA's scatter matrix: 600 MB at 64x64 RGB) is saved less often: at least
+        ten times as long as its last save took passes between two saves, so saving
+        costs at most about a tenth of the fit.
     """
 
     path: Path
     key: str
     every_seconds: float = 30.0
     _last: float = field(default_factory=monotonic, repr=False)
+    _save_seconds: float = field(default=0.0, repr=False)
+
+    #: a save waits at least this many times the duration of the previous one
+    SAVE_COST_FACTOR = 10.0
 
     def due(self) -> bool:
-        return monotonic() - self._last >= self.every_seconds
+        if self.every_seconds <= 0:  # every batch, whatever it costs (what the resume tests use)
+            return True
+        return monotonic() - self._last >= max(self.every_seconds, self.SAVE_COST_FACTOR * self._save_seconds)
 
     def save(self, plan: Plan, acc: Accumulator | None, pass_index: int, next_row: int) -> None:
         meta = {"key": self.key, "pass_index": pass_index, "next_row": next_row, "in_pass": acc is not None}
@@ -127,8 +137,10 @@ class Checkpointer:
         if acc is not None:
             arrays.update(_flatten("pass", acc.state_dict()))
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        t0 = monotonic()
         save_npz(self.path, arrays)
         self._last = monotonic()
+        self._save_seconds = self._last - t0
         logger.debug("checkpoint saved: pass %d, row %d", pass_index, next_row)
 
     def load(self) -> tuple[dict, State, State] | None:

@@ -66,6 +66,13 @@ class RunLayout:
         """Whether ``stage``'s marker exists (current or not: see :func:`streamclust.stages.status`)."""
         return self.marker(stage).exists()
 
+    def invalidate_downstream(self, stage: str) -> list[str]:
+        """Remove every stage made from ``stage``, markers first (:func:`streamclust.stages.invalidate`):
+        what redoing ``stage`` with other settings calls first."""
+        from .stages import invalidate
+
+        return invalidate(self, stage)
+
     def require(self, stage: str, command: str | None = None) -> None:
         """Raise :class:`StageNotDoneError` naming the command to run first (also when ``stage`` is stale)."""
         from .stages import STAGES, require

@@ -21,7 +21,7 @@ from .. import stages
 from .._atomic import atomic_open
 from ..config import load_run_config
 from ..ingest.manifest import read_manifest
-from ..models._batches import RowSource
+from ..engine import RowSource
 from ..models.io import load_model
 from ..store import RunLayout, image_array
 from .progress import PassBars

@@ -70,7 +70,7 @@ from .._atomic import atomic_open, load_npz
 from ..config import load_run_config
 from ..errors import RunDirError, UsageError
 from ..ingest.manifest import read_manifest
-from ..models._batches import RowSource
+from ..engine import RowSource
 from ..store import RunLayout, image_array, ok_rows
 from .evaluate import best_match_accuracy, labels_from_folders, read_labels
 

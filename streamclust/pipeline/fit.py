@@ -38,10 +38,8 @@ from .._atomic import load_npz, save_npz, write_bytes, write_json
 from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
-from ..models._base import fit_streaming
-from ..models._batches import RowSource
+from ..engine import Checkpointer, RowSource, fingerprint, fit_streaming
 from ..models.pca import _blocks, _map_blocks
-from ..models._passes import Checkpointer, fingerprint
 from ..models.io import load_model, save_model
 from .. import stages
 from ..store import RunLayout, image_array, ok_rows

@@ -64,7 +64,7 @@ def fit_methods(layout, config, features, data_key, summary, *, progress, client
         _stage(layout, "kpca", summary, kpca)
         scores = None  # computed below when needed
     if config.embed == "tsne":
-        from ..models._batches import TransformedRows
+        from ..engine import TransformedRows
         from ..models.embed import StreamingTSNE, embed_to_zarr
         from ..models.kmeans import StreamingKMeans
 

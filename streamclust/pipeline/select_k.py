@@ -54,10 +54,9 @@ from .._atomic import write_bytes, write_json
 from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans
-from ..models._batches import RowSource, as_row_source
-from ..models._combined import CombinedPlan
+from ..engine import Checkpointer, CombinedPlan, RowSource, drive, fingerprint
+from ..models._batches import as_row_source
 from ..models._gmm_stats import gmm_log_resp, n_parameters
-from ..models._passes import Checkpointer, fingerprint, run_passes
 from ..store import RunLayout
 from . import fit as _fit
 from .memory import batch_rows, mixture_memory_check
@@ -190,17 +189,6 @@ class CandidateFits:
         return i not in self.failed
 
 
-def _drive(plan, source, batch_size, dtype, checkpoint, progress, client) -> None:
-    """Run a plan in-process, or on a dask cluster when ``client`` is given."""
-    if client is None:
-        run_passes(plan, source, batch_size, dtype=dtype, checkpoint=checkpoint, progress=progress)
-    else:
-        from ..distributed import run_passes_distributed
-
-        run_passes_distributed(plan, source, batch_size, client, dtype=dtype, checkpoint=checkpoint,
-                               progress=progress)
-
-
 def fit_candidates(
     estimators: Sequence,
     X,
@@ -236,7 +224,7 @@ def fit_candidates(
         labels = [f"{i}-{s}" for i, s in enumerate(labels)]
     result = CandidateFits(estimators)
     plan = CombinedPlan(plans, labels)
-    _drive(plan, source, sizes.pop(), dtypes.pop(), checkpoint, progress, client)
+    drive(plan, source, sizes.pop(), dtype=dtypes.pop(), checkpoint=checkpoint, progress=progress, client=client)
     result.passes = plan.pass_index
     result.failed = dict(plan.errors)
     for i, (est, sub) in enumerate(zip(estimators, plans)):
@@ -397,7 +385,8 @@ def score_candidates(method: str, fits: CandidateFits, source: RowSource, batch_
             return _KMeansScoreAccumulator(models)
     plan = _ScorePlan(make)
     if models:
-        _drive(plan, source, int(batch_size), np.float64, checkpoint, progress, client)
+        drive(plan, source, int(batch_size), dtype=np.float64, checkpoint=checkpoint, progress=progress,
+              client=client)
     rows = []
     for i, est in enumerate(fits.estimators):
         k = int(getattr(est, "n_components", None) or est.n_clusters)

@@ -7,7 +7,6 @@ Nothing here reads the whole image store: pixels are fetched by row number
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -142,36 +141,19 @@ def stratified_sample(labels: np.ndarray, n_max: int, rng: np.random.Generator) 
     return np.sort(np.concatenate(picked)) if picked else np.arange(0)
 
 
-def _num(value: str) -> float:
-    value = (value or "").strip()
-    if not value:
-        return math.nan
-    try:
-        return float(value)
-    except ValueError:
-        return math.nan
-
-
-SELECT_K_METRICS = ("bic", "aic", "heldout_loglik", "inertia", "calinski_harabasz")
-
-
 def read_select_k(path: Path) -> list[dict] | None:
-    """``select_k.csv`` as a list of dicts (numbers as floats, NaN where empty); ``None`` if absent."""
+    """``select_k.csv`` as :func:`streamclust.pipeline.select_k.read_csv` reads it, with NaN for
+    the empty cells (for the plots); ``None`` if absent, ``[]`` (with a warning) if unreadable."""
+    from ..pipeline.select_k import CSV_COLUMNS, read_csv
+
     if not path.exists():
         return None
-    out = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "k" not in reader.fieldnames:
-            logger.warning("%s has no k column; skipping the select-k curve", path)
-            return []
-        for row in reader:
-            k = _num(row.get("k", ""))
-            if not math.isfinite(k):
-                continue
-            rec = {"k": int(k), "method": (row.get("method") or "").strip(),
-                   "covariance": (row.get("covariance") or "").strip()}
-            for m in SELECT_K_METRICS:
-                rec[m] = _num(row.get(m, ""))
-            out.append(rec)
-    return out
+    try:
+        rows = read_csv(path)
+    except (ValueError, KeyError) as exc:
+        logger.warning("%s is not a select_k.csv (%s); skipping the select-k curve", path, exc)
+        return []
+    metrics = [c for c in CSV_COLUMNS if c not in ("k", "method", "covariance")]
+    return [{"k": r["k"], "method": (r["method"] or "").strip(), "covariance": (r["covariance"] or "").strip(),
+             **{m: math.nan if r[m] is None else float(r[m]) for m in metrics}}
+            for r in rows if r["k"] is not None]

@@ -130,6 +130,7 @@ def _open_staging(location: str, n_members: int, size: int):
 
 def _reset_run_dir(layout: RunLayout) -> None:
     """``--overwrite``: remove everything streamclust wrote in the run directory (and its store)."""
+    layout.invalidate_downstream("ingest")  # every stage made from the old images (streamclust.stages), markers first
     if layout.config.exists():
         saved_store = (load_run_config(layout.root).get("ingest") or {}).get("store")
         remove_store(images_location(layout.root))  # the earlier run's, wherever it was

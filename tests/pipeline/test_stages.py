@@ -130,6 +130,8 @@ def test_the_report_of_a_reingested_run_shows_nothing_of_the_old_data(digits, tm
     ingest(IngestConfig(str(src), size=6, workers=1), run, overwrite=True, progress=False)
     for name in ("fit", "assign", "evaluate", "compare", "select-k", "sample", "report"):
         assert stages.status(layout, name) == stages.MISSING, name
+    for artefact in (*OLD_OUTPUTS, "features", "model_dir", "fit_summary", "report_dir"):
+        assert not layout.path(artefact).exists(), artefact  # nothing of the old data is left behind
     fit_run(run, FIT, progress=False)
     assign_run(run, progress=False)
     html = build_report(run, progress=False, tsne_samples=100).read_text()

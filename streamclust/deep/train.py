@@ -313,7 +313,7 @@ def _save_checkpoint(path: Path, torch, trainer: _Trainer, identity: dict, epoch
 
 
 def _remove_partials(layout: RunLayout, model: str) -> None:
-    for folder in (layout.state_dir, layout.root / "deep"):
+    for folder in (layout.state_dir, layout.deep_dir):
         if folder.is_dir():
             for p in folder.glob(f"*{model}*.partial"):
                 p.unlink(missing_ok=True)

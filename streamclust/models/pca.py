@@ -1080,6 +1080,11 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         - ``method="randomized"`` raises ``ValueError``: its sketch needs several passes
           over all the rows.
 
+        After :meth:`fit` (covariance or ``"auto"``-chosen method, up to 12,288 features),
+        the rows it saw stand as the sums of the fitted model's covariance
+        (:meth:`get_covariance` times ``n_samples_ - 1`` around ``mean_``): exact when
+        every component was kept, the kept components plus the noise variance otherwise.
+
         Parameters
         ----------
         X : {array-like, zarr.Array, dask.array.Array} of shape (n_samples, ...)

@@ -187,6 +187,10 @@ def fit_run(
         mixture_memory_check("the Gaussian mixture", [config.gmm_components],
                              min(config.gmm_pca_components or choice.n_components, choice.n_components),
                              config.covariance, config.memory_limit)
+    if config.clusters and "kmeans" in config.cluster and config.clusters > rows.size:
+        raise UsageError(f"--clusters {config.clusters} is more than the {rows.size} usable images; lower it")
+    if config.gmm_components and "gmm" in config.cluster and config.gmm_components > rows.size:
+        raise UsageError(f"--gmm-components {config.gmm_components} is more than the {rows.size} usable images")
     _check_config(layout, config, overwrite)
     for stray in [*layout.state_dir.rglob("*.partial"), *layout.model_dir.glob("*.partial"),
                   *layout.features.rglob("*.partial"), *layout.root.glob("*.partial")]:

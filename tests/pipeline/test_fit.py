@@ -282,3 +282,15 @@ def test_the_progress_says_how_long_a_stage_may_take(monkeypatch, caplog):
         assert bars.estimate(50, 100) == pytest.approx(1.0 + 3.0 * 8)  # from the passes done: 3 s a pass
     assert "k-means: about 3 s a pass, at most 10 passes: up to 27 s" in caplog.text
     bars.close()
+
+
+def test_a_refused_fit_saves_no_settings_so_the_corrected_one_runs(ingested, tmp_path, capsys):
+    """`fit --clusters 1000` refused, then `fit --clusters 5`: not refused as 'other settings'."""
+    _, base = ingested
+    run = _copy_run(base, tmp_path / "run")
+    before = (run / "config.json").read_text()
+    assert main(["fit", str(run), "--clusters", "1000", "--gmm-components", "2", "--quiet"]) == 2
+    assert "--clusters 1000 is more than the 400 usable images" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == before
+    assert main(["fit", str(run), "--pca-components", "5", "--clusters", "5", "--gmm-components", "2",
+                 "--max-iter", "30", "--quiet"]) == 0

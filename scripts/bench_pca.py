@@ -109,7 +109,7 @@ def child(route: str, store: str, n: int, fraction: float, out: str) -> None:
         from streamclust.models import StreamingPCA
 
         t_load = 0.0
-        data = arr if n == arr.shape[0] else arr[:n]
+        data = arr if n == arr.shape[0] else arr[:n].reshape(n, -1)  # NumPy input must be 2-D
         pca = StreamingPCA(fraction).fit(data)
         method = pca.method_
     seconds = time.perf_counter() - t0

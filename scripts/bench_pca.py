@@ -18,7 +18,7 @@ Routes, each in its own child process, one after the other (the CPUs are left id
 (a) scikit-learn, the notebooks' route: ``images[:]`` as float64, then
     ``sklearn.decomposition.PCA(fraction)`` (its ``auto`` solver: the full SVD here).  For
     ``faces64`` the in-memory route needs ~4 GB per 10k images and its SVD time grows as
-    ``n d min(n, d)``; it runs on the ``--sk-faces`` subsets and is *extrapolated* to
+    ``4 n d m + 8 m^3`` (``m = min(n, d)``); it runs on the ``--sk-faces`` subsets and is *extrapolated* to
     ``--n-faces`` by that law (fitted on the largest subset), and the table says so.
 (b) streamclust: ``StreamingPCA(fraction)`` (``method="auto"``) over the zarr store.
 
@@ -165,7 +165,7 @@ def bench_faces(workdir: Path, fraction: float, n: int, sk_sizes: list[int]) -> 
     same = run_child("streamclust", big, sk_sizes[-1], fraction, workdir)
     d = 64 * 64 * 3
     m = sk_sizes[-1]
-    law = lambda k: k * d * min(k, d)  # noqa: E731 - the SVD's cost
+    law = lambda k: 4 * k * d * min(k, d) + 8 * min(k, d) ** 3  # noqa: E731 - the full SVD's cost, with vectors
     sk_time = subs[-1]["seconds"] * law(n) / law(m)
     sk_rss = subs[-1]["peak_rss_mib"] * n / m  # the float64 matrix and its copies grow with n
     return {"case": f"real-like faces: {n:,} CIFAR-10 photos upscaled to 64x64x3 (real photos)",

@@ -491,9 +491,19 @@ COVARIANCE_MAX_FEATURES = 12288
 SPAN_ALL_MAX_SAMPLES = 2048
 
 
+#: float64 ``d x l`` arrays the randomized method holds: ``Q``, ``Z``, the float32 copy of ``Q``
+#: (counted as one) and the Ritz vectors
+_RANDOMIZED_BASES = 4
+
+
 def randomized_bytes(n_features: int, n_track: int) -> int:
-    """Bytes the randomized method holds besides its batches: ``Q``, ``Z`` and their float32 copies."""
-    return 3 * int(n_features) * (int(n_track) + 10) * 8
+    """Bytes the randomized method holds besides its batches (its ``d x (k + 10)`` bases)."""
+    return _RANDOMIZED_BASES * int(n_features) * (int(n_track) + 10) * 8
+
+
+def randomized_max_components(n_features: int, room: int) -> int:
+    """The most components whose randomized bases fit in ``room`` bytes (inverse of :func:`randomized_bytes`)."""
+    return int(room // (_RANDOMIZED_BASES * int(n_features) * 8)) - 10
 
 
 def choose_method(n_samples: int, n_features: int, n_components, *, n_power_iter: int = 3,

@@ -13,7 +13,7 @@ from numbers import Integral
 
 from ..errors import MemoryLimitError, UsageError
 from ..models._scatter import scatter_bytes
-from ..models.pca import SPAN_ALL_MAX_SAMPLES, choose_method, randomized_bytes
+from ..models.pca import SPAN_ALL_MAX_SAMPLES, choose_method, randomized_bytes, randomized_max_components
 from .memory import BASELINE_BYTES, MIN_ROWS, batch_rows, fmt_bytes
 
 __all__ = ["PcaChoice", "choose_pca", "variance_note", "DEFAULT_PCA_COMPONENTS"]
@@ -50,7 +50,7 @@ def _pca_bytes(method: str, d: int, k: int) -> int:
     if method == "covariance":
         return scatter_bytes(d, k)
     if method == "randomized":
-        return randomized_bytes(d, k) + d * (k + 10) * 8  # Q, Z, float32 Q, and the Ritz vectors
+        return randomized_bytes(d, k)
     return 3 * d * (k + 1) * 8  # incremental: the SVD of a (k + chunk) x d matrix, chunk ~ k
 
 
@@ -90,7 +90,7 @@ def choose_pca(config, n_rows: int, n_pixels: int, chunk_rows: int, chunk_bytes:
             f"{fmt_bytes(mem)}; raise --memory-limit or use --pca-method randomized")
     limited_by = f"--pca-max-components {user_cap}" if fraction and user_cap and user_cap < limit_k else None
     if method != "covariance" and room is not None:
-        fits = int(room // (4 * d * 8)) - 10  # components whose bases fit (see _pca_bytes)
+        fits = randomized_max_components(d, room)
         if fits < cap:
             if fits < 1:
                 raise MemoryLimitError(

@@ -45,6 +45,7 @@ from .. import stages
 from ..store import RunLayout, image_array, ok_rows
 from .memory import batch_rows, mixture_memory_check
 from .pca_choice import DEFAULT_PCA_COMPONENTS, choose_pca, variance_note
+from .estimate import gmm_phases, kmeans_phases
 from .progress import PassBars
 
 __all__ = ["fit_run", "reset_fit", "FitSummary", "CHECKPOINT_SECONDS", "DEFAULT_PCA_COMPONENTS"]
@@ -133,8 +134,8 @@ def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None
     write_json(layout.config, run_cfg)
 
 
-def _progress(stage: str, enabled: bool | None, max_passes: int | None = None):
-    return PassBars(stage, enabled, max_passes=max_passes)
+def _progress(stage: str, enabled: bool | None, max_passes: int | None = None, phases=None):
+    return PassBars(stage, enabled, max_passes=max_passes, phases=phases)
 
 
 def fit_run(
@@ -255,7 +256,8 @@ def fit_run(
             km = StreamingKMeans(n_clusters=k, method=config.kmeans_method, batch_size=bs,
                                  max_iter=config.max_iter, random_state=config.seed)
             with _small_products():
-                _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress, client)
+                phases = kmeans_phases(features, features.shape[0], k, config.max_iter, config.kmeans_method)
+                _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress, client, phases)
             save_model(km, layout.model_dir / "kmeans.npz")
             stages.complete(layout, "fit-kmeans")
             summary.seconds["kmeans"] = time.perf_counter() - t0
@@ -289,7 +291,8 @@ def fit_run(
                                            random_state=config.seed)
             source = RowSource(features, columns=m if m < n_feat else None)
             with _small_products():
-                _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress, client)
+                phases = gmm_phases(features, features.shape[0], g, config.covariance, config.max_iter, columns=m)
+                _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress, client, phases)
             save_model(gmm, layout.model_dir / "gmm.npz", extra={"pca_components": m})
             stages.complete(layout, "fit-gmm")
             summary.seconds["gmm"] = time.perf_counter() - t0
@@ -401,14 +404,14 @@ def _small_products():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, client=None) -> None:
+def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, client=None, phases=None) -> None:
+    """Fit ``estimator`` over ``X`` with a checkpoint; ``phases`` (its passes, timed
+    beforehand: :mod:`~streamclust.pipeline.estimate`) give the time it may take."""
     params = {k: v for k, v in estimator.get_params().items() if k != "batch_size"}
     ck = Checkpointer(layout.state_dir / f"fit-{stage}.ckpt.npz",
                       key=fingerprint([stage, params, data_key]), every_seconds=CHECKPOINT_SECONDS)
     logger.info("fitting %s", stage)
-    # at most: the Lloyd / EM iterations plus an initialisation pass (the PCA states its own passes)
-    max_passes = config.max_iter + 1 if stage in ("kmeans", "gmm") else None
-    with _progress(stage, progress, max_passes) as bars:
+    with _progress(stage, progress, phases=phases) as bars:
 
         def report(name: str, done: int, total: int) -> None:
             bars(name, done, total)

@@ -60,6 +60,7 @@ from ..models._gmm_stats import gmm_log_resp, n_parameters
 from ..store import RunLayout
 from . import fit as _fit
 from .memory import batch_rows, mixture_memory_check
+from .estimate import select_k_phases
 from .progress import PassBars
 
 __all__ = [
@@ -505,10 +506,11 @@ def plot(path: Path, rows: Sequence[dict], method: str, picked: dict[str, int]) 
 # run directory
 
 
-def _progress_fn(progress, max_passes: int | None = None) -> tuple[Callable | None, PassBars | None]:
+def _progress_fn(progress, phases: Callable[[], list]) -> tuple[Callable | None, PassBars | None]:
+    """The caller's callback, or bars saying the sweep's time (``phases()`` times its passes)."""
     if callable(progress):
         return progress, None
-    bars = PassBars(STAGE, progress, max_passes=max_passes)
+    bars = PassBars(STAGE, progress, phases=phases())
     return bars, bars
 
 
@@ -661,8 +663,8 @@ def select_k_run(
     fit_ck_path, score_ck_path = _checkpoint_paths(layout)
     estimators = [candidate_estimator(method, k, covariance=covariance, seed=seed, max_iter=max_iter, batch_size=bs)
                   for k in ks]
-    # at most: the shared Lloyd / EM passes, an initialisation pass and the scoring pass
-    fn, bars = _progress_fn(progress, int(max_iter) + 2)
+    fn, bars = _progress_fn(progress, lambda: select_k_phases(
+        features, n, ks, method, covariance, int(max_iter), columns=m if m < n_feat else None))
     try:
         fits = fit_candidates(estimators, fit_source, checkpoint=_checkpointer(fit_ck_path, key), progress=fn,
                               client=client)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import html
 import io
 import os
@@ -42,6 +43,33 @@ __all__ = ["Run", "FitResult", "Models", "SelectKResult", "Samples", "Evaluation
 
 
 # ------------------------------------------------------------------------------ helpers
+#: the commands that write a run directory: those of the declared stages (``streamclust train`` for
+#: ``train-ae`` and ``train-vae``)
+WRITING_COMMANDS = frozenset(s.command.split()[1] for s in stages.STAGES.values())
+
+#: the commands that may make the run directory: those of the stages that read no other (``ingest``),
+#: and ``run``, which starts with it
+CREATING_COMMANDS = frozenset({"run", *(s.command.split()[1] for s in stages.STAGES.values()
+                                        if not stages.reads(s.name))})
+
+
+def _writes(command: str):
+    """Decorator of a :class:`Run` method that runs ``command``'s stage: it holds the run
+    directory's writer lock (:meth:`Run.lock`) while it runs."""
+    if command not in WRITING_COMMANDS:
+        raise AssertionError(f"{command!r} is not the command of a declared stage")
+
+    def decorate(method):
+        @functools.wraps(method)
+        def locked(self, *args, **kwargs):
+            with self.lock(command):
+                return method(self, *args, **kwargs)
+
+        return locked
+
+    return decorate
+
+
 def _in_notebook() -> bool:
     try:
         from IPython import get_ipython
@@ -134,10 +162,10 @@ class Models:
         if name.startswith("_") or name not in Models.FILES:
             raise AttributeError(name)
         if name not in self._cache:
-            from .pipeline.compare import load_any_model
+            from .models.io import load_model
 
             path = self._layout.model_dir / Models.FILES[name]
-            self._cache[name] = load_any_model(path) if path.exists() else None
+            self._cache[name] = load_model(path) if path.exists() else None
         return self._cache[name]
 
     def fitted(self) -> list[str]:
@@ -305,7 +333,26 @@ class Run:
     def _bars(self, progress: bool | None) -> bool | None:
         return _progress(self.progress if progress is None else progress)
 
+    @contextlib.contextmanager
+    def lock(self, command: str = "run"):
+        """Hold the run directory's writer lock (:mod:`streamclust.lock`) across several calls.
+
+        Every method that writes takes it itself, re-entrantly; hold it around several to
+        keep any other writer out between them, as ``streamclust run`` does.  Raises
+        :class:`~streamclust.errors.RunLockedError` at once when another process writes
+        here, and :class:`~streamclust.errors.RunDirError` when ``config.json`` is damaged
+        (both before anything is written).  ``command`` names the holder in the refusal
+        another writer gets.
+        """
+        from .config import load_run_config
+        from .lock import run_lock
+
+        with run_lock(self.path, command, create=command in CREATING_COMMANDS):
+            load_run_config(self.path)  # a damaged config.json is refused before anything is written
+            yield self
+
     # -- stages ---------------------------------------------------------------------------
+    @_writes("ingest")
     def ingest(self, source: str | os.PathLike, *, overwrite: bool = False, progress: bool | None = None,
                scheduler: str | None = None, client=None, **settings):
         """``streamclust ingest SOURCE RUN_DIR``; returns the :class:`~streamclust.ingest.IngestSummary`.
@@ -327,6 +374,7 @@ class Run:
         with _client(client, scheduler) as c:
             return ingest(config, self.path, overwrite=overwrite, progress=self._bars(progress), client=c)
 
+    @_writes("fit")
     def fit(self, *, overwrite: bool = False, progress: bool | None = None, scheduler: str | None = None,
             client=None, **settings) -> FitResult:
         """``streamclust fit RUN_DIR``; returns the summary and the fitted estimators.
@@ -352,6 +400,7 @@ class Run:
             summary = fit_run(self.path, config, overwrite=overwrite, progress=self._bars(progress), client=c)
         return FitResult(summary, Models(self.layout))
 
+    @_writes("assign")
     def assign(self, *, progress: bool | None = None, scheduler: str | None = None, client=None,
                frame: bool = True):
         """``streamclust assign RUN_DIR``; returns :attr:`assignments` (``frame=False``: the CSV's path,
@@ -362,6 +411,7 @@ class Run:
             path = assign_run(self.path, progress=self._bars(progress), client=c)
         return self.assignments if frame else path
 
+    @_writes("select-k")
     def select_k(self, ks, *, method: str = "gmm", covariance: str = "diag", seed: int = 0, max_iter: int = 100,
                  batch_size: int | None = None, overwrite: bool = False, progress: bool | None = None,
                  scheduler: str | None = None, client=None) -> SelectKResult:
@@ -384,6 +434,7 @@ class Run:
         return SelectKResult(table, dict(result["picked"]), Path(result["png"]),
                              {k: v for k, v in result.items() if k != "rows"})
 
+    @_writes("sample")
     def sample(self, n: int = 64, *, output: str | os.PathLike | None = None, npy: str | os.PathLike | None = None,
                seed: int = 0) -> Samples:
         """``streamclust sample RUN_DIR -n N``: the images (and ``samples.png``, or ``output``)."""
@@ -392,6 +443,7 @@ class Run:
         path, images, comps = write_samples(self.path, n, out=output, seed=seed, npy=npy)
         return Samples(images, comps, Path(path))
 
+    @_writes("evaluate")
     def evaluate(self, labels: str | os.PathLike | None = None, *, from_folders: bool = False) -> Evaluation:
         """``streamclust evaluate RUN_DIR --labels FILE`` (a CSV ``member,label``) or ``--labels-from-folders``."""
         import pandas as pd
@@ -403,6 +455,7 @@ class Run:
         table.index.name = "method"
         return Evaluation(scores, table)
 
+    @_writes("compare")
     def compare(self, *others: str | os.PathLike, labels: str | os.PathLike | None = None, from_folders: bool = False,
                 sample: int = 2000, seed: int = 0, device: str = "auto"):
         """``streamclust compare RUN_DIR [OTHER ...]``: the table of every fitted method, a DataFrame."""
@@ -410,12 +463,16 @@ class Run:
 
         from .pipeline.compare import compare_runs
 
-        rows = compare_runs([self.path, *others], labels=labels, from_folders=from_folders, sample=sample,
-                            seed=seed, device=device)
+        with contextlib.ExitStack() as held:  # compare.csv is written in each run
+            for other in others:
+                held.enter_context(Run(other).lock("compare"))
+            rows = compare_runs([self.path, *others], labels=labels, from_folders=from_folders, sample=sample,
+                                seed=seed, device=device)
         table = pd.DataFrame(rows)
         table.attrs["rows"] = rows  # as compare_runs returned them (None where a figure does not apply)
         return table
 
+    @_writes("report")
     def report(self, *, seed: int = 0, tsne_samples: int | None = None, progress: bool | None = None) -> ReportResult:
         """``streamclust report RUN_DIR``: writes ``report/index.html``."""
         from .report import build_report
@@ -423,6 +480,7 @@ class Run:
         return ReportResult(build_report(self.path, seed=seed, tsne_samples=tsne_samples,
                                          progress=self._bars(progress)))
 
+    @_writes("train")
     def train(self, *, model: str = "ae", overwrite: bool = False, progress: bool | None = None, **settings) -> dict:
         """``streamclust train RUN_DIR`` (needs PyTorch); ``settings`` as the command's flags
         (``latent``, ``epochs``, ``batch_size``, ``lr``, ``seed``, ``width``, ``buffer_chunks``,
@@ -431,6 +489,7 @@ class Run:
 
         return train_run(self.path, model=model, progress=self._bars(progress), overwrite=overwrite, **settings)
 
+    @_writes("encode")
     def encode(self, *, model: str = "ae", batch_size: int = 512, device: str = "auto", overwrite: bool = False,
                progress: bool | None = None) -> Path:
         """``streamclust encode RUN_DIR``: writes ``latents.zarr``; returns its path."""

@@ -1,11 +1,14 @@
 """The ``streamclust`` command line: a thin layer over the Python API.
 
-Every error streamclust raises on purpose becomes one line on stderr and exit status 2.
+Every error streamclust raises on purpose becomes one line on stderr and exit status 2;
+an error of the machine (a full disk, a read-only or failing file system, a permission)
+becomes one line saying what failed and where, and exit status :data:`EXIT_OS_ERROR`.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -14,9 +17,23 @@ from typing import Sequence
 from . import __version__
 from .errors import StreamclustError, UsageError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "EXIT_OS_ERROR"]
 
 logger = logging.getLogger("streamclust")
+
+#: exit status when the operating system failed a read or write (``EX_IOERR`` of sysexits.h):
+#: the command was right, the machine was not; fix it and run the same command again to resume
+EXIT_OS_ERROR = 74
+
+#: the operating-system errors said in one line: errno -> (what happened, what to do)
+_OS_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", "free some space"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or raise the quota"),
+    errno.EROFS: ("read-only file system", "make it writable, or copy the run directory to a writable place"),
+    errno.EACCES: ("permission denied", "fix the permissions"),
+    errno.EPERM: ("operation not permitted", "fix the permissions"),
+    errno.EIO: ("input/output error (a failing disk or a lost network mount)", "check the device"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,6 +41,34 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OS error of :data:`_OS_ERRORS` that ``exc`` is, or was raised from (``None``: another error)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def os_error_line(exc: OSError, where: str) -> str:
+    """One line for an OS error: what failed, at which path (else ``where``), what to do, and that it resumes."""
+    what, fix = _OS_ERRORS[exc.errno]
+    path = exc.filename if exc.filename is not None else where
+    return (f"{what} at {str(path)!r}; {fix}, then run the same command again: it resumes where it stopped, "
+            "keeping what was done")
+
+
+def _seed(text: str) -> int:
+    from .config import check_seed
+
+    try:
+        return check_seed(int(text))
+    except (ValueError, StreamclustError):
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**32 - 1, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -112,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", required=True, help="candidates: START:STOP:STEP (e.g. 10:200:10), a list 2,4,8, or one k")
     p.add_argument("--method", choices=("gmm", "kmeans"), default="gmm")
     p.add_argument("--covariance", choices=("diag", "full", "tied", "spherical"), default="diag")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--max-iter", type=_positive_int, default=100)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--overwrite", action="store_true", help="discard an earlier sweep with other settings")
@@ -127,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive_int, default=64, help="number of images (default 64)")
     p.add_argument("-o", "--output", default=None, help="PNG path (default RUN_DIR/samples.png)")
     p.add_argument("--npy", default=None, help="also save the images as a .npy array (uint8, N x s x s x 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     _add_common(p)
     p.set_defaults(func=_cmd_sample)
 
@@ -147,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="run directories whose fit has completed")
     _add_label_args(p, required=False)
     p.add_argument("--sample", type=_positive_int, default=2000, help="images in the silhouette sample")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto",
                    help="where a latents run's decoder runs: auto (a GPU when present), cpu, cuda, cuda:N or mps")
     _add_common(p)
@@ -156,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN_DIR/report/index.html with pictures of the results",
                        description="Write an offline HTML report of the run with its pictures beside it.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--tsne-samples", type=_positive_int, default=None,
                    help="images in the t-SNE embedding, a sample stratified by cluster (default 2000)")
     _add_common(p)
@@ -172,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--width", type=_positive_int, default=32, help="channels of the first conv layer (default 32)")
     p.add_argument("--buffer-chunks", type=_positive_int, default=4,
                    help="store chunks in the shuffle buffer (default 4)")
@@ -293,12 +338,14 @@ def _cmd_encode(args) -> int:
 
 def _cmd_run(args) -> int:
     from . import stages
+    from .config import IngestConfig
 
     run = _run(args)
     progress = _progress(args)
     fit_settings = _fit_settings(args)
     _fit_config(args)  # flags are checked before anything runs
-    with _client(args) as client:
+    IngestConfig(source=args.source, **_ingest_settings(args))
+    with run.lock("run"), _client(args) as client:  # no other writer between the stages
         summary = run.ingest(args.source, **_ingest_settings(args), overwrite=args.overwrite, progress=progress,
                              client=client)
         print(summary.line())
@@ -306,9 +353,9 @@ def _cmd_run(args) -> int:
         print(fitted.summary.line())
         if not stages.is_current(run.layout, "assign"):
             run.assign(progress=progress, client=client, frame=False)
-    if args.labels or args.labels_from_folders:
-        print(run.evaluate(args.labels, from_folders=args.labels_from_folders))
-    path = run.report(progress=progress)
+        if args.labels or args.labels_from_folders:
+            print(run.evaluate(args.labels, from_folders=args.labels_from_folders))
+        path = run.report(progress=progress)
     print(f"report: {path}")
     return 0
 
@@ -359,7 +406,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gmm-pca-components", type=_positive_int, default=None,
                    help="fit the mixture on only this many leading components")
     p.add_argument("--max-iter", type=_positive_int, default=100, help="Lloyd / EM passes at most (default 100)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=None, help="rows per batch (default: from --memory-limit)")
     p.add_argument("--memory-limit", type=_memory, default=None, help="e.g. 1GB: choose batch sizes to stay under it")
     p.add_argument("--keep-duplicates", action="store_true", help="fit on byte-identical duplicate images too")
@@ -435,6 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamclustError as exc:
         print(f"streamclust {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - re-raised unless the machine failed a read or write
+        os_error = _os_error(exc)
+        if os_error is None:
+            raise
+        where = args.run_dir if isinstance(args.run_dir, str) else ", ".join(args.run_dir)
+        print(f"streamclust {args.command}: error: {os_error_line(os_error, where)}", file=sys.stderr)
+        return EXIT_OS_ERROR
     except KeyboardInterrupt:
         print(f"streamclust {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -8,16 +8,36 @@ unless ``overwrite`` is given.
 from __future__ import annotations
 
 import json
+import operator
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import RunDirError, UsageError
 
-__all__ = ["IngestConfig", "FitConfig", "default_chunk_size", "load_run_config", "parse_bytes", "STAGE_KEYS"]
+__all__ = ["IngestConfig", "FitConfig", "default_chunk_size", "load_run_config", "parse_bytes", "check_seed",
+           "STAGE_KEYS", "MAX_CHUNK_BYTES", "MAX_SEED"]
 
 STAGE_KEYS = ("ingest", "fit")
+
+#: the most bytes one chunk of ``images.zarr`` may hold (``--chunk-size`` x size x size x 3): a
+#: chunk is built in memory and compressed whole (the default chunk holds at most 16 MiB)
+MAX_CHUNK_BYTES = 1 << 30
+
+#: ``--seed`` takes 0 .. MAX_SEED (NumPy's and scikit-learn's range)
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed, flag: str = "--seed") -> int:
+    """``seed`` if it is an integer in 0 .. :data:`MAX_SEED`, else :class:`UsageError`."""
+    try:
+        value = operator.index(seed)  # an int or a NumPy integer, not a float
+    except TypeError:
+        value = None
+    if isinstance(seed, bool) or value is None or not 0 <= value <= MAX_SEED:
+        raise UsageError(f"{flag} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return value
 
 
 def default_chunk_size(size: int) -> int:
@@ -81,12 +101,17 @@ class IngestConfig:
             raise UsageError(f"--size must be an integer from 1 to 4096, got {self.size!r}")
         if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
             raise UsageError(f"--chunk-size must be a positive integer, got {self.chunk_size!r}")
+        most = max(1, MAX_CHUNK_BYTES // (3 * self.size * self.size))
+        if self.chunk_size is not None and self.chunk_size > most:
+            raise UsageError(f"--chunk-size {self.chunk_size} makes chunks of more than "
+                             f"{MAX_CHUNK_BYTES >> 20} MiB at --size {self.size}; use at most {most} "
+                             "(or leave it out for chunks of up to 16 MiB)")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise UsageError(f"--workers must be a positive integer, got {self.workers!r}")
         if self.max_member_bytes < 1 or self.max_pixels < 1 or self.min_side < 1:
             raise UsageError("max-member-bytes, max-pixels and min-side must be positive")
-        if not self.max_aspect >= 1:
-            raise UsageError(f"--max-aspect must be >= 1, got {self.max_aspect!r}")
+        if not 1 <= self.max_aspect < float("inf"):
+            raise UsageError(f"--max-aspect must be a finite number >= 1, got {self.max_aspect!r}")
         bg = tuple(int(c) for c in self.background)
         if len(bg) != 3 or not all(0 <= c <= 255 for c in bg):
             raise UsageError(f"background must be three integers 0..255, got {self.background!r}")
@@ -130,13 +155,36 @@ class IngestConfig:
 
 
 def load_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The saved ``config.json`` of a run directory (empty when there is none)."""
+    """The saved ``config.json`` of a run directory (empty when there is none).
+
+    Raises :class:`~streamclust.errors.RunDirError` when the file is not a JSON object
+    holding one object per stage (a damaged or hand-edited file): nothing is then
+    written, and the message says how to recover.
+    """
     from .stages import ARTEFACTS
 
     path = Path(run_dir) / ARTEFACTS["config"]
-    if not path.exists():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
-    return json.loads(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise _damaged_config(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise _damaged_config(path, f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _damaged_config(path, f"a JSON {type(value).__name__}, not an object of settings per stage")
+    bad = sorted(k for k, v in value.items() if v is not None and not isinstance(v, dict))
+    if bad:
+        raise _damaged_config(path, f"the settings of {', '.join(bad)} are not JSON objects")
+    return value
+
+
+def _damaged_config(path: Path, what: str) -> RunDirError:
+    return RunDirError(f"{str(path)!r} is damaged ({what}); restore it, or delete it and run "
+                       f"`streamclust ingest SOURCE {path.parent} --overwrite` to start the run again")
 
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -230,6 +278,7 @@ class FitConfig:
     NON_IDENTITY = ("batch_size", "memory_limit")
 
     def __post_init__(self):
+        check_seed(self.seed)
         pc = self.pca_components
         if pc is not None and (isinstance(pc, float) and not (0 < pc < 1) or isinstance(pc, int) and pc < 1):
             raise UsageError(f"--pca-components must be a positive integer or a fraction in (0, 1), got {pc!r}")

@@ -14,6 +14,7 @@ __all__ = [
     "SourceError",
     "RunDirError",
     "StageNotDoneError",
+    "RunLockedError",
     "ConfigMismatchError",
     "MemoryLimitError",
     "ConvergenceError",
@@ -38,6 +39,10 @@ class RunDirError(StreamclustError, FileNotFoundError):
 
 class StageNotDoneError(RunDirError):
     """A command needs a stage (ingest, fit, ...) that has not run on this run directory."""
+
+
+class RunLockedError(StreamclustError, BlockingIOError):
+    """Another process is writing the run directory (see :mod:`streamclust.lock`); its PID and command are named."""
 
 
 class ConfigMismatchError(StreamclustError, ValueError):

@@ -30,6 +30,7 @@ import numpy as np
 from .._atomic import fsync_dir, write_json
 from ..config import IngestConfig, load_run_config
 from ..errors import ConfigMismatchError, SourceError
+from ..lock import clear_state_dir, state_files
 from ..store import RunLayout, images_location, is_url, open_zarr, remove_store, storage_options, store_exists
 from .batch import KEY_BYTES, Batch, collect
 from .decode import DecodeParams, Decoded
@@ -135,8 +136,9 @@ def _reset_run_dir(layout: RunLayout) -> None:
         saved_store = (load_run_config(layout.root).get("ingest") or {}).get("store")
         remove_store(images_location(layout.root))  # the earlier run's, wherever it was
         remove_store(staging_location(layout, saved_store))
+    clear_state_dir(layout.state_dir)  # all but the writer's lock, held meanwhile
     for child in (layout.images, layout.manifest, layout.ingest_summary, layout.model_dir,
-                  layout.state_dir, layout.config, layout.root / "report", layout.root / "assignments.csv"):
+                  layout.config, layout.root / "report", layout.root / "assignments.csv"):
         if child.is_dir():
             shutil.rmtree(child)
         elif child.exists():
@@ -147,7 +149,7 @@ def _check_existing(layout: RunLayout, identity: dict, overwrite: bool) -> bool:
     """True when the run directory holds an ingestion with these settings (to resume/skip)."""
     saved = load_run_config(layout.root).get("ingest")
     if saved is None:
-        if layout.images.exists() or layout.state_dir.exists():
+        if layout.images.exists() or state_files(layout.state_dir):
             if not overwrite:
                 raise ConfigMismatchError(
                     f"{layout.root} holds files of an unknown earlier run; pass --overwrite to replace them"

@@ -28,9 +28,7 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
-from streamclust.models._base import fit_streaming
-from streamclust.models._batches import RowSource
-from streamclust.models._combined import CombinedAccumulator
+from streamclust.engine import CombinedAccumulator, RowSource, fit_streaming
 from streamclust.pipeline.select_k import candidate_estimator, fit_candidates, parse_k_range
 
 

@@ -29,9 +29,8 @@ import numpy as np
 
 from .errors import UsageError
 
-if TYPE_CHECKING:  # importing the models pulls in scikit-learn: not for `ingest --scheduler`
-    from .models._batches import RowSource
-    from .models._passes import Checkpointer, Plan, ProgressFn
+if TYPE_CHECKING:  # importing the engine pulls in scikit-learn: not for `ingest --scheduler`
+    from .engine import Checkpointer, Plan, ProgressFn, RowSource
 
 __all__ = ["scheduler_client", "run_passes_distributed", "block_ranges"]
 
@@ -142,7 +141,7 @@ def run_passes_distributed(
     checkpoint: Checkpointer | None = None,
     progress: ProgressFn | None = None,
 ) -> Plan:
-    """Like :func:`streamclust.models._passes.run_passes`, with mergeable passes on ``client``.
+    """Like :func:`streamclust.engine.run_passes`, with mergeable passes on ``client``.
 
     Checkpoints are taken between passes (a resumed run repeats at most one pass); a
     checkpoint taken mid-pass by an in-process run is resumed from its pass start.

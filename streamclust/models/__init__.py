@@ -1,7 +1,7 @@
 """Streaming estimators: PCA, k-means and Gaussian mixtures over arrays larger than memory,
 plus kernel PCA, agglomerative clustering and a t-SNE map built on the same passes."""
 
-from ._base import fit_streaming
+from ..engine import fit_streaming
 from .agglomerative import StreamingAgglomerative
 from .embed import StreamingTSNE
 from .gmm import StreamingGaussianMixture

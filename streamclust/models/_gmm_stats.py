@@ -37,9 +37,8 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from ..engine import pass_rng, weight_slice
 from ..errors import ConvergenceError
-from ._batches import weight_slice
-from ._passes import pass_rng
 
 __all__ = [
     "COVARIANCE_TYPES",
@@ -500,7 +499,7 @@ class GMMStatsAccumulator(GMMSuffStats):
 
     Notes
     -----
-    Implements the accumulator protocol of :mod:`streamclust.models._passes`:
+    Implements the accumulator protocol of :mod:`streamclust.engine`:
     ``update(X, offset)``, ``merge(other)``, ``state_dict()``, ``load_state_dict(state)``.
     Feed it every row once, then call :func:`m_step`; ``log_likelihood / weight_sum`` is the
     mean log-likelihood of the model the E-step used (scikit-learn's lower bound).

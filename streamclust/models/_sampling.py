@@ -2,7 +2,7 @@
 
 A fit that needs a few rows in memory (k-means++ seeding, a validation sample) draws
 *sorted* random row positions up front, from a generator derived from the plan seed
-(:func:`streamclust.models._passes.pass_rng`), and keeps exactly those rows while the
+(:func:`streamclust.engine.pass_rng`), and keeps exactly those rows while the
 pass streams over the data.  The sample does not depend on the batch size or on where
 a fit was interrupted and resumed.
 """

@@ -27,7 +27,7 @@ import logging
 import numpy as np
 from scipy import linalg
 
-from ._passes import pass_rng
+from ..engine import pass_rng
 
 __all__ = ["ScatterAccumulator", "CovariancePlan", "EIGH_MAX_FEATURES", "EXACT_F32_ROWS", "scatter_bytes"]
 

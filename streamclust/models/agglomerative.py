@@ -26,8 +26,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import StreamingMixin, fit_streaming
-from ._batches import RowSource, as_row_source
+from ..engine import RowSource, StreamingMixin, as_row_source, fit_streaming
 from .kmeans import StreamingKMeans, _assign, _cluster_sums, _LabelAccumulator
 
 __all__ = ["StreamingAgglomerative", "weighted_linkage", "cut_linkage"]

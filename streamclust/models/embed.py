@@ -20,9 +20,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import StreamingMixin, draw_seed, fit_streaming
-from ._batches import RowSource, as_row_source
-from ._passes import ProgressFn, fingerprint, pass_rng
+from ..engine import (ProgressFn, RowSource, StreamingMixin, as_row_source, draw_seed, fingerprint, fit_streaming,
+                      pass_rng)
 from ._sampling import RowSampleAccumulator, sample_row_indices
 
 __all__ = ["StreamingTSNE", "embed_to_zarr"]

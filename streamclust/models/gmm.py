@@ -6,8 +6,8 @@ accumulating the sufficient statistics of the E-step (see
 :mod:`streamclust.models._gmm_stats`), followed by the M-step.  Given the same initial
 parameters it produces scikit-learn's iterates up to floating-point rounding.
 
-The fit is a resumable :class:`~streamclust.models._passes.Plan` (:class:`GMMPlan`), so
-:func:`~streamclust.models._base.fit_streaming` can checkpoint it mid-pass.
+The fit is a resumable :class:`~streamclust.engine.Plan` (:class:`GMMPlan`), so
+:func:`~streamclust.engine.fit_streaming` can checkpoint it mid-pass.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import StreamingMixin, draw_seed, fit_streaming
-from ._batches import RowSource, as_row_source, output_dtype
+from ..engine import RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
 from ._gmm_stats import (
     GMMStatsAccumulator,
     GMMSuffStats,
@@ -43,7 +42,6 @@ from ._gmm_stats import (
     precisions_cholesky_from_precisions,
     precisions_from_cholesky,
 )
-from ._passes import pass_rng
 from ._sampling import RowSampleAccumulator
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Streaming k-means.
 
 :class:`StreamingKMeans` clusters an array (NumPy, zarr or dask) read ``batch_size``
-rows at a time.  A fit is a plan of passes (see :mod:`streamclust.models._passes`):
+rows at a time.  A fit is a plan of passes (see :mod:`streamclust.engine`):
 
 1. *seeding* (``init="k-means++"`` or ``"random"``): one pass keeps a uniform random
    sample of ``init_sample_size`` rows (sorted random row positions, drawn from the plan
@@ -27,9 +27,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ._base import StreamingMixin, draw_seed, fit_streaming
-from ._batches import RowSource, as_row_source, check_sample_weight, output_dtype, weight_slice
-from ._passes import pass_rng
+from ..engine import (RowSource, StreamingMixin, as_row_source, check_sample_weight, draw_seed, fit_streaming,
+                      output_dtype, pass_rng, weight_slice)
 from ._sampling import RowSampleAccumulator, sample_row_indices
 
 __all__ = ["StreamingKMeans"]

@@ -1,7 +1,7 @@
 """Streaming kernel PCA: Nyström features on landmarks, then an exact streaming PCA of them.
 
 :class:`StreamingKernelPCA` approximates :class:`sklearn.decomposition.KernelPCA` on data
-of any size.  A fit is a plan of passes (see :mod:`streamclust.models._passes`):
+of any size.  A fit is a plan of passes (see :mod:`streamclust.engine`):
 
 1. *landmarks*: one pass keeps ``m = n_landmarks`` rows drawn uniformly at random (sorted
    row positions from the plan seed); the map of
@@ -30,9 +30,7 @@ from sklearn.metrics.pairwise import KERNEL_PARAMS, PAIRWISE_KERNEL_FUNCTIONS, p
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._base import StreamingMixin, draw_seed, fit_streaming
-from ._batches import RowSource, as_row_source
-from ._passes import pass_rng
+from ..engine import RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, pass_rng
 from ._sampling import RowSampleAccumulator, sample_row_indices
 from .pca import _RandomizedPCAPlan, _flip_rows
 

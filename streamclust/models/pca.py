@@ -43,9 +43,8 @@ from sklearn.utils.extmath import fast_logdet
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._base import StreamingMixin, draw_seed, fit_streaming
-from ._batches import RowSource, as_row_source, is_lazy_array, output_dtype
-from ._passes import pass_rng
+from ..engine import (RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, is_lazy_array, output_dtype,
+                      pass_rng)
 
 __all__ = ["StreamingPCA", "choose_method"]
 
@@ -751,7 +750,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
     ``n_power_iter`` power iterations; the mean and the total variance (hence
     ``explained_variance_ratio_`` and ``noise_variance_``) are exact.  The fit can be
     checkpointed and resumed at batch granularity with
-    :func:`streamclust.models._base.fit_streaming`.
+    :func:`streamclust.engine.fit_streaming`.
 
     The float attributes are float32 for float32 input (NumPy, zarr or dask) and float64
     otherwise, as scikit-learn keeps them; the sums behind them are float64 either way.

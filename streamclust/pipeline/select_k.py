@@ -1,7 +1,7 @@
 """``streamclust select-k``: one model per candidate k, all sharing the reads of the data.
 
 The candidates are fitted on the PCA features of a finished ``fit`` (``features.zarr``)
-by one :class:`~streamclust.models._combined.CombinedPlan`: every batch read feeds the
+by one :class:`~streamclust.engine.CombinedPlan`: every batch read feeds the
 accumulators of every candidate still fitting, so a sweep over 20 values of k reads the
 data as often as the slowest candidate needs, not 20 times as often.  Each candidate
 ends exactly where a separate fit (same seed, batch size and rows) of that k ends.
@@ -54,8 +54,7 @@ from .._atomic import write_bytes, write_json
 from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans
-from ..engine import Checkpointer, CombinedPlan, RowSource, drive, fingerprint
-from ..models._batches import as_row_source
+from ..engine import Checkpointer, CombinedPlan, RowSource, as_row_source, drive, fingerprint
 from ..models._gmm_stats import gmm_log_resp, n_parameters
 from ..store import RunLayout
 from . import fit as _fit

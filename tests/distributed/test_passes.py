@@ -10,9 +10,9 @@ import pytest
 import zarr
 
 from streamclust.distributed import block_ranges, run_passes_distributed, scheduler_client
+from streamclust.engine import RowSource
 from streamclust.errors import UsageError
 from streamclust.models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA, fit_streaming
-from streamclust.models._batches import RowSource
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::DeprecationWarning",
                                         "ignore::UserWarning:distributed")

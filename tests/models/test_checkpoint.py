@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from streamclust.models import _passes
-from streamclust.models._passes import Checkpointer
+from streamclust.engine import Checkpointer
+from streamclust.engine import checkpoint as checkpoint_module
 
 
 class _Plan:
@@ -16,14 +16,14 @@ class _Plan:
 
 def test_a_slow_save_spaces_the_next_ones(tmp_path, monkeypatch):
     now = [0.0]
-    monkeypatch.setattr(_passes, "monotonic", lambda: now[0])
-    real_save = _passes.save_npz
+    monkeypatch.setattr(checkpoint_module, "monotonic", lambda: now[0])
+    real_save = checkpoint_module.save_npz
 
     def slow_save(path, arrays):  # a save that takes 3 s of the fake clock
         real_save(path, arrays)
         now[0] += 3.0
 
-    monkeypatch.setattr(_passes, "save_npz", slow_save)
+    monkeypatch.setattr(checkpoint_module, "save_npz", slow_save)
     ck = Checkpointer(tmp_path / "ck.npz", "k", every_seconds=20, _last=0.0)  # started at the fake clock's 0
     now[0] = 20.0
     assert ck.due()

@@ -14,8 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 pytest.importorskip("openTSNE")
 
-from streamclust.models._base import fit_streaming  # noqa: E402
-from streamclust.models._passes import Checkpointer  # noqa: E402
+from streamclust.engine import Checkpointer, fit_streaming  # noqa: E402
 from streamclust.models.embed import StreamingTSNE, embed_to_zarr  # noqa: E402
 
 FAST = dict(n_iter=150, early_exaggeration_iter=60, transform_n_iter=40)

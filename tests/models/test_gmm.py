@@ -14,9 +14,9 @@ from sklearn.mixture import GaussianMixture
 from sklearn.mixture._gaussian_mixture import _estimate_log_gaussian_prob
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from streamclust.engine import Checkpointer, fit_streaming
 from streamclust.errors import ConvergenceError
 from streamclust.models import gmm as gmm_module
-from streamclust.models._base import fit_streaming
 from streamclust.models._gmm_stats import (
     GMMStatsAccumulator,
     GMMSuffStats,
@@ -24,7 +24,6 @@ from streamclust.models._gmm_stats import (
     RandomRespAccumulator,
     m_step,
 )
-from streamclust.models._passes import Checkpointer
 from streamclust.models.gmm import IllDefinedCovarianceError, StreamingGaussianMixture, gmm_log_prob
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
@@ -541,7 +540,7 @@ def test_weighted_resume_mid_pass_is_exact(tmp_path):
 def test_weighted_pass_in_dask_blocks_equals_in_process(ct, rng):
     """What a dask task does: a copy of the pass's accumulator over a block of rows, merged."""
     from streamclust.distributed import _accumulate
-    from streamclust.models._batches import RowSource
+    from streamclust.engine import RowSource
 
     X = rng.normal(size=(400, 3)) * 2 + 10.0
     w = rng.uniform(0.1, 2.0, size=400)

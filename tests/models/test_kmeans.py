@@ -14,9 +14,7 @@ from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from streamclust.models._base import fit_streaming
-from streamclust.models._batches import RowSource
-from streamclust.models._passes import Checkpointer
+from streamclust.engine import Checkpointer, RowSource, fit_streaming
 from streamclust.models.kmeans import StreamingKMeans, _LabelAccumulator, _LloydAccumulator
 
 FITTED = ("cluster_centers_", "labels_", "inertia_", "cluster_sizes_", "n_iter_", "n_steps_", "n_features_in_")

@@ -16,8 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from streamclust.models._base import fit_streaming
-from streamclust.models._passes import Checkpointer
+from streamclust.engine import Checkpointer, fit_streaming
 from streamclust.models.kpca import (
     StreamingKernelPCA,
     _FeatureMap,

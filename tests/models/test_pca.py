@@ -12,8 +12,7 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA, IncrementalPCA
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from streamclust.models._base import fit_streaming
-from streamclust.models._passes import Checkpointer
+from streamclust.engine import Checkpointer, fit_streaming
 from streamclust.models.pca import StreamingPCA
 
 FITTED = (

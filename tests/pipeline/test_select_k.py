@@ -11,11 +11,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.metrics import calinski_harabasz_score
 
 from streamclust.cli import main
+from streamclust.engine import Checkpointer, CombinedPlan, RowSource, run_passes
 from streamclust.errors import ConfigMismatchError, ConvergenceError, StageNotDoneError, UsageError
 from streamclust.models import StreamingGaussianMixture, StreamingKMeans, fit_streaming
-from streamclust.models._batches import RowSource
-from streamclust.models._combined import CombinedPlan
-from streamclust.models._passes import Checkpointer, run_passes
 from streamclust.pipeline import select_k as sk
 from streamclust.pipeline.select_k import (
     CSV_COLUMNS,

@@ -1,4 +1,10 @@
-"""What every streaming estimator shares: fit = build a plan, drive it over the data, finish."""
+"""What every streaming estimator shares: fit = build a plan, drive it over the data, finish.
+
+An estimator implements ``_make_plan(source)`` and ``_finish_plan(plan, source)``
+(:class:`StreamingMixin`); :func:`fit_streaming` validates the input into a
+:class:`~streamclust.engine.rows.RowSource`, builds the plan, runs it with :func:`~streamclust.engine.execute.drive`
+(with a checkpoint, progress, a dask client) and lets the estimator copy its results.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ._batches import RowSource, as_row_source, check_sample_weight
-from ._passes import Checkpointer, Plan, ProgressFn, run_passes
+from .checkpoint import Checkpointer
+from .execute import drive
+from .plan import Plan, ProgressFn
+from .rows import RowSource, as_row_source, check_sample_weight
 
 __all__ = ["StreamingMixin", "fit_streaming", "draw_seed"]
 
@@ -66,20 +74,7 @@ def fit_streaming(
         raise TypeError(f"{type(estimator).__name__} does not take sample_weight")
     else:
         plan = estimator._make_plan(source, sample_weight=check_sample_weight(sample_weight, source.n_samples))
-    if client is not None:
-        from ..distributed import run_passes_distributed
-
-        run_passes_distributed(plan, source, int(estimator.batch_size), client,
-                               dtype=estimator._batch_dtype, checkpoint=checkpoint, progress=progress)
-        estimator._finish_plan(plan, source)
-        return estimator
-    run_passes(
-        plan,
-        source,
-        int(estimator.batch_size),
-        dtype=estimator._batch_dtype,
-        checkpoint=checkpoint,
-        progress=progress,
-    )
+    drive(plan, source, int(estimator.batch_size), dtype=estimator._batch_dtype, checkpoint=checkpoint,
+          progress=progress, client=client)
     estimator._finish_plan(plan, source)
     return estimator

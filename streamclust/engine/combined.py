@@ -1,19 +1,19 @@
 """Several plans driven by one stream: every read of a batch feeds all of them.
 
 :class:`CombinedPlan` wraps candidate plans (one model per k, say) into a single
-:class:`~streamclust.models._passes.Plan`.  Each combined pass asks every unfinished
+:class:`~streamclust.engine.plan.Plan`.  Each combined pass asks every unfinished
 candidate for its next accumulator and returns one :class:`CombinedAccumulator` that
 forwards each batch to all of them; at the end of the pass every candidate gets its own
 ``end_pass``.  Candidates that finish early (converged, or out of iterations) drop out
 of the following passes; the stream stops when none is left.
 
 Each candidate sees exactly the batches (same rows, same offsets, same dtype) that
-:func:`~streamclust.models._passes.run_passes` would feed it alone, so with the same
+:func:`~streamclust.engine.execute.run_passes` would feed it alone, so with the same
 seed and batch size it ends bit-for-bit where a separate fit ends.
 
 The state of the combined plan (and of the combined accumulator) is the union of the
 candidates' states, each key prefixed by the candidate's label (``"k=10/means"``), plus
-which candidates are finished or failed; so a :class:`~streamclust.models._passes.Checkpointer`
+which candidates are finished or failed; so a :class:`~streamclust.engine.checkpoint.Checkpointer`
 saves and resumes a combined fit mid-pass like any other.
 """
 
@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConvergenceError
-from ._passes import Accumulator, Plan
+from .plan import Accumulator, Plan
 
 __all__ = ["CombinedPlan", "CombinedAccumulator"]
 

@@ -32,6 +32,20 @@ The contract
 :func:`fit_streaming`
     Fits a streamclust estimator (its ``_make_plan`` / ``_finish_plan``) through :func:`drive`.
 
+The modules
+-----------
+``plan``        :class:`Plan`, :class:`Accumulator` (protocols), :func:`pass_rng`, :func:`fingerprint`
+``rows``        :class:`RowSource`, :class:`TransformedRows`, :func:`as_row_source` (scikit-learn's input
+                checks for NumPy, shape checks for zarr / dask), per-row weights
+``checkpoint``  :class:`Checkpointer` and its file format
+``execute``     :func:`run_passes` (in this process) and :func:`drive` (in this process or on dask;
+                the dask driver is :func:`streamclust.distributed.run_passes_distributed`)
+``combined``    :class:`CombinedPlan`
+``estimator``   :class:`StreamingMixin` (what an estimator implements), :func:`fit_streaming`, :func:`draw_seed`
+
+The engine imports nothing of :mod:`streamclust.models`; the models and the stages import
+it (``from streamclust.engine import ...``), never its modules' private names.
+
 Example: the mean of every row, one pass, resumable::
 
     class MeanAcc:
@@ -54,30 +68,15 @@ Example: the mean of every row, one pass, resumable::
 
 from __future__ import annotations
 
-import numpy as np
+from .checkpoint import Checkpointer
+from .combined import CombinedAccumulator, CombinedPlan
+from .estimator import StreamingMixin, draw_seed, fit_streaming
+from .execute import drive, run_passes
+from .plan import Accumulator, Plan, ProgressFn, State, fingerprint, pass_rng
+from .rows import (RowSource, TransformedRows, as_row_source, check_sample_weight, is_lazy_array, output_dtype,
+                   weight_slice)
 
-from .models._base import fit_streaming
-from .models._batches import RowSource, TransformedRows
-from .models._combined import CombinedPlan
-from .models._passes import Accumulator, Checkpointer, Plan, ProgressFn, fingerprint, pass_rng, run_passes
-
-__all__ = ["Accumulator", "Plan", "Checkpointer", "RowSource", "TransformedRows", "CombinedPlan", "drive",
-           "run_passes", "fit_streaming", "fingerprint", "pass_rng", "ProgressFn"]
-
-
-def drive(plan: Plan, source: RowSource, batch_size: int, *, dtype=np.float64, checkpoint: Checkpointer | None = None,
-          progress: ProgressFn | None = None, client=None) -> Plan:
-    """Run ``plan`` over ``source`` until it has no further pass; returns the plan.
-
-    In this process (:func:`run_passes`: checkpoints mid-pass every
-    ``checkpoint.every_seconds`` and at the end of each pass), or with a dask.distributed
-    ``client`` as one task per block of rows, the accumulators merged in a tree
-    (checkpoints between passes).  ``progress(pass_name, rows_done, n_rows)`` is called
-    as batches are done.
-    """
-    if client is None:
-        return run_passes(plan, source, batch_size, dtype=dtype, checkpoint=checkpoint, progress=progress)
-    from .distributed import run_passes_distributed
-
-    return run_passes_distributed(plan, source, batch_size, client, dtype=dtype, checkpoint=checkpoint,
-                                  progress=progress)
+__all__ = ["Accumulator", "Plan", "State", "ProgressFn", "pass_rng", "fingerprint", "Checkpointer",
+           "RowSource", "TransformedRows", "as_row_source", "is_lazy_array", "check_sample_weight", "weight_slice",
+           "output_dtype", "run_passes", "drive", "CombinedPlan", "CombinedAccumulator", "StreamingMixin",
+           "fit_streaming", "draw_seed"]

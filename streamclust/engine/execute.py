@@ -1,0 +1,89 @@
+"""Driving a plan over a row source until it has no further pass, resumably.
+
+:func:`run_passes` runs in this process, saving a checkpoint mid-pass (at most every
+``checkpoint.every_seconds``) and at the end of each pass; :func:`drive` runs the same
+in this process or, given a dask.distributed client, with every mergeable pass split
+into one task per block of rows (:func:`streamclust.distributed.run_passes_distributed`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .checkpoint import Checkpointer
+from .plan import Accumulator, Plan, ProgressFn
+from .rows import RowSource
+
+__all__ = ["run_passes", "drive"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_passes(
+    plan: Plan,
+    source: RowSource,
+    batch_size: int,
+    *,
+    dtype=np.float64,
+    checkpoint: Checkpointer | None = None,
+    progress: ProgressFn | None = None,
+) -> Plan:
+    """Drive ``plan`` over ``source`` until it reports no further pass.
+
+    With a ``checkpoint``, a saved state is resumed first and the state is saved every
+    ``checkpoint.every_seconds`` and at the end of each pass.  ``progress`` is called as
+    ``progress(pass_name, rows_done, n_rows)`` after each batch.
+    """
+    pass_index, start_row = 0, 0
+    acc: Accumulator | None = None
+    if checkpoint is not None:
+        loaded = checkpoint.load()
+        if loaded is not None:
+            meta, plan_state, pass_state = loaded
+            plan.load_state_dict(plan_state)
+            pass_index, start_row = int(meta["pass_index"]), int(meta["next_row"])
+            if meta["in_pass"]:
+                acc = plan.next_pass()
+                if acc is not None:
+                    acc.load_state_dict(pass_state)
+            logger.info("resuming from checkpoint: pass %d, row %d", pass_index, start_row)
+    n = source.n_samples
+    while True:
+        if acc is None:
+            acc = plan.next_pass()
+            start_row = 0
+            if acc is None:
+                break
+        for offset, X in source.iter_batches(batch_size, start=start_row, dtype=dtype):
+            acc.update(X, offset)
+            done = offset + X.shape[0]
+            if progress is not None:
+                progress(acc.name, done, n)
+            if checkpoint is not None and done < n and checkpoint.due():
+                checkpoint.save(plan, acc, pass_index, done)
+        plan.end_pass(acc)
+        acc = None
+        pass_index += 1
+        if checkpoint is not None:
+            checkpoint.save(plan, None, pass_index, 0)
+    return plan
+
+
+def drive(plan: Plan, source: RowSource, batch_size: int, *, dtype=np.float64, checkpoint: Checkpointer | None = None,
+          progress: ProgressFn | None = None, client=None) -> Plan:
+    """Run ``plan`` over ``source`` until it has no further pass; returns the plan.
+
+    In this process (:func:`run_passes`: checkpoints mid-pass every
+    ``checkpoint.every_seconds`` and at the end of each pass), or with a dask.distributed
+    ``client`` as one task per block of rows, the accumulators merged in a tree
+    (checkpoints between passes).  ``progress(pass_name, rows_done, n_rows)`` is called
+    as batches are done.
+    """
+    if client is None:
+        return run_passes(plan, source, batch_size, dtype=dtype, checkpoint=checkpoint, progress=progress)
+    from ..distributed import run_passes_distributed
+
+    return run_passes_distributed(plan, source, batch_size, client, dtype=dtype, checkpoint=checkpoint,
+                                  progress=progress)

@@ -18,6 +18,7 @@ __all__ = [
     "ConfigMismatchError",
     "MemoryLimitError",
     "ConvergenceError",
+    "IntegrityError",
 ]
 
 
@@ -55,3 +56,10 @@ class MemoryLimitError(StreamclustError, MemoryError):
 
 class ConvergenceError(StreamclustError, ArithmeticError):
     """A model degenerated (an empty or collapsing component) and cannot be recovered."""
+
+
+class IntegrityError(StreamclustError, OSError):
+    """A file of the run directory is damaged: a missing or truncated chunk, a chunk whose
+    checksum fails, a shape or row count other than the one recorded when its stage
+    completed, a corrupt model file.  The message names the file and the command that
+    rebuilds it.  An :class:`OSError`, as an I/O error of the disk would be."""

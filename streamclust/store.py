@@ -146,7 +146,18 @@ def open_zarr(location: str, mode: str = "r") -> "zarr.Array":
 
 
 def image_array(run_dir: str | os.PathLike, mode: str = "r") -> "zarr.Array":
-    """The run's image array, wherever it is stored (no check that ingestion completed)."""
+    """The run's image array, wherever it is stored (no check that ingestion completed).
+
+    Read-only, it is checked against what the completed ingestion recorded (shape, chunks,
+    the manifest's size: :func:`streamclust.integrity.verify_images`); a damaged store
+    raises :class:`~streamclust.errors.IntegrityError` naming the command that rebuilds it.
+    """
+    if mode == "r":
+        from .integrity import ingest_records, verify_images
+
+        layout = RunLayout.of(run_dir)
+        if any(ingest_records(layout)):
+            return verify_images(layout, images_location(run_dir))
     return open_zarr(images_location(run_dir), mode)
 
 
@@ -162,12 +173,20 @@ def ok_rows(run_dir: str | os.PathLike, *, drop_duplicates: bool = True) -> np.n
 
     from array import array
 
+    from .integrity import check_manifest_rows, ingest_records, rebuild_command, verify_manifest
+
     layout = RunLayout.of(run_dir)
     layout.require("ingest")
+    record = ingest_records(layout)[1]  # the manifest's rows and bytes, when the ingestion recorded them
+    rebuild = rebuild_command(layout, "manifest")
+    verify_manifest(layout.manifest, record, rebuild=rebuild)
     rows = array("q")  # 8 bytes a row: a list of Python ints would take 36 and stay in the heap
+    n = 0
     for r in read_manifest(layout.manifest):
+        n += 1
         if r["status"] == "ok" and not (drop_duplicates and r["duplicate_of"]):
             rows.append(int(r["index"]))
+    check_manifest_rows(layout.manifest, n, record, rebuild=rebuild)
     out = np.frombuffer(rows, dtype=np.int64).copy() if rows else np.zeros(0, dtype=np.int64)
     out.sort()
     return out

@@ -28,6 +28,7 @@ from .. import stages
 from .._atomic import write_bytes, write_json
 from ..config import load_run_config
 from ..errors import ConfigMismatchError, UsageError
+from ..integrity import array_record, checksum_codecs
 from ..store import RunLayout, image_array, ok_rows
 from ._torch import require_torch
 
@@ -125,7 +126,7 @@ def encode_run(
     n, k = int(rows.size), int(net.latent)
     chunk = max(1, min(LATENT_CHUNK_ROWS, n))
     latents = zarr.create_array(store=str(path), shape=(n, k), chunks=(chunk, k), dtype="float32",
-                                fill_value=0.0, overwrite=True, compressors=None,
+                                fill_value=0.0, overwrite=True, compressors=checksum_codecs(),
                                 dimension_names=("image", "latent"))
     out = np.empty((chunk, k), dtype=np.float32)
     bars = PassBars("encode", progress)
@@ -150,7 +151,7 @@ def encode_run(
     buf = io.BytesIO()
     np.save(buf, rows)
     write_bytes(layout.latent_rows, buf.getvalue())
-    stages.complete(layout, "encode")
+    stages.complete(layout, "encode", array=array_record(path))  # checked on open (streamclust.integrity)
     return path
 
 

@@ -400,8 +400,11 @@ def embed_to_zarr(estimator: StreamingTSNE, X, out_path: str | os.PathLike, *, b
         if arr is not None and (arr.shape != (n, k) or arr.attrs.get("key") != key):
             arr = None
     if arr is None:
+        from ..integrity import checksum_codecs
+
         arr = zarr.create_array(store=str(path), shape=(n, k), chunks=(int(chunk_rows or bs), k), dtype="float32",
-                                fill_value=np.nan, overwrite=True, dimension_names=("image", "axis"))
+                                fill_value=np.nan, overwrite=True, dimension_names=("image", "axis"),
+                                compressors=checksum_codecs(zarr.codecs.ZstdCodec(level=0)))
         arr.attrs.update({"key": key, "rows_done": 0, "complete": False})
     start = int(arr.attrs.get("rows_done", 0))
     if start % bs:  # restart at a batch boundary so the batches are the same as an unbroken call

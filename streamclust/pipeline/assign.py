@@ -23,6 +23,7 @@ from ..config import load_run_config
 from ..ingest.manifest import read_manifest
 from ..engine import RowSource
 from ..models.io import load_model
+from ..integrity import verify_output
 from ..store import RunLayout, image_array
 from .progress import PassBars
 
@@ -133,7 +134,7 @@ def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, pro
 def _assign_latents(layout, models, rows, members, dups, bs, client, progress, t0) -> Path:
     """Models fitted on autoencoder latents: assign every fitted image from ``latents.zarr``;
     a duplicate gets the values of the image it repeats (identical bytes, identical latents)."""
-    lat = zarr.open_array(str(layout.latents), mode="r")
+    lat = verify_output(layout, "latents")
     fit_rows = np.load(layout.fit_rows, allow_pickle=False)
     cols: dict[str, list] = {c: [] for c in ("cluster", "distance", "component", "log_likelihood")}
     bars = PassBars("assign", progress)

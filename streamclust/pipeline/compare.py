@@ -63,18 +63,19 @@ import os
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from .. import stages
-from .._atomic import atomic_open, load_npz
+from .._atomic import atomic_open
 from ..config import load_run_config
 from ..errors import RunDirError, UsageError
 from ..ingest.manifest import read_manifest
 from ..engine import RowSource
+from ..integrity import verify_output
+from ..models.io import load_model
 from ..store import RunLayout, image_array, ok_rows
 from .evaluate import best_match_accuracy, labels_from_folders, read_labels
 
-__all__ = ["compare_run", "compare_runs", "format_compare", "load_any_model", "run_features", "COMPARE_COLUMNS",
+__all__ = ["compare_run", "compare_runs", "format_compare", "run_features", "COMPARE_COLUMNS",
            "METHOD_FILES", "MODEL_FILES"]
 
 logger = logging.getLogger(__name__)
@@ -94,33 +95,6 @@ COMPARE_COLUMNS = ("method", "features", "reduction", "n_clusters", "recon_mae",
 _BATCH = 1024
 #: latent rows passed through the decoder at a time
 _DECODE_BATCH = 256
-
-
-def load_any_model(path: str | os.PathLike):
-    """:func:`streamclust.models.io.load_model`, also for the kernel PCA, agglomerative and t-SNE models."""
-    from ..models import io as model_io
-    from ..models.agglomerative import StreamingAgglomerative
-    from ..models.embed import StreamingTSNE
-    from ..models.kpca import StreamingKernelPCA
-
-    path = Path(path)
-    if not path.exists():
-        raise RunDirError(f"model file {str(path)!r} does not exist")
-    arrays = load_npz(path)
-    meta = json.loads(arrays.pop(model_io._META).tobytes().decode())
-    registry = {**model_io._registry(),
-                **{c.__name__: c for c in (StreamingKernelPCA, StreamingAgglomerative, StreamingTSNE)}}
-    if meta["class"] not in registry:
-        raise RunDirError(f"{path} holds an unknown model class {meta['class']!r}")
-    cls = registry[meta["class"]]
-    params = dict(meta["params"])
-    for key in meta["array_params"]:
-        params[key] = arrays.pop(f"param:{key}")
-    est = cls(**{k: v for k, v in params.items() if k in cls().get_params(deep=False)})
-    for key, value in arrays.items():
-        setattr(est, key, value.item() if value.ndim == 0 else value)
-    est._streamclust_extra = meta.get("extra", {})
-    return est
 
 
 # ---------------------------------------------------------------- reconstruction
@@ -187,7 +161,7 @@ def _latent_reconstruction_errors(layout: RunLayout, pca, kpca, device: str) -> 
     if model is None:
         raise RunDirError(f"{root}/config.json does not say which network was encoded; "
                           f"run `streamclust encode {root} --overwrite`, then fit again")
-    latents = zarr.open_array(str(layout.latents), mode="r")
+    latents = verify_output(layout, "latents")
     rows = ok_rows(root)
     if latents.shape != (rows.size, int(pca.n_features_in_)):
         raise RunDirError(f"latents.zarr of {root} ({latents.shape[0]} x {latents.shape[1]}) does not match the "
@@ -309,13 +283,13 @@ def compare_run(
     if not models:
         raise UsageError(f"no clustering method was fitted in {layout.root}")
     feature_kind = run_features(layout.root)
-    pca = load_any_model(layout.model_dir / "pca.npz")
+    pca = load_model(layout.model_dir / "pca.npz")
     kpca_path, tsne_path = layout.model_dir / "kpca.npz", layout.model_dir / "tsne.npz"
-    kpca = load_any_model(kpca_path) if kpca_path.exists() else None
-    tsne = load_any_model(tsne_path) if tsne_path.exists() else None
+    kpca = load_model(kpca_path) if kpca_path.exists() else None
+    tsne = load_model(tsne_path) if tsne_path.exists() else None
     fit_rows = np.load(layout.fit_rows, allow_pickle=False)
     n = int(fit_rows.size)
-    features = zarr.open_array(str(layout.features), mode="r")
+    features = verify_output(layout, "features")
     seconds = {}
     if layout.fit_summary.exists():
         seconds = json.loads(layout.fit_summary.read_text()).get("seconds", {})
@@ -324,7 +298,7 @@ def compare_run(
     preds: dict[str, np.ndarray] = {}
     extra: dict[str, dict] = {}
     for name, path in models.items():
-        model = load_any_model(path)
+        model = load_model(path)
         if name == "gmm":
             m = model._streamclust_extra.get("pca_components") or features.shape[1]
             source = RowSource(features, columns=int(m) if int(m) < features.shape[1] else None)

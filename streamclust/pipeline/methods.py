@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import time
 
-import zarr
 
 from .. import stages
+from ..integrity import array_record, verify_output
 from ..models.io import load_model, save_model
 
 __all__ = ["fit_methods"]
@@ -32,7 +32,8 @@ def _stage(layout, name, summary, run):
         return
     t0 = time.perf_counter()
     run()
-    stages.complete(layout, f"fit-{name}")
+    extra = {"array": array_record(layout.embedding)} if name == "embedding" else {}  # checked on open
+    stages.complete(layout, f"fit-{name}", **extra)
     summary.seconds[name] = time.perf_counter() - t0
 
 
@@ -82,7 +83,7 @@ def fit_methods(layout, config, features, data_key, summary, *, progress, client
                lambda: embed_to_zarr(load_model(model / "tsne.npz"), scores, layout.embedding))
 
         def tsne_kmeans():
-            emb = zarr.open_array(str(layout.embedding), mode="r")
+            emb = verify_output(layout, "embedding")
             est = StreamingKMeans(max(1, min(config.clusters or 2, n)), method="lloyd", batch_size=bs,
                                   random_state=config.seed)
             fit_stage(layout, "tsne_kmeans", est, emb, None, data_key, config, progress, client)

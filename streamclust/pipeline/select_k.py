@@ -56,6 +56,7 @@ from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans
 from ..engine import Checkpointer, CombinedPlan, RowSource, as_row_source, drive, fingerprint
 from ..models._gmm_stats import gmm_log_resp, n_parameters
+from ..integrity import verify_output
 from ..store import RunLayout
 from . import fit as _fit
 from .memory import batch_rows, mixture_memory_check
@@ -463,23 +464,38 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def plot(path: Path, rows: Sequence[dict], method: str, picked: dict[str, int]) -> Path:
-    """Criterion against k, each picked k marked; Agg canvas, no pyplot."""
+#: the panels of each method's curves: ((criterion, label), ...) and the y label
+_PANELS = {
+    "gmm": (((("bic", "BIC"), ("aic", "AIC")), "criterion (lower is better)"),
+            ((("heldout_loglik", "held-out log-likelihood / row"),), "mean log-likelihood (higher is better)")),
+    "kmeans": (((("inertia", "inertia"),), "inertia (no pick: the elbow is ill-defined)"),
+               ((("calinski_harabasz", "Calinski-Harabasz"),), "Calinski-Harabasz (higher is better)")),
+}
+_TITLES = {"gmm": "Gaussian mixture", "kmeans": "k-means (picked by the Calinski-Harabasz maximum)"}
+
+
+def figure(rows: Sequence[dict]):
+    """The select-k curves of ``rows`` (as :func:`read_csv` reads them): each criterion
+    against k, the k that :func:`pick` picks marked, the panels of each method in the table
+    one above the other; ``None`` when no row names a method.  Agg canvas, no pyplot.
+
+    What ``select-k`` draws into ``select_k.png`` and the report shows.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if method == "gmm":
-        panels = [(("bic", "BIC"), ("aic", "AIC")), (("heldout_loglik", "held-out log-likelihood / row"),)]
-        ylabels = ["criterion (lower is better)", "mean log-likelihood (higher is better)"]
-    else:
-        panels = [(("inertia", "inertia"),), (("calinski_harabasz", "Calinski-Harabasz"),)]
-        ylabels = ["inertia (no pick: the elbow is ill-defined)", "Calinski-Harabasz (higher is better)"]
+    methods = [m for m in METHODS if any(r.get("method") == m for r in rows)]
+    panels = [(m, series, ylabel, i == 0) for m in methods for i, (series, ylabel) in enumerate(_PANELS[m])]
+    if not panels:
+        return None
     fig = Figure(figsize=(6.4, 3.2 * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, series, ylabel in zip(axes, panels, ylabels):
+    picks = {m: pick([r for r in rows if r.get("method") == m], m) for m in methods}
+    for ax, (method, series, ylabel, first) in zip(axes, panels):
+        picked = picks[method]
         for j, (key, label) in enumerate(series):
-            pts = [(r["k"], r[key]) for r in rows if r.get(key) is not None]
+            pts = [(r["k"], r[key]) for r in rows if r.get("method") == method and r.get(key) is not None]
             if not pts:
                 continue
             ks, vs = zip(*pts)
@@ -493,11 +509,16 @@ def plot(path: Path, rows: Sequence[dict], method: str, picked: dict[str, int]) 
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        if first:
+            ax.set_title(f"select-k: {_TITLES[method]}", fontsize=9)
     axes[-1].set_xlabel("k")
-    title = "Gaussian mixture" if method == "gmm" else "k-means (picked by the Calinski-Harabasz maximum)"
-    axes[0].set_title(f"select-k: {title}", fontsize=9)
+    return fig
+
+
+def plot(path: Path, rows: Sequence[dict]) -> Path:
+    """Write :func:`figure` of ``rows`` to ``path`` (PNG)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    figure(rows).savefig(buf, format="png", dpi=100)
     return write_bytes(path, buf.getvalue())
 
 
@@ -629,7 +650,7 @@ def select_k_run(
     feat_path = layout.features
     if not feat_path.exists():
         raise UsageError(f"{feat_path} is missing; run `streamclust fit {run_dir} --overwrite`")
-    features = zarr.open_array(str(feat_path), mode="r")
+    features = verify_output(layout, "features")  # checked against what the fit recorded
     n, n_feat = int(features.shape[0]), int(features.shape[1])
     saved_fit = load_run_config(layout.root).get("fit")
     fit_cfg = FitConfig.from_dict(saved_fit) if saved_fit else FitConfig()
@@ -676,7 +697,7 @@ def select_k_run(
         logger.warning("select-k: k=%d failed: %s", ks[i], msg)
     picked = pick(rows, method)
     write_csv(layout.select_k_csv, rows)
-    plot(layout.select_k_png, rows, method, picked)
+    plot(layout.select_k_png, rows)
     stages.complete(layout, STAGE)
     for p in (fit_ck_path, score_ck_path):
         p.unlink(missing_ok=True)

@@ -34,14 +34,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from .. import stages
 from .._atomic import write_bytes, write_text
 from ..errors import StreamclustError
+from ..integrity import verify_output
 from ..store import RunLayout, image_array
 from . import figures
-from .data import manifest_overview, read_features, read_json, read_rows, read_select_k, stratified_sample
+from .data import manifest_overview, read_features, read_json, read_rows, stratified_sample
 from .page import Picture, Section, collapsible, details, render_page, table
 
 __all__ = ["build_report", "REPORT_DIR", "TSNE_MAX_SAMPLES", "TSNE_MIN_SAMPLES"]
@@ -472,15 +472,23 @@ class _Report:
         if self.status.get("select-k") == stages.STALE:
             return sec.note("The select-k sweep of this run is stale (the fit was redone since); run "
                             "`streamclust select-k` again to compare numbers of clusters.")
-        records = read_select_k(self.layout.select_k_csv) if self.current("select-k") else None
-        if records is None:
+        from ..pipeline.select_k import CSV_COLUMNS, figure, read_csv
+
+        path = self.layout.select_k_csv
+        if not (self.current("select-k") and path.exists()):
             return sec.note("No select_k.csv in this run (run `streamclust select-k` to compare numbers of clusters).")
-        rendered = figures.select_k_png(records) if records else None
-        if rendered is None:
+        try:
+            rows = read_csv(path)
+        except (ValueError, KeyError) as exc:
+            logger.warning("%s is not a select_k.csv (%s); skipping the select-k curve", path, exc)
+            rows = []
+        rows = [r for r in rows if r["k"] is not None and any(r[c] is not None for c in CSV_COLUMNS[3:])]
+        fig = figure(rows) if rows else None
+        if fig is None:
             return sec.note("select_k.csv has no usable rows.")
-        ks = sorted({r["k"] for r in records})
-        sec.text(f"Criteria for k = {', '.join(str(k) for k in ks)}; a circle marks the best k of each curve.")
-        sec.picture(self.save("select_k.png", rendered, "model selection criteria as a function of k"))
+        ks = sorted({r["k"] for r in rows})
+        sec.text(f"Criteria for k = {', '.join(str(k) for k in ks)}; a star marks the k each criterion picks.")
+        sec.picture(self.save("select_k.png", figures.figure_png(fig), "model selection criteria as a function of k"))
         return sec
 
     def embedding(self) -> Section:
@@ -536,7 +544,7 @@ class _Report:
         if not (self.layout.is_done("fit-embedding") and path.exists()):
             return sec.note("No map of every image in this run (fit with `--embed tsne` to place every "
                             "image on a t-SNE map).")
-        emb = zarr.open_array(str(path), mode="r")
+        emb = verify_output(self.layout, "embedding")
         fit_rows = np.load(self.layout.fit_rows, allow_pickle=False)
         n = int(fit_rows.size)
         if emb.shape[0] != n or emb.ndim != 2 or emb.shape[1] < 2:

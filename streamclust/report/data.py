@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import zarr
 
 from ..ingest.manifest import read_manifest
+from ..integrity import verify_output
 from ..store import RunLayout
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "read_features",
     "manifest_overview",
     "stratified_sample",
-    "read_select_k",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ def read_features(layout: RunLayout, rows: np.ndarray, pca, images: zarr.Array) 
     rows_path = layout.fit_rows
     if feat_path.exists() and rows_path.exists():
         fit_rows = np.load(rows_path, allow_pickle=False)
-        feats = zarr.open_array(str(feat_path), mode="r")
+        feats = verify_output(layout, "features")
         if fit_rows.ndim == 1 and feats.shape == (fit_rows.size, k) and fit_rows.size:
             order = np.argsort(fit_rows, kind="stable")
             pos = np.searchsorted(fit_rows, rows, sorter=order)
@@ -139,21 +138,3 @@ def stratified_sample(labels: np.ndarray, n_max: int, rng: np.random.Generator) 
     groups = np.split(np.argsort(inverse, kind="stable"), np.cumsum(sizes)[:-1])
     picked = [rng.choice(members, size=int(q), replace=False) for members, q in zip(groups, quota) if q > 0]
     return np.sort(np.concatenate(picked)) if picked else np.arange(0)
-
-
-def read_select_k(path: Path) -> list[dict] | None:
-    """``select_k.csv`` as :func:`streamclust.pipeline.select_k.read_csv` reads it, with NaN for
-    the empty cells (for the plots); ``None`` if absent, ``[]`` (with a warning) if unreadable."""
-    from ..pipeline.select_k import CSV_COLUMNS, read_csv
-
-    if not path.exists():
-        return None
-    try:
-        rows = read_csv(path)
-    except (ValueError, KeyError) as exc:
-        logger.warning("%s is not a select_k.csv (%s); skipping the select-k curve", path, exc)
-        return []
-    metrics = [c for c in CSV_COLUMNS if c not in ("k", "method", "covariance")]
-    return [{"k": r["k"], "method": (r["method"] or "").strip(), "covariance": (r["covariance"] or "").strip(),
-             **{m: math.nan if r[m] is None else float(r[m]) for m in metrics}}
-            for r in rows if r["k"] is not None]

@@ -27,7 +27,8 @@ from streamclust.deep.encode import encode_run  # noqa: E402
 from streamclust.deep.train import load_net, train_run  # noqa: E402
 from streamclust.ingest import ingest  # noqa: E402
 from streamclust.ingest.manifest import read_manifest  # noqa: E402
-from streamclust.pipeline.compare import COMPARE_COLUMNS, compare_run, compare_runs, load_any_model  # noqa: E402
+from streamclust.models.io import load_model  # noqa: E402
+from streamclust.pipeline.compare import COMPARE_COLUMNS, compare_run, compare_runs  # noqa: E402
 from streamclust.pipeline.fit import fit_run  # noqa: E402
 from streamclust.store import ok_rows  # noqa: E402
 
@@ -115,8 +116,8 @@ def test_a_hard_linked_copy_shares_the_store_and_nothing_it_rewrites(runs):
         assert os.stat(lat / p).st_ino == os.stat(run / p).st_ino
     for p in ("config.json", "model/pca.npz", "assignments.csv"):  # replaced, not written through
         assert os.stat(lat / p).st_ino != os.stat(run / p).st_ino
-    assert load_any_model(run / "model" / "pca.npz").n_features_in_ == 192
-    assert load_any_model(lat / "model" / "pca.npz").n_features_in_ == 6
+    assert load_model(run / "model" / "pca.npz").n_features_in_ == 192
+    assert load_model(lat / "model" / "pca.npz").n_features_in_ == 6
 
 
 def test_compare_two_runs_side_by_side(runs, capsys):
@@ -152,7 +153,7 @@ def test_compare_two_runs_side_by_side(runs, capsys):
 
     # the latents run's error, computed independently: pixels -> stored latents -> PCA round trip
     # (scores rounded to float32, as features.zarr holds them) -> decoder, against the pixels
-    pca = load_any_model(lat / "model" / "pca.npz")
+    pca = load_model(lat / "model" / "pca.npz")
     net = load_net(lat, "ae", "cpu")
     rows_ok = ok_rows(lat)
     X = zarr.open_array(str(lat / "images.zarr"), mode="r")[:][rows_ok].reshape(rows_ok.size, -1)
@@ -215,7 +216,7 @@ def test_latents_recon_counts_a_duplicate_as_the_image_it_repeats(tmp_path):
     original = {int(r["index"]): int(r["duplicate_of"] or r["index"])
                 for r in read_manifest(run / "manifest.csv") if r["status"] == "ok"}
     pos = np.searchsorted(fitted, [original[int(i)] for i in every])
-    pca, net = load_any_model(run / "model" / "pca.npz"), load_net(run, "ae", "cpu")
+    pca, net = load_model(run / "model" / "pca.npz"), load_net(run, "ae", "cpu")
     Z = zarr.open_array(str(run / "latents.zarr"), mode="r")[:][pos]  # every ok image's latents
     X = zarr.open_array(str(run / "images.zarr"), mode="r")[:][every].reshape(every.size, -1)
     F = pca.transform(Z.astype(np.float64)).astype(np.float32).astype(np.float64)

@@ -16,9 +16,9 @@ from streamclust.ingest import ingest
 from streamclust.ingest.manifest import read_manifest
 from streamclust.models import StreamingKMeans
 from streamclust.models.agglomerative import StreamingAgglomerative
-from streamclust.models.io import save_model
+from streamclust.models.io import load_model, save_model
 from streamclust.models.kpca import StreamingKernelPCA
-from streamclust.pipeline.compare import COMPARE_COLUMNS, compare_run, compare_runs, format_compare, load_any_model
+from streamclust.pipeline.compare import COMPARE_COLUMNS, compare_run, compare_runs, format_compare
 from streamclust.pipeline.evaluate import score_labels
 from streamclust.pipeline.fit import fit_run
 from streamclust.store import ok_rows
@@ -72,7 +72,7 @@ def test_compare_without_the_optional_methods_then_with_them(digits_run):
 
     # the figures are those computed directly
     fit_rows = np.load(run / "model" / "fit_rows.npy")
-    km = load_any_model(run / "model" / "kmeans.npz")
+    km = load_model(run / "model" / "kmeans.npz")
     with open(str(src) + ".labels.csv", newline="") as fh:
         members = {r["member"]: r["label"] for r in csv.DictReader(fh)}
     names = {int(r["index"]): r["member"] for r in read_manifest(run / "manifest.csv") if r["status"] == "ok"}
@@ -81,7 +81,7 @@ def test_compare_without_the_optional_methods_then_with_them(digits_run):
     for key in ("ari", "nmi", "accuracy"):
         assert by["kmeans"][key] == pytest.approx(expect[key])
     assert by["kmeans"]["inertia"] == pytest.approx(km.inertia_)
-    pca = load_any_model(run / "model" / "pca.npz")
+    pca = load_model(run / "model" / "pca.npz")
     rows_all = ok_rows(run, drop_duplicates=False)
     X = zarr.open_array(str(run / "images.zarr"))[:][rows_all].reshape(len(rows_all), -1).astype(np.float64)
     F = pca.transform(X).astype(np.float32).astype(np.float64)

@@ -181,42 +181,107 @@ class ZipReader(ArchiveReader):
         self._dir.close()
 
 
+class _ResyncInfo(tarfile.TarInfo):
+    """Reads a tar's headers as GNU tar does when one is damaged.
+
+    Opened with ``ignore_zeros=True``, :class:`tarfile.TarFile` skips a block that is not
+    a valid header and tries the next one; this class keeps that for damaged headers only
+    (GNU tar's "Skipping to next header", after a header whose size field lies) and
+    records where the skipping began and ended (``tf._resynced``), while a zero block
+    still ends the archive, as it does without ``ignore_zeros``.  Without it, tarfile
+    ends the archive silently at the first damaged header and every later member is lost.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        skipping = getattr(tf, "_damage_from", None)
+        try:
+            info = super().fromtarfile(tf)
+        except tarfile.EOFHeaderError:
+            if skipping is None and tf.offset:
+                raise tarfile.EmptyHeaderError("end of archive") from None  # a zero block: the end
+            raise  # inside damage: zero blocks are skipped like any other
+        except tarfile.InvalidHeaderError:
+            if skipping is None:
+                tf._damage_from = tf.offset
+            raise
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
+            if skipping is not None:  # damaged up to the end of the archive
+                tf._resynced, tf._damage_from = (skipping, None), None
+            raise
+        if skipping is not None:
+            tf._resynced, tf._damage_from = (skipping, info.offset), None
+        return info
+
+
+def _damage_reason(damage: tuple[int, int | None]) -> str:
+    start, end = damage
+    where = f"bytes {start:,} to {end:,} skipped to the next valid header" if end is not None else \
+        f"no valid header from byte {start:,} to the end of the archive"
+    return f"damaged tar stream: a header's size field does not lead to the next header ({where})"
+
+
 class TarReader(ArchiveReader):
-    """Streams a (possibly compressed) tar in one forward read; the count is unknown."""
+    """Streams a (possibly compressed) tar in one forward read; the count is unknown.
+
+    A header whose size field lies (the next header is not where it says) does not end
+    the archive: reading resumes at the next valid header, as GNU tar does, so every
+    member GNU tar lists gets a row.  The member before the damage gets status
+    ``unreadable`` (its size cannot be trusted), or the damage gets a row of its own.
+    """
 
     kind = "tar"
 
     def members(self, start: int = 0) -> Iterator[Member]:
         try:
-            tf = tarfile.open(self.path, mode="r|*", errorlevel=1)
+            tf = tarfile.open(self.path, mode="r|*", errorlevel=1, ignore_zeros=True, tarinfo=_ResyncInfo)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise SourceError(f"tar archive {str(self.path)!r} could not be read: {exc}") from None
         pos = -1
+        pending: Member | None = None  # held until the header after it is known to be sound
         try:
             while True:
                 try:
                     info = tf.next()
                 except (tarfile.TarError, OSError, EOFError) as exc:
                     # the rest of the archive is damaged: record it and stop reading
+                    if pending is not None and pending.position >= start:
+                        yield pending
                     pos += 1
                     if pos >= start:
                         yield Member(pos, f"<tar data after member {pos}>", None, "unreadable",
                                      f"the tar stream is damaged from here on: {exc}")
                     return
+                damage = getattr(tf, "_resynced", None)
+                if damage is not None:
+                    tf._resynced = None
+                    if pending is not None:
+                        reason = _damage_reason(damage)
+                        pending = Member(pending.position, pending.name, None, "unreadable", reason, pending.note,
+                                         size=pending.nbytes)
+                    else:
+                        pos += 1
+                        pending = Member(pos, f"<tar data at byte {damage[0]:,}>", None, "unreadable",
+                                         _damage_reason(damage))
+                if pending is not None:
+                    if pending.position >= start:
+                        yield pending
+                    pending = None
                 if info is None:
                     return
                 if info.isdir():
                     continue
                 pos += 1
                 if pos < start:
+                    pending = Member(pos, "")  # not read again, but the damage after it still counts
                     continue
                 name, note = _display_name(info.name.encode("utf-8", "surrogateescape"))
                 if not info.isreg():
                     what = "symbolic link" if info.issym() else "hard link" if info.islnk() else "special file"
-                    yield Member(pos, name, None, "not_file", f"{what}, not a regular file", note)
+                    pending = Member(pos, name, None, "not_file", f"{what}, not a regular file", note)
                     continue
                 if info.size > self.max_bytes:
-                    yield self._too_large(pos, name, info.size, note)
+                    pending = self._too_large(pos, name, info.size, note)
                     continue
                 try:
                     fh = tf.extractfile(info)
@@ -225,10 +290,10 @@ class TarReader(ArchiveReader):
                     yield Member(pos, name, None, "unreadable", f"{type(exc).__name__}: {exc}", note)
                     return  # a stream read error leaves the stream unusable
                 if len(data) < info.size:
-                    yield Member(pos, name, data, "truncated",
-                                 f"the archive ends inside the member ({len(data):,} of {info.size:,} bytes)", note)
+                    pending = Member(pos, name, data, "truncated",
+                                     f"the archive ends inside the member ({len(data):,} of {info.size:,} bytes)", note)
                     continue
-                yield Member(pos, name, data, note=note)
+                pending = Member(pos, name, data, note=note)
         finally:
             tf.close()
 

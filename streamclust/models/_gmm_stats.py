@@ -38,7 +38,9 @@ import numpy as np
 from scipy import sparse
 
 from ..engine import pass_rng, weight_slice
+from ._parallel import blocks as split_blocks, map_blocks
 from ..errors import ConvergenceError
+from .kmeans import nearest_centre
 
 __all__ = [
     "COVARIANCE_TYPES",
@@ -374,15 +376,26 @@ class GMMSuffStats:
         ``a_k = shift_k - g``: ``sum_i r_ik (x_i - shift_k) = R Y - nk a`` and
         ``sum_i r_ik (x_i - shift_k)^2 = R Y^2 - 2 a (R Y) + nk a^2`` (two products
         for all components instead of a pass over the batch per component).
+        Column slabs of the products are computed by the thread pool (each slab its own
+        columns of the output, so the result does not depend on the threads).
         """
         g = X.mean(axis=0)
-        Y = X - g
-        RY = np.asarray(R @ Y)
+        n, d = X.shape
+        k = R.shape[0]
+        RY = np.empty((k, d))
+        RY2 = None if self.sxx is None else np.empty((k, d))
+
+        def slab(lo: int, hi: int) -> None:
+            Y = X[:, lo:hi] - g[lo:hi]
+            RY[:, lo:hi] = R @ Y
+            if RY2 is not None:
+                np.multiply(Y, Y, out=Y)
+                RY2[:, lo:hi] = R @ Y
+
+        map_blocks(slab, split_blocks(d, 4.0 * n * d * k))
         a = self.shift - g
         self.sx += RY - nk[:, None] * a
         if self.sxx is not None:
-            np.multiply(Y, Y, out=Y)
-            RY2 = np.asarray(R @ Y)
             self.sxx += RY2 - 2.0 * a * RY + nk[:, None] * a**2
 
     def _count(self, X, log_prob_norm, sample_weight=None) -> None:
@@ -516,9 +529,18 @@ class GMMStatsAccumulator(GMMSuffStats):
         self.sample_weight = sample_weight
 
     def update(self, X: np.ndarray, offset: int = 0) -> None:
-        log_norm, log_resp = gmm_log_resp(X, self.weights, self.means, self.precisions_cholesky, self.covariance_type)
-        with np.errstate(under="ignore"):
-            resp = np.exp(log_resp)
+        X = np.asarray(X, dtype=np.float64)
+        n, k = X.shape[0], self.n_components
+        log_norm, resp = np.empty(n), np.empty((n, k))
+
+        def rows(lo: int, hi: int) -> None:  # the E-step of rows lo:hi (the thread pool's blocks)
+            log_norm[lo:hi], log_resp = gmm_log_resp(X[lo:hi], self.weights, self.means, self.precisions_cholesky,
+                                                     self.covariance_type)
+            with np.errstate(under="ignore"):
+                np.exp(log_resp, out=resp[lo:hi])
+
+        work = 4.0 * n * X.shape[1] * k if self.covariance_type in ("diag", "spherical") else 0.0
+        map_blocks(rows, split_blocks(n, work))
         self.accumulate(X, resp, log_norm, weight_slice(self.sample_weight, offset, X.shape[0]))
 
 
@@ -539,9 +561,7 @@ class HardAssignAccumulator(GMMSuffStats):
         self.sample_weight = sample_weight
 
     def update(self, X: np.ndarray, offset: int = 0) -> None:
-        d2 = np.einsum("ij,ij->i", X, X)[:, None] - 2 * X @ self.centres.T + self._c2
-        labels = np.argmin(d2, axis=1)
-        mind = np.maximum(d2[np.arange(X.shape[0]), labels], 0)
+        labels, mind = nearest_centre(X, self.centres, self._c2)
         w = weight_slice(self.sample_weight, offset, X.shape[0])
         self.inertia += float(mind.sum() if w is None else mind @ w)
         self.accumulate_hard(X, labels, sample_weight=w)

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import linalg
 
 from ..engine import pass_rng
+from ._parallel import map_blocks
 
 __all__ = ["ScatterAccumulator", "CovariancePlan", "EIGH_MAX_FEATURES", "EXACT_F32_ROWS", "scatter_bytes"]
 
@@ -53,12 +54,6 @@ def scatter_bytes(n_features: int, n_components: int) -> int:
     if d <= EIGH_MAX_FEATURES:
         return 3 * d * d * 8
     return d * d * 8 + 4 * d * (int(n_components) + 10) * 8
-
-
-def _pool():
-    from .pca import _map_blocks  # the PCA's thread pool: one thread per core, single-threaded BLAS
-
-    return _map_blocks
 
 
 def _slabs(d: int) -> list[tuple[int, int]]:
@@ -110,7 +105,7 @@ class ScatterAccumulator:
             for lo, hi in row_blocks:
                 out += Xc[lo:hi, a:e].T @ Xc[lo:hi, a:]
 
-        _pool()(slab, [(i, i + 1) for i in range(len(bounds))])
+        map_blocks(slab, [(i, i + 1) for i in range(len(bounds))])
         self.n += b
 
     def _shift_to(self, new_shift: np.ndarray) -> None:

@@ -29,9 +29,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
 import numpy as np
@@ -45,6 +43,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from ..engine import (RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, is_lazy_array, output_dtype,
                       pass_rng)
+from ._parallel import blocks as split_blocks, map_blocks, single_threaded_blas
 
 __all__ = ["StreamingPCA", "choose_method"]
 
@@ -71,79 +70,13 @@ def _small_exact_dtype(dtype) -> bool:
 
 
 # --------------------------------------------------------------------------- randomized
-#: a batch whose products need fewer multiply-adds than this is done in the calling thread
-_PARALLEL_MIN_WORK = 5e7
-#: blocks per worker thread of a parallel product (load balancing), and their least size
-_BLOCKS_PER_WORKER = 2
-_MIN_BLOCK = 32
-
-_executor: ThreadPoolExecutor | None = None
-_blas = None
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _workers() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=_cpu_count(), thread_name_prefix="streamclust-pca")
-    return _executor
-
-
-def _single_threaded_blas():
-    """Context in which BLAS runs one thread per caller (the workers share the cores)."""
-    global _blas
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
-
-
-def _blocks(n: int, work: float) -> list[tuple[int, int]]:
-    """Ranges ``0:n`` is split into: one when the work is small or there is one core."""
-    workers = _cpu_count()
-    if work < _PARALLEL_MIN_WORK or workers < 2 or n < 2 * _MIN_BLOCK:
-        return [(0, n)]
-    size = max(_MIN_BLOCK, -(-n // (_BLOCKS_PER_WORKER * workers)))
-    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
-
-
-def _map_blocks(fn, blocks: list[tuple[int, int]]):
-    """``fn(lo, hi)`` for every block, results in block order.
-
-    Several blocks are computed at once by a pool of one thread per core, each with
-    single-threaded BLAS: coarse-grained parallelism that keeps every core busy even
-    when another process holds one of them (where multi-threaded BLAS, which splits
-    each product evenly and waits for its slowest thread, loses most of its speed).
-    The results are combined by the caller in block order, so they do not depend on
-    which thread computed what.
-    """
-    if len(blocks) == 1:
-        return [fn(*blocks[0])]
-    with _single_threaded_blas():
-        futures = [_workers().submit(fn, lo, hi) for lo, hi in blocks]
-        try:
-            return [f.result() for f in futures]
-        finally:
-            for f in futures:  # never leave a block writing into a buffer after an error
-                f.cancel()
-                if not f.cancelled():
-                    f.exception()
-
-
 def _orthonormal_basis(Z: np.ndarray) -> np.ndarray:
     """An orthonormal basis of the columns of ``Z`` (Householder QR, single-threaded BLAS).
 
     Householder QR of a tall, skinny matrix is mostly level-2 work: more threads gain
     little, and lose a lot when another process holds a core.
     """
-    with _single_threaded_blas():
+    with single_threaded_blas():
         return linalg.qr(Z, mode="economic")[0]
 
 
@@ -260,8 +193,8 @@ class _SketchAccumulator:
             return xc.sum(axis=0, dtype=np.float64), s2
 
         work = 2.0 * b * d * Qc.shape[1]
-        blocks = _blocks(b, work)
-        for (lo, hi), (s1, s2) in zip(blocks, _map_blocks(rows_block, blocks)):
+        blocks = split_blocks(b, work)
+        for (lo, hi), (s1, s2) in zip(blocks, map_blocks(rows_block, blocks)):
             if integer:  # exact integer sums, shifted here
                 rows = hi - lo
                 self.s1 += s1 - rows * self.shift
@@ -280,7 +213,7 @@ class _SketchAccumulator:
             def features_block(lo: int, hi: int):  # rows lo:hi of Z (disjoint: no reduction)
                 Zs[lo:hi] += Xc[:, lo:hi].T @ P
 
-            _map_blocks(features_block, _blocks(d, work))
+            map_blocks(features_block, split_blocks(d, work))
         if self.projection_sink is not None:
             self.projection_sink(offset, P)
         self.n += b

@@ -39,11 +39,10 @@ from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
 from ..engine import Checkpointer, RowSource, fingerprint, fit_streaming
-from ..models.pca import _blocks, _map_blocks
+from ..models._parallel import blocks as split_blocks, map_blocks
 from ..models.io import load_model, save_model
 from .. import stages
-from ..store import RunLayout, image_array, images_location, ok_rows
-from ..integrity import array_record, checksum_codecs, fit_damage, verify_images, verify_output
+from ..store import RunLayout, image_array, ok_rows
 from .memory import batch_rows, mixture_memory_check
 from .pca_choice import DEFAULT_PCA_COMPONENTS, choose_pca, variance_note
 from .estimate import gmm_phases, kmeans_phases
@@ -135,17 +134,6 @@ def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None
     write_json(layout.config, run_cfg)
 
 
-def _verify_inputs(layout: RunLayout) -> None:
-    """``fit --overwrite``: the images and manifest checked whole (every chunk's CRC) before
-    anything of the earlier fit goes; a fit whose own outputs are damaged is discarded, so
-    that ``fit --overwrite`` rebuilds it even with the same settings."""
-    verify_images(layout, images_location(layout.root), checksums=True)
-    damage = fit_damage(layout)
-    if damage is not None:
-        logger.warning("the fit is damaged (%s): fitting again", str(damage).split("; rebuild with")[0])
-        _reset_fit(layout)
-
-
 def _progress(stage: str, enabled: bool | None, max_passes: int | None = None, phases=None):
     return PassBars(stage, enabled, max_passes=max_passes, phases=phases)
 
@@ -183,7 +171,7 @@ def fit_run(
     data, data_rows = images, rows  # what the PCA reads: pixels, or an autoencoder's latents
     if config.features == "latents":
         layout.require("encode")
-        data, data_rows = verify_output(layout, "latents"), None
+        data, data_rows = zarr.open_array(str(layout.latents), mode="r"), None
         if data.shape[0] != rows.size:
             raise UsageError(f"latents.zarr has {data.shape[0]} rows for {rows.size} images; "
                              f"run `streamclust encode {run_dir} --overwrite`")
@@ -204,8 +192,6 @@ def fit_run(
         raise UsageError(f"--clusters {config.clusters} is more than the {rows.size} usable images; lower it")
     if config.gmm_components and "gmm" in config.cluster and config.gmm_components > rows.size:
         raise UsageError(f"--gmm-components {config.gmm_components} is more than the {rows.size} usable images")
-    if overwrite:  # nothing good is discarded before the inputs are verified, every chunk's checksum too
-        _verify_inputs(layout)
     _check_config(layout, config, overwrite)
     for stray in [*layout.state_dir.rglob("*.partial"), *layout.model_dir.glob("*.partial"),
                   *layout.features.rglob("*.partial"), *layout.root.glob("*.partial")]:
@@ -254,7 +240,7 @@ def fit_run(
         _write_features(layout, pca, data, rows, config, progress, _SketchScores(layout, int(rows.size)),
                         data_rows=data_rows)
         summary.seconds["features"] = time.perf_counter() - t0
-    features = verify_output(layout, "features")  # checked against what fit-features recorded
+    features = zarr.open_array(str(feat_path), mode="r")
     n_feat = features.shape[1]
 
     # -- 3. k-means ---------------------------------------------------------------------
@@ -487,13 +473,13 @@ class _Projector:
                 Y /= self.scale
             out[lo:hi] = Y
 
-        blocks = _blocks(b, 2.0 * b * d * comps.shape[1])
+        blocks = split_blocks(b, 2.0 * b * d * comps.shape[1])
         if len(blocks) == 1 and b > _PROJECT_ROWS:  # one thread: still bound the float64 copy
             blocks = [(lo, min(lo + _PROJECT_ROWS, b)) for lo in range(0, b, _PROJECT_ROWS)]
             for lo, hi in blocks:
                 block(lo, hi)
             return
-        _map_blocks(block, blocks)
+        map_blocks(block, blocks)
 
 
 #: rows centred at a time (float64) when the projection runs in one thread
@@ -514,7 +500,7 @@ def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: Fi
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state is None or not path.exists():
         feats = zarr.create_array(store=str(path), shape=(rows.size, k), chunks=(chunk, k),
-                                  dtype="float32", fill_value=0.0, overwrite=True, compressors=checksum_codecs(),
+                                  dtype="float32", fill_value=0.0, overwrite=True, compressors=None,
                                   dimension_names=("image", "component"))
         state = {"rows_done": 0}
         write_json(state_path, state)
@@ -545,5 +531,5 @@ def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: Fi
     buf = io.BytesIO()
     np.save(buf, rows)
     write_bytes(layout.fit_rows, buf.getvalue())
-    stages.complete(layout, "fit-features", array=array_record(path))
+    stages.complete(layout, "fit-features")
     sketch.clear()

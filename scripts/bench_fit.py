@@ -3,6 +3,12 @@
 
     python scripts/bench_fit.py [--sizes 20000,40000] [--stream-only 160000] [--repeat 3]
                                 [--workdir DIR] [--keep] [--out results.json]
+    python scripts/bench_fit.py --data cifar|mnist [--repeat 3] ...   # real images, the whole set
+
+``--data cifar`` (CIFAR-10, 60,000 32x32 RGB photos) or ``--data mnist`` (20,000 28x28
+digits) runs the same workload on real images from ``$STREAMCLUST_DATA`` (default
+``../shared/data``): step 1 is then ``streamclust ingest ZIP RUN --size 32|28`` (not
+timed), and the size is the whole set (``--sizes`` and ``--stream-only`` are ignored).
 
 What it does
 ------------
@@ -229,6 +235,24 @@ def make_run(run: Path, n: int, seed: int = SEED, prefix_of: Path | None = None)
     return time.perf_counter() - t0
 
 
+#: real sets: zip in $STREAMCLUST_DATA, side the images are ingested at, images in the set
+REAL = {"cifar": ("cifar10.zip", 32, 60000), "mnist": ("mnist.zip", 28, 20000)}
+
+
+def make_real_run(run: Path, data: str) -> float:
+    """A run directory of a real set, made by ``streamclust ingest`` (its time is returned)."""
+    name, side, _ = REAL[data]
+    src = Path(os.environ.get("STREAMCLUST_DATA", ROOT.parent / "shared" / "data")) / name
+    if not src.exists():
+        raise SystemExit(f"{src} is missing: set STREAMCLUST_DATA to the folder of the real image sets")
+    t0 = time.perf_counter()
+    if run.exists():
+        shutil.rmtree(run)
+    subprocess.run([sys.executable, "-m", "streamclust", "ingest", str(src), str(run), "--size", str(side),
+                    "--quiet"], check=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
 # ------------------------------------------------------------------------------ children
 def child_naive(run: Path) -> dict:
     import zarr
@@ -364,7 +388,9 @@ def _by_size(results: dict):
 
 
 def report(results: dict) -> str:
-    lines = ["| images | route | load / PCA / features / k-means / GMM (s), median run | total (s): median "
+    data = results.get("data", "synthetic")
+    lines = [f"Data: {'synthetic faces' if data == 'synthetic' else 'real images, ' + data} "
+             f"({'x'.join(map(str, results['workload']['image']))} per image).", "","| images | route | load / PCA / features / k-means / GMM (s), median run | total (s): median "
              "(fastest) | peak RSS (MiB) | time vs naive: median (fastest) | RSS vs naive |",
              "|---|---|---|---|---|---|---|"]
     for n, r in _by_size(results):
@@ -394,9 +420,10 @@ def report(results: dict) -> str:
         lines.append(f"| {int(n):,} | {q['pca_explained_variance']:.5f} / {nv['pca_explained_variance']:.5f} "
                      f"({ev:.4f}) | {q['kmeans_inertia']:.5g} / {q['ref_kmeans_inertia']:.5g} ({100 * dk:+.2f}%) | "
                      f"{q['gmm_avg_loglik']:.2f} / {q['ref_gmm_avg_loglik']:.2f} ({100 * dg:+.3f}%) |")
+    pixels = int(np.prod(results["workload"]["image"]))
     for n, r in _by_size(results):
         if not r.get("naive"):
-            need, have = 2 * int(n) * SIDE * SIDE * 3 * 8 / 2**30, _mem_gib()
+            need, have = 2 * int(n) * pixels * 8 / 2**30, _mem_gib()
             why = "it cannot fit" if need > have else "--stream-only"
             lines += ["", f"Naive route not run at {int(n):,} images ({why}): its float64 matrix and the "
                       f"centred copy PCA makes need {need:,.1f} GiB; the machine has {have:,.1f} GiB."]
@@ -435,6 +462,8 @@ def main(argv=None) -> int:
                     help="before each timed run, wait up to this many seconds for the CPUs to be < 25%% busy")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each route per size in --sizes (median time, largest RSS reported)")
+    ap.add_argument("--data", choices=["synthetic", *REAL], default="synthetic",
+                    help="synthetic faces (default), or a real set from $STREAMCLUST_DATA, whole")
     ap.add_argument("--report", default=None, metavar="JSON", help="only print the tables of a saved --out file")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "RUN", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -450,11 +479,14 @@ def main(argv=None) -> int:
     IDLE["max_wait"] = args.idle_wait
     sizes = [int(s) for s in args.sizes.split(",") if s]
     stream_only = [int(s) for s in args.stream_only.split(",") if s]
+    if args.data != "synthetic":
+        sizes, stream_only = [REAL[args.data][2]], []
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_fit_"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {  # sizes in decreasing order of running; reported in increasing order
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "data": args.data,
         "workload": {"image": [SIDE, SIDE, 3], "pca_components": PCA_K, "kmeans_clusters": KM_K,
                      "gmm_components": GMM_K, "covariance": COV, "seed": SEED, "identities": N_IDENTITIES},
         "sizes": {},
@@ -462,9 +494,13 @@ def main(argv=None) -> int:
     try:
         base = None  # the largest store: the smaller ones are its prefixes
         for n in sorted(set(sizes) | set(stream_only), reverse=True):
-            run = work / f"faces_{n}"
-            gen = make_run(run, n, prefix_of=base)
-            print(f"[{n:,} images] store generated in {gen:.1f} s (not measured)", file=sys.stderr, flush=True)
+            run = work / (f"faces_{n}" if args.data == "synthetic" else args.data)
+            gen = make_run(run, n, prefix_of=base) if args.data == "synthetic" else make_real_run(run, args.data)
+            print(f"[{n:,} images] store made in {gen:.1f} s (not measured)", file=sys.stderr, flush=True)
+            if args.data != "synthetic":
+                import zarr
+
+                results["workload"]["image"] = list(zarr.open_array(str(run / "images.zarr"), mode="r").shape[1:])
             entry: dict = {"generation_s": gen}
             routes = ("streamclust", "naive") if n in sizes else ("streamclust",)
             runs: dict = {route: [] for route in routes}

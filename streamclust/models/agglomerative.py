@@ -27,7 +27,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ..engine import RowSource, StreamingMixin, as_row_source, fit_streaming
-from .kmeans import StreamingKMeans, _assign, _cluster_sums, _LabelAccumulator
+from .kmeans import StreamingKMeans, _cluster_sums, _LabelAccumulator, nearest_centre
 
 __all__ = ["StreamingAgglomerative", "weighted_linkage", "cut_linkage"]
 
@@ -204,7 +204,7 @@ class _SubclusterStats(_LabelAccumulator):
 
     def update(self, X: np.ndarray, offset: int) -> None:
         k = self.centers.shape[0]
-        labels, _ = _assign(X, self.centers, self._centers_sq)
+        labels, _ = nearest_centre(X, self.centers, self._centers_sq)
         self.labels[offset : offset + X.shape[0]] = labels
         diff = X - self.centers[labels]
         sq = np.einsum("ij,ij->i", diff, diff)
@@ -507,6 +507,6 @@ class StreamingAgglomerative(ClusterMixin, StreamingMixin, BaseEstimator):
         centers_sq = np.einsum("ij,ij->i", centers, centers)
         out = np.empty(source.n_samples, dtype=np.int32)
         for lo, batch in source.iter_batches(int(self.batch_size), dtype=np.float64):
-            sub, _ = _assign(batch, centers, centers_sq)
+            sub, _ = nearest_centre(batch, centers, centers_sq)
             out[lo : lo + batch.shape[0]] = self.subcluster_labels_[sub]
         return out

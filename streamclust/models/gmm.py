@@ -43,6 +43,7 @@ from ._gmm_stats import (
     precisions_from_cholesky,
 )
 from ._sampling import RowSampleAccumulator
+from .kmeans import lloyd_in_memory, nearest_centre
 
 __all__ = [
     "StreamingGaussianMixture",
@@ -105,39 +106,15 @@ class _MultiAccumulator:
             part.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 
-def _nearest(X: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    d2 = np.einsum("ij,ij->i", X, X)[:, None] - 2 * X @ centres.T + np.einsum("ij,ij->i", centres, centres)
-    labels = np.argmin(d2, axis=1)
-    return labels, np.maximum(d2[np.arange(X.shape[0]), labels], 0.0)
-
-
 def _relocate_empty(centres: np.ndarray, empty: np.ndarray, sample: np.ndarray) -> np.ndarray:
     """Move each empty centre to the sampled row worst explained by the other centres."""
     if not np.any(empty) or sample.shape[0] == 0:
         return centres
     centres = centres.copy()
-    _, dist = _nearest(sample, centres[~empty]) if np.any(~empty) else (None, np.ones(sample.shape[0]))
+    _, dist = nearest_centre(sample, centres[~empty]) if np.any(~empty) else (None, np.ones(sample.shape[0]))
     order = np.argsort(-dist, kind="stable")
     for j, k in enumerate(np.flatnonzero(empty)):
         centres[k] = sample[order[j % order.size]]
-    return centres
-
-
-def _lloyd_on_sample(sample: np.ndarray, centres: np.ndarray, tol: float, sample_weight=None) -> np.ndarray:
-    """A few in-memory Lloyd iterations on the sample (cheap; saves streamed passes)."""
-    k = centres.shape[0]
-    w = sample_weight
-    for _ in range(_KMEANS_SAMPLE_ITER):
-        labels, _ = _nearest(sample, centres)
-        counts = np.bincount(labels, weights=w, minlength=k).astype(np.float64)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, labels, sample if w is None else sample * w[:, None])
-        new = np.where(counts[:, None] > 0, sums / np.where(counts > 0, counts, 1.0)[:, None], centres)
-        new = _relocate_empty(new, counts == 0, sample)
-        shift = float(np.sum((new - centres) ** 2))
-        centres = new
-        if shift <= tol:
-            break
     return centres
 
 
@@ -348,7 +325,7 @@ class GMMPlan:
             extra = {} if w is None else {"sample_weight": w}
             seeds, _ = kmeans_plusplus(sample, self.n_components, random_state=rs, **extra)
             if self.init_params == "kmeans":
-                seeds = _lloyd_on_sample(sample, seeds, self._kmeans_tol(sample), sample_weight=w)
+                seeds = lloyd_in_memory(sample, seeds, _KMEANS_SAMPLE_ITER, _KMEANS_TOL, sample_weight=w)[0]
             centres.append(seeds)
         self.centres = np.stack(centres)
         if self.init_params != "kmeans":

@@ -31,7 +31,7 @@ from ..engine import (RowSource, StreamingMixin, as_row_source, check_sample_wei
                       output_dtype, pass_rng, weight_slice)
 from ._sampling import RowSampleAccumulator, sample_row_indices
 
-__all__ = ["StreamingKMeans"]
+__all__ = ["StreamingKMeans", "nearest_centre", "squared_distances", "lloyd_in_memory"]
 
 _INIT, _ITER, _FINAL, _DONE = 0, 1, 2, 3
 _SEED_MAX = np.iinfo(np.int32).max
@@ -40,12 +40,28 @@ _PARTIAL_FIT_STREAM = 2**31 - 1
 
 
 # ------------------------------------------------------------------------- kernels
-def _assign(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray):
-    """Nearest centre of each row and the squared distance to it."""
+def squared_distances(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None) -> np.ndarray:
+    """``||x - c||^2`` of every row and centre, ``(n, k)``, as ``-2 x.c + ||c||^2 + ||x||^2``.
+
+    Not clipped: rounding may leave a value slightly below 0.  ``centers_sq`` (the
+    centres' squared norms) may be passed when the same centres serve many batches.
+    """
+    if centers_sq is None:
+        centers_sq = np.einsum("ij,ij->i", centers, centers)
     d2 = X @ centers.T
     d2 *= -2.0
     d2 += centers_sq
     d2 += np.einsum("ij,ij->i", X, X)[:, None]
+    return d2
+
+
+def nearest_centre(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None):
+    """Nearest centre of each row (``int32``; ties: the lowest index) and the squared distance to it (``>= 0``).
+
+    The one nearest-centre assignment of streamclust: Lloyd and mini-batch k-means, the
+    mixtures' k-means initialisation and agglomerative clustering's sub-clusters.
+    """
+    d2 = squared_distances(X, centers, centers_sq)
     labels = np.argmin(d2, axis=1).astype(np.int32)
     mind = np.maximum(d2[np.arange(X.shape[0]), labels], 0.0)
     return labels, mind
@@ -156,7 +172,7 @@ class _LloydAccumulator(_ShiftedMoments):
 
     def update(self, X: np.ndarray, offset: int) -> None:
         w = weight_slice(self.sample_weight, offset, X.shape[0])
-        labels, mind = _assign(X, self.centers, self._centers_sq)
+        labels, mind = nearest_centre(X, self.centers, self._centers_sq)
         k = self.centers.shape[0]
         if w is None:
             sums, counts = _cluster_sums(X, labels, k)
@@ -265,7 +281,7 @@ def _minibatch_step(X, centers, counts, n_since, rng, *, reassignment_ratio, sam
     reassign = bool((counts == 0).any() or n_since >= 10 * k)
     if reassign:
         n_since = 0
-    labels, mind = _assign(X, centers, np.einsum("ij,ij->i", centers, centers))
+    labels, mind = nearest_centre(X, centers)
     sums, bcounts = _cluster_sums(X, labels, k, sample_weight)
     hit = bcounts > 0
     new_counts = counts[hit] + bcounts[hit]
@@ -437,7 +453,7 @@ class _LabelAccumulator:
         self.counts = np.zeros(centers.shape[0], dtype=np.int64)
 
     def update(self, X: np.ndarray, offset: int) -> None:
-        labels, _ = _assign(X, self.centers, self._centers_sq)
+        labels, _ = nearest_centre(X, self.centers, self._centers_sq)
         self.labels[offset : offset + X.shape[0]] = labels
         diff = X - self.centers[labels]
         w = weight_slice(self.sample_weight, offset, X.shape[0])
@@ -463,11 +479,17 @@ class _LabelAccumulator:
 
 
 # ------------------------------------------------------------------------- seeding
-def _lloyd_in_memory(X, centers, max_iter, tol, chunk=8192, sample_weight=None):
-    """Lloyd iterations on an in-memory array (the seeding sample), ``chunk`` rows at a time.
+def lloyd_in_memory(X, centers, max_iter, tol, chunk=8192, sample_weight=None):
+    """Lloyd iterations on an in-memory array (a seeding sample), ``chunk`` rows at a time.
 
     Large chunks keep the per-chunk overhead (Python calls, small matrix products) low;
     the temporaries are ``chunk x n_clusters``.
+
+    Stops when the centres move less (squared) than ``tol`` times the mean per-feature
+    variance of ``X``, as scikit-learn's ``KMeans``; an emptied cluster takes the row
+    farthest from its centre.  The seeding of :class:`StreamingKMeans` and the ``"kmeans"``
+    initialisation of :class:`~streamclust.models.gmm.StreamingGaussianMixture` both refine
+    their sample with it.
 
     Returns ``(centers, inertia, cluster weights)`` (the weights are the cluster sizes
     for unit weights).
@@ -526,7 +548,7 @@ def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed, sample_
         else:
             extra = {} if w is None else {"sample_weight": w}
             centers, _ = kmeans_plusplus(sample, n_clusters, random_state=int(rng.integers(_SEED_MAX)), **extra)
-        centers, inertia, sizes = _lloyd_in_memory(sample, np.asarray(centers, dtype=np.float64), max_iter, tol,
+        centers, inertia, sizes = lloyd_in_memory(sample, np.asarray(centers, dtype=np.float64), max_iter, tol,
                                                    sample_weight=w)
         if inertia < best_inertia or best is None:
             best, best_inertia, best_sizes = centers, inertia, sizes
@@ -984,7 +1006,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         )
         self._centers64 = centers
         self.cluster_centers_ = centers.astype(dtype)
-        labels, mind = _assign(X, centers, np.einsum("ij,ij->i", centers, centers))
+        labels, mind = nearest_centre(X, centers)
         self.labels_ = labels
         self.inertia_ = float(mind.sum()) if w is None else float(mind @ w)
         self.n_steps_ += 1
@@ -1068,10 +1090,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         centers = self._float64_centers()
         centers_sq = np.einsum("ij,ij->i", centers, centers)
         for lo, batch in source.iter_batches(int(self.batch_size), dtype=np.float64):
-            d2 = batch @ centers.T
-            d2 *= -2.0
-            d2 += centers_sq
-            d2 += np.einsum("ij,ij->i", batch, batch)[:, None]
+            d2 = squared_distances(batch, centers, centers_sq)
             np.maximum(d2, 0.0, out=d2)
             yield lo, batch, d2
 

@@ -24,7 +24,6 @@ __all__ = [
     "variance_png",
     "embedding_png",
     "map_png",
-    "select_k_png",
     "component_images",
     "compact",
 ]
@@ -292,47 +291,6 @@ def map_png(extent: tuple[float, float, float, float], density: np.ndarray,
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")
         ax.tick_params(labelsize=8)
-    return figure_png(fig)
-
-
-_SELECT_K_PANELS = (
-    ("bic", "BIC (lower is better)", "min"),
-    ("aic", "AIC (lower is better)", "min"),
-    ("heldout_loglik", "held-out log-likelihood per image (higher is better)", "max"),
-    ("inertia", "k-means inertia", None),
-    ("calinski_harabasz", "Calinski-Harabasz (higher is better)", "max"),
-)
-
-
-def select_k_png(records: list[dict]) -> tuple[bytes, int, int] | None:
-    """One panel per criterion present in ``select_k.csv``; one line per method/covariance."""
-    panels = [(m, title, best) for m, title, best in _SELECT_K_PANELS
-              if any(np.isfinite(r[m]) for r in records)]
-    if not panels:
-        return None
-    cols = min(3, len(panels))
-    rows = int(math.ceil(len(panels) / cols))
-    fig = Figure(figsize=(4.4 * cols, 3.3 * rows), layout="constrained")
-    for i, (metric, title, best) in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        groups: dict[str, list[tuple[int, float]]] = {}
-        for r in records:
-            if np.isfinite(r[metric]):
-                name = r["method"] + (f" ({r['covariance']})" if r["covariance"] else "")
-                groups.setdefault(name or "model", []).append((r["k"], r[metric]))
-        for name, pts in sorted(groups.items()):
-            pts.sort()
-            ks, vs = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-            line, = ax.plot(ks, vs, marker="o", markersize=4, label=name)
-            if best is not None and vs.size > 1:
-                j = int(np.argmin(vs) if best == "min" else np.argmax(vs))
-                ax.scatter([ks[j]], [vs[j]], s=90, facecolors="none", edgecolors=line.get_color(),
-                           linewidths=1.5, zorder=3)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("k")
-        ax.tick_params(labelsize=8)
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
-        ax.legend(fontsize=7)
     return figure_png(fig)
 
 

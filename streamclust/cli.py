@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import sys
+import warnings
 from typing import Sequence
 
 from . import __version__
@@ -472,13 +473,20 @@ def _setup_logging(args) -> None:
     logger.propagate = False
 
 
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning on the command line: one line through the log, not a source excerpt."""
+    logger.warning("warning: %s", message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamclust`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _log_warning
+            return int(args.func(args) or 0)
     except StreamclustError as exc:
         print(f"streamclust {args.command}: error: {exc}", file=sys.stderr)
         return 2

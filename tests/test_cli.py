@@ -43,3 +43,28 @@ def test_ingest_cli_prints_the_summary_and_resumes_as_noop(tmp_path, capsys):
     assert "already complete" in capsys.readouterr().out
     assert main(["ingest", str(src), str(tmp_path / "run"), "--size", "16", "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_python_warning_is_one_line_of_the_log(capsys, monkeypatch):
+    """A library warning (scikit-learn's ConvergenceWarning, say) reaches the terminal as one
+    line, not as a file name, line number and source excerpt."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from streamclust import cli
+
+    def warn(args):
+        warnings.warn("Best performing initialization did not converge.", ConvergenceWarning)
+        return 0
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["report", "some-run"])
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(args, "func", warn)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main(["report", "some-run"]) == 0
+    err = capsys.readouterr().err
+    assert err == "warning: Best performing initialization did not converge.\n"

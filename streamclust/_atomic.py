@@ -80,7 +80,7 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Load every array of an ``.npz`` file, never unpickling."""
-    with np.load(path, allow_pickle=False) as data:
+    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:  # closed even when the file is damaged
         return {key: data[key] for key in data.files}
 
 

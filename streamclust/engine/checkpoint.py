@@ -79,11 +79,23 @@ class Checkpointer:
         logger.debug("checkpoint saved: pass %d, row %d", pass_index, next_row)
 
     def load(self) -> tuple[dict, State, State] | None:
-        """``(meta, plan_state, pass_state)`` or ``None`` when there is no checkpoint."""
+        """``(meta, plan_state, pass_state)`` or ``None`` when there is no checkpoint.
+
+        A checkpoint that cannot be read (truncated, damaged on disk, not a checkpoint) is
+        discarded with a warning, and ``None`` returned: the fit starts again from scratch,
+        rather than every re-run failing until the file is deleted by hand.
+        """
         if not Path(self.path).exists():
             return None
-        arrays = load_npz(self.path)
-        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+        try:
+            arrays = load_npz(self.path)
+            meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+            int(meta["pass_index"]), int(meta["next_row"]), bool(meta["in_pass"])
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes numpy, zipfile or json raise
+            logger.warning("checkpoint %s is damaged (%s: %s); discarding it and starting this stage again",
+                           self.path, type(exc).__name__, str(exc).replace("\n", " "))
+            self.clear()
+            return None
         if meta.get("key") != self.key:
             raise ValueError(
                 f"checkpoint {self.path} belongs to a fit with other parameters or data; "

@@ -42,7 +42,8 @@ from ..engine import Checkpointer, RowSource, fingerprint, fit_streaming
 from ..models._parallel import blocks as split_blocks, map_blocks
 from ..models.io import load_model, save_model
 from .. import stages
-from ..store import RunLayout, image_array, ok_rows
+from ..store import RunLayout, image_array, images_location, ok_rows
+from ..integrity import array_record, checksum_codecs, fit_damage, verify_images, verify_output
 from .memory import batch_rows, mixture_memory_check
 from .pca_choice import DEFAULT_PCA_COMPONENTS, choose_pca, variance_note
 from .estimate import gmm_phases, kmeans_phases
@@ -134,6 +135,17 @@ def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None
     write_json(layout.config, run_cfg)
 
 
+def _verify_inputs(layout: RunLayout) -> None:
+    """``fit --overwrite``: the images and manifest checked whole (every chunk's CRC) before
+    anything of the earlier fit goes; a fit whose own outputs are damaged is discarded, so
+    that ``fit --overwrite`` rebuilds it even with the same settings."""
+    verify_images(layout, images_location(layout.root), checksums=True)
+    damage = fit_damage(layout)
+    if damage is not None:
+        logger.warning("the fit is damaged (%s): fitting again", str(damage).split("; rebuild with")[0])
+        _reset_fit(layout)
+
+
 def _progress(stage: str, enabled: bool | None, max_passes: int | None = None, phases=None):
     return PassBars(stage, enabled, max_passes=max_passes, phases=phases)
 
@@ -171,7 +183,7 @@ def fit_run(
     data, data_rows = images, rows  # what the PCA reads: pixels, or an autoencoder's latents
     if config.features == "latents":
         layout.require("encode")
-        data, data_rows = zarr.open_array(str(layout.latents), mode="r"), None
+        data, data_rows = verify_output(layout, "latents"), None
         if data.shape[0] != rows.size:
             raise UsageError(f"latents.zarr has {data.shape[0]} rows for {rows.size} images; "
                              f"run `streamclust encode {run_dir} --overwrite`")
@@ -192,6 +204,8 @@ def fit_run(
         raise UsageError(f"--clusters {config.clusters} is more than the {rows.size} usable images; lower it")
     if config.gmm_components and "gmm" in config.cluster and config.gmm_components > rows.size:
         raise UsageError(f"--gmm-components {config.gmm_components} is more than the {rows.size} usable images")
+    if overwrite:  # nothing good is discarded before the inputs are verified, every chunk's checksum too
+        _verify_inputs(layout)
     _check_config(layout, config, overwrite)
     for stray in [*layout.state_dir.rglob("*.partial"), *layout.model_dir.glob("*.partial"),
                   *layout.features.rglob("*.partial"), *layout.root.glob("*.partial")]:
@@ -240,7 +254,7 @@ def fit_run(
         _write_features(layout, pca, data, rows, config, progress, _SketchScores(layout, int(rows.size)),
                         data_rows=data_rows)
         summary.seconds["features"] = time.perf_counter() - t0
-    features = zarr.open_array(str(feat_path), mode="r")
+    features = verify_output(layout, "features")  # checked against what fit-features recorded
     n_feat = features.shape[1]
 
     # -- 3. k-means ---------------------------------------------------------------------
@@ -500,7 +514,7 @@ def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: Fi
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state is None or not path.exists():
         feats = zarr.create_array(store=str(path), shape=(rows.size, k), chunks=(chunk, k),
-                                  dtype="float32", fill_value=0.0, overwrite=True, compressors=None,
+                                  dtype="float32", fill_value=0.0, overwrite=True, compressors=checksum_codecs(),
                                   dimension_names=("image", "component"))
         state = {"rows_done": 0}
         write_json(state_path, state)
@@ -531,5 +545,5 @@ def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: Fi
     buf = io.BytesIO()
     np.save(buf, rows)
     write_bytes(layout.fit_rows, buf.getvalue())
-    stages.complete(layout, "fit-features")
+    stages.complete(layout, "fit-features", array=array_record(path))
     sketch.clear()

@@ -299,3 +299,53 @@ def test_a_damaged_model_is_rebuilt_by_fit_overwrite(made, run):
 
 def test_errors_are_streamclust_and_os_errors():
     assert issubclass(IntegrityError, StreamclustError) and issubclass(IntegrityError, OSError)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "no-meta"])
+def test_a_damaged_checkpoint_is_discarded_with_a_warning(tmp_path, damage, caplog):
+    from streamclust.engine import Checkpointer
+
+    path = tmp_path / "fit-gmm.ckpt.npz"
+    if damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    else:
+        from streamclust._atomic import save_npz
+
+        save_npz(path, {"plan/x": np.arange(1000.0), **({} if damage == "no-meta" else {
+            "__meta__": np.frombuffer(json.dumps({"key": "k", "pass_index": 1, "next_row": 0,
+                                                  "in_pass": False}).encode(), np.uint8)})})
+        if damage == "truncated":
+            path.write_bytes(path.read_bytes()[:600])
+    with caplog.at_level(logging.WARNING):
+        assert Checkpointer(path, key="k").load() is None
+    assert not path.exists()
+    assert f"checkpoint {path} is damaged" in caplog.text and "starting this stage again" in caplog.text
+
+
+def test_a_fit_resumed_over_a_damaged_checkpoint_starts_the_stage_again_and_ends_identical(made, run):
+    layout = RunLayout.of(run)
+    for marker in ("fit", "fit-gmm"):
+        layout.marker(marker).unlink()
+    (run / "model" / "gmm.npz").unlink()
+    (layout.state_dir / "fit-gmm.ckpt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    proc = _cli("fit", str(run), "--pca-components", "5", "--clusters", "3", "--gmm-components", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "is damaged" in proc.stderr and "starting this stage again" in proc.stderr
+    assert _models(run) == _models(made[1])
+
+
+def test_fit_overwrite_goes_past_a_damaged_checkpoint(made, run):
+    layout = RunLayout.of(run)
+    stages.invalidate(layout, "fit", include_self=True)
+    (layout.state_dir / "fit-pca.ckpt.npz").write_bytes(b"\x00" * 64)
+    proc = _cli("fit", str(run), "--overwrite", *REFIT)
+    assert proc.returncode == 0, proc.stderr
+    assert stages.is_current(layout, "fit") and not (layout.state_dir / "fit-pca.ckpt.npz").exists()
+
+
+def test_select_k_goes_past_a_damaged_checkpoint(made, run):
+    layout = RunLayout.of(run)
+    (layout.state_dir / "select-k.ckpt.npz").write_bytes(b"\x00" * 64)
+    result = select_k_run(run, "2:3", progress=False)
+    assert [r["k"] for r in result["rows"]] == [2, 3]

@@ -341,14 +341,17 @@ class Run:
         keep any other writer out between them, as ``streamclust run`` does.  Raises
         :class:`~streamclust.errors.RunLockedError` at once when another process writes
         here, and :class:`~streamclust.errors.RunDirError` when ``config.json`` is damaged
-        (both before anything is written).  ``command`` names the holder in the refusal
-        another writer gets.
+        (both before anything is written).  Taking it removes the temp files a killed
+        write left (:func:`streamclust.stages.stray_partials`).  ``command`` names the
+        holder in the refusal another writer gets.
         """
         from .config import load_run_config
         from .lock import run_lock
 
         with run_lock(self.path, command, create=command in CREATING_COMMANDS):
             load_run_config(self.path)  # a damaged config.json is refused before anything is written
+            for stray in stages.stray_partials(self.layout):  # no write is under way: a killed one's
+                stray.unlink(missing_ok=True)
             yield self
 
     # -- stages ---------------------------------------------------------------------------

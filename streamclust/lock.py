@@ -51,6 +51,7 @@ _REGISTRY_LOCK = threading.RLock()
 @dataclass
 class _Held:
     fd: int
+    path: Path  # the lock file, absolute
     count: int
     created: list[Path] = field(default_factory=list)  # folders the lock made, innermost last
 
@@ -188,11 +189,11 @@ class RunLock:
                 held.count += 1
                 self._key = key
                 return self
-            created = [p for p in (*reversed(self.root.parents), self.root, self.root / ".streamclust")
-                       if not p.exists()]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            path = self.path.absolute()
+            created = [p for p in reversed(path.parents) if not p.exists()]  # outermost first
             try:
-                fd = _open_locked(self.path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = _open_locked(path)
             except BaseException:
                 _remove_empty(created)
                 raise
@@ -206,14 +207,14 @@ class RunLock:
                                  self.root, previous.get("pid"), previous.get("command"))
                 from ._atomic import write_json
 
-                write_json(self.path.with_name(LOCK_FILES[1]), {
+                write_json(path.with_name(LOCK_FILES[1]), {
                     "pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(self.stage),
                     "stage": self.stage, "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 })
             except BaseException:
-                _unlock(self.path, fd, created)
+                _unlock(path, fd, created)
                 raise
-            _HELD[key] = _Held(fd, 1, created)
+            _HELD[key] = _Held(fd, path, 1, created)
             self._key = key
             return self
 
@@ -221,14 +222,14 @@ class RunLock:
         if self._key is None:
             return
         with _REGISTRY_LOCK:
-            held = _HELD.get(self._key)
-            self._key = None
+            key, self._key = self._key, None
+            held = _HELD.get(key)
             if held is None:  # pragma: no cover - released twice
                 return
             held.count -= 1
             if held.count == 0:
-                del _HELD[os.path.realpath(self.root)]
-                _unlock(self.path, held.fd, held.created)
+                del _HELD[key]
+                _unlock(held.path, held.fd, held.created)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Stage", "STAGES", "ARTEFACTS", "MODEL_NETS", "stage", "reads", "downstream", "edges", "token",
            "status", "statuses", "is_current", "complete", "invalidate", "require", "artefacts_of",
-           "CURRENT", "STALE", "MISSING"]
+           "stray_partials", "CURRENT", "STALE", "MISSING"]
 
 CURRENT, STALE, MISSING = "current", "stale", "missing"
 
@@ -389,3 +389,18 @@ def found_any(layout: "RunLayout", name: str) -> bool:
     if layout.marker(name).exists() or _state_entries(layout, [name]):
         return True
     return any(layout.path(a).exists() for a in stage(name).writes)
+
+
+def stray_partials(layout: "RunLayout") -> list[Path]:
+    """Temp files of atomic writes (``name.<uuid>.partial``) in the run directory, its state
+    folder and beside or inside every declared artefact (zarr stores excepted: zarr and
+    ``fit`` clean their own).  A killed write leaves one; while no command writes the run
+    (its writer's lock held, :mod:`streamclust.lock`), every one there is such a stray.
+    """
+    folders = {layout.root, layout.state_dir}
+    for rel in ARTEFACTS.values():
+        path = layout.root / rel
+        folders.add(path.parent)
+        if path.suffix != ".zarr" and path.is_dir():
+            folders.add(path)
+    return sorted(p for f in folders if f.is_dir() for p in f.glob("*.partial") if p.is_file())

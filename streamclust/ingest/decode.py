@@ -46,6 +46,31 @@ SAFE_FORMATS = (
 Image.init()
 SAFE_FORMATS = tuple(f for f in SAFE_FORMATS if f in Image.OPEN)  # those this Pillow build has
 
+
+def _quiet_libtiff() -> None:
+    """Stop libtiff printing its own warnings and errors on this process's stderr (Linux).
+
+    Pillow reports every failure as an exception, which becomes the member's manifest row;
+    libtiff would also print a line of its own per damaged TIFF ("tempfile.tif: WEBP
+    compression support is not configured."), past ``--quiet`` and the one-line errors.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as fh:
+            path = next((line.split()[-1] for line in fh if "libtiff" in line), None)
+        if path is None:
+            return
+        lib = ctypes.CDLL(path)
+        for name in ("TIFFSetWarningHandler", "TIFFSetErrorHandler"):
+            getattr(lib, name).restype = ctypes.c_void_p
+            getattr(lib, name)(None)
+    except (OSError, AttributeError):  # no /proc, or a libtiff without these: it keeps printing
+        pass
+
+
+_quiet_libtiff()  # Pillow's libtiff is loaded with PIL.Image
+
 METADATA_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ._server import decoder_context
+from ._server import decoder_context, decoder_server_pid, start_decoder_server
 from .batch import Batch, collect, decode_batch
 from .decode import DecodeParams, Decoded, decode_image
 from .readers import ArchiveReader, Member
@@ -78,18 +78,34 @@ def _members(reader: ArchiveReader, task: Task) -> list[Member]:
     return list(reader.members_in(task)) if isinstance(task, Span) else task
 
 
-def _watch_parent(parent_pid: int) -> None:
+def _watch_parent(parent_pid: int, server_pid: int | None = None) -> None:
     """Worker initializer: exit when the ingesting process is gone (e.g. SIGKILLed).
 
     A worker blocked writing a large result, or waiting for its next task, would otherwise
-    never notice, and would keep the killed command's output pipes open.
+    never notice, and would keep the killed command's output pipes open.  The worker's
+    parent is the fork server (or the ingesting process itself without one): the kernel
+    signals the worker when it dies (Linux), and a thread watches for the worker being
+    handed to another parent, or the ingesting process ending (a zombie that nobody
+    reaps still answers ``kill(pid, 0)``, so that alone is not enough).  ``server_pid``:
+    the fork server's PID (``None`` without one); a worker whose fork server is already
+    gone when it starts (the ingesting process killed as it was forked) exits at once.
     """
     import threading
     import time
 
+    from ._server import die_with_parent
+
+    parent = server_pid or parent_pid
+    if os.getppid() != parent:
+        os._exit(1)
+    if server_pid is not None:  # forked by the fork server (a single thread): die with it
+        die_with_parent(server_pid)
+
     def watch():
         while True:
             time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
             try:
                 os.kill(parent_pid, 0)
             except ProcessLookupError:
@@ -108,13 +124,15 @@ class _Pool:
         self.successes = 0
         self.args = (str(Path(reader.path).resolve()), reader.max_bytes)
         self.params = params
-        # the fork server imports the decoder once; workers fork from it ready to decode
+        # the fork server imports the decoder once; workers fork from it ready to decode.  It is
+        # started here, by the thread that runs the ingestion (see start_decoder_server)
         self.ctx = decoder_context()
+        start_decoder_server()
         self.ex = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_watch_parent,
-                                   initargs=(os.getpid(),))
+                                   initargs=(os.getpid(), decoder_server_pid() if self.ctx is not None else None))
 
     def submit(self, task: Task) -> Future:
         try:

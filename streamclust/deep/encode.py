@@ -28,8 +28,8 @@ from .. import stages
 from .._atomic import write_bytes, write_json
 from ..config import load_run_config
 from ..errors import ConfigMismatchError, UsageError
-from ..integrity import array_record, checksum_codecs
-from ..store import RunLayout, image_array, ok_rows
+from ..integrity import array_record, checksum_codecs, verify_images
+from ..store import RunLayout, image_array, images_location, ok_rows
 from ._torch import require_torch
 
 __all__ = ["encode_run", "encode_array", "reconstruct", "vae_samples", "latents_path", "reset_encode",
@@ -114,6 +114,10 @@ def encode_run(
                 f"{layout.root}/latents.zarr holds the {saved.get('model')} latents; pass --overwrite to encode "
                 f"with {model}"
             )
+    images = image_array(layout.root)  # checked (every chunk's checksum with --overwrite) before anything goes
+    rows = ok_rows(layout.root)
+    if overwrite:
+        verify_images(layout, images_location(layout.root), checksums=True)
     reset_encode(layout)
     cfg = load_run_config(layout.root)
     cfg["encode"] = ident
@@ -121,8 +125,6 @@ def encode_run(
 
     dev = resolve_device(device)
     net = load_net(layout.root, model, dev)
-    images = image_array(layout.root)
-    rows = ok_rows(layout.root)
     n, k = int(rows.size), int(net.latent)
     chunk = max(1, min(LATENT_CHUNK_ROWS, n))
     latents = zarr.create_array(store=str(path), shape=(n, k), chunks=(chunk, k), dtype="float32",

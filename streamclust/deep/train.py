@@ -33,7 +33,8 @@ from .. import stages
 from .._atomic import atomic_open, write_json
 from ..config import load_run_config
 from ..errors import ConfigMismatchError, RunDirError, UsageError
-from ..store import RunLayout, image_array, ok_rows
+from ..integrity import verify_images
+from ..store import RunLayout, image_array, images_location, ok_rows
 from ._torch import require_torch
 
 __all__ = ["TrainConfig", "train_run", "train_tensor", "load_net", "resolve_device", "read_history",
@@ -402,6 +403,8 @@ def train_run(
 
     images = image_array(layout.root)
     rows = ok_rows(layout.root)
+    if overwrite:  # nothing is discarded before the images are verified, every chunk's checksum too
+        verify_images(layout, images_location(layout.root), checksums=True)
     if rows.size == 0:
         raise UsageError(f"{layout.root} has no usable images to train on")
     size, channels = int(images.shape[1]), int(images.shape[3])

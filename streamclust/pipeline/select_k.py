@@ -650,7 +650,8 @@ def select_k_run(
     feat_path = layout.features
     if not feat_path.exists():
         raise UsageError(f"{feat_path} is missing; run `streamclust fit {run_dir} --overwrite`")
-    features = verify_output(layout, "features")  # checked against what the fit recorded
+    # checked against what the fit recorded (with --overwrite every chunk's checksum too) before anything goes
+    features = verify_output(layout, "features", checksums=overwrite)
     n, n_feat = int(features.shape[0]), int(features.shape[1])
     saved_fit = load_run_config(layout.root).get("fit")
     fit_cfg = FitConfig.from_dict(saved_fit) if saved_fit else FitConfig()

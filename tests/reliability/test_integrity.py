@@ -349,3 +349,13 @@ def test_select_k_goes_past_a_damaged_checkpoint(made, run):
     (layout.state_dir / "select-k.ckpt.npz").write_bytes(b"\x00" * 64)
     result = select_k_run(run, "2:3", progress=False)
     assert [r["k"] for r in result["rows"]] == [2, 3]
+
+
+def test_select_k_overwrite_checks_the_features_before_discarding_the_sweep(run):
+    select_k_run(run, "2:3", progress=False)
+    before = (run / "select_k.csv").read_bytes()
+    _flip(run / "features.zarr" / "c" / "0" / "0", at=400)
+    with pytest.raises(IntegrityError, match=r"features\.zarr: chunk 0\.0 fails its checksum"):
+        select_k_run(run, "2:4", overwrite=True, progress=False)
+    assert (run / "select_k.csv").read_bytes() == before
+    assert stages.is_current(RunLayout.of(run), "select-k")

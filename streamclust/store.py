@@ -53,6 +53,15 @@ class RunLayout:
         except KeyError:
             raise AttributeError(f"no artefact {artefact!r} in a run directory") from None
 
+    def model(self, name: str) -> Path:
+        """The file of the fitted model ``name``, a name of :data:`streamclust.stages.MODEL_FILES`."""
+        from .stages import MODEL_FILES
+
+        try:
+            return self.root / MODEL_FILES[name]
+        except KeyError:
+            raise KeyError(f"no model {name!r}; the models are {', '.join(MODEL_FILES)}") from None
+
     def __getattr__(self, name: str) -> Path:
         if name.startswith("_") or name == "root":
             raise AttributeError(name)

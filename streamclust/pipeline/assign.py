@@ -36,9 +36,9 @@ def load_fitted(run_dir) -> dict:
     """The fitted models of a run: ``{"pca": ..., "kmeans": ... or None, "gmm": ... or None}``."""
     layout = RunLayout.of(run_dir)
     layout.require("fit")
-    out = {"pca": load_model(layout.model_dir / "pca.npz")}
+    out = {"pca": load_model(layout.model("pca"))}
     for name in ("kmeans", "gmm"):
-        path = layout.model_dir / f"{name}.npz"
+        path = layout.model(name)
         out[name] = load_model(path) if path.exists() else None
     out["gmm_columns"] = (out["gmm"]._streamclust_extra.get("pca_components") if out["gmm"] is not None else None)
     return out

@@ -75,20 +75,12 @@ from ..models.io import load_model
 from ..store import RunLayout, image_array, ok_rows
 from .evaluate import best_match_accuracy, labels_from_folders, read_labels
 
-__all__ = ["compare_run", "compare_runs", "format_compare", "run_features", "COMPARE_COLUMNS",
-           "METHOD_FILES", "MODEL_FILES"]
+__all__ = ["compare_run", "compare_runs", "format_compare", "run_features", "COMPARE_COLUMNS", "METHODS"]
 
 logger = logging.getLogger(__name__)
 
-#: clustering methods and the model file each is read from (``RUN_DIR/model/``)
-METHOD_FILES = {
-    "kmeans": "kmeans.npz",
-    "gmm": "gmm.npz",
-    "agglomerative": "agglomerative.npz",
-    "tsne_kmeans": "tsne_kmeans.npz",
-}
-#: every model file compare reads
-MODEL_FILES = ("pca.npz", *METHOD_FILES.values(), "kpca.npz", "tsne.npz")
+#: the clustering methods compared, each a model of :data:`streamclust.stages.MODEL_FILES`
+METHODS = ("kmeans", "gmm", "agglomerative", "tsne_kmeans")
 COMPARE_COLUMNS = ("method", "features", "reduction", "n_clusters", "recon_mae", "inertia", "log_likelihood",
                    "silhouette", "ari", "nmi", "accuracy", "fit_seconds")
 #: rows read per batch when streaming images or features
@@ -219,16 +211,17 @@ def _score(y, pred) -> dict[str, float]:
 
 # ------------------------------------------------------------------------ driver
 def _method_models(layout: RunLayout, methods) -> dict:
-    fitted = {name: layout.model_dir / f for name, f in METHOD_FILES.items() if (layout.model_dir / f).exists()}
+    fitted = {name: layout.model(name) for name in METHODS if layout.model(name).exists()}
     if methods is None:
         return fitted
     out = {}
     for name in methods:
-        if name not in METHOD_FILES:
-            raise UsageError(f"unknown method {name!r}; choose among {', '.join(METHOD_FILES)}")
+        if name not in METHODS:
+            raise UsageError(f"unknown method {name!r}; choose among {', '.join(METHODS)}")
         if name not in fitted:
             raise UsageError(
-                f"method {name!r} was not fitted in {layout.root} (no model/{METHOD_FILES[name]}); fit it first"
+                f"method {name!r} was not fitted in {layout.root} "
+                f"(no {layout.model(name).relative_to(layout.root)}); fit it first"
             )
         out[name] = fitted[name]
     return out
@@ -283,8 +276,8 @@ def compare_run(
     if not models:
         raise UsageError(f"no clustering method was fitted in {layout.root}")
     feature_kind = run_features(layout.root)
-    pca = load_model(layout.model_dir / "pca.npz")
-    kpca_path, tsne_path = layout.model_dir / "kpca.npz", layout.model_dir / "tsne.npz"
+    pca = load_model(layout.model("pca"))
+    kpca_path, tsne_path = layout.model("kpca"), layout.model("tsne")
     kpca = load_model(kpca_path) if kpca_path.exists() else None
     tsne = load_model(tsne_path) if tsne_path.exists() else None
     fit_rows = np.load(layout.fit_rows, allow_pickle=False)

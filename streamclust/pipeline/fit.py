@@ -216,7 +216,7 @@ def fit_run(
                     stages.stale_because(layout, "fit"))
         _reset_fit(layout)
     if layout.is_done("fit"):
-        _pca_outcome(summary, choice, load_model(layout.model_dir / "pca.npz"))
+        _pca_outcome(summary, choice, load_model(layout.model("pca")))
         return summary
     layout.model_dir.mkdir(parents=True, exist_ok=True)
     run_cfg = load_run_config(layout.root)
@@ -224,7 +224,7 @@ def fit_run(
                             run_cfg.get("encode") if config.features == "latents" else None])
 
     # -- 1. PCA on pixels -------------------------------------------------------------
-    pca_path = layout.model_dir / "pca.npz"
+    pca_path = layout.model("pca")
     if not layout.is_done("fit-pca"):
         t0 = time.perf_counter()
         logger.info("%s", choice.describe(int(rows.size), n_pixels))
@@ -272,10 +272,10 @@ def fit_run(
             with _small_products():
                 phases = kmeans_phases(features, features.shape[0], k, config.max_iter, config.kmeans_method)
                 _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress, client, phases)
-            save_model(km, layout.model_dir / "kmeans.npz")
+            save_model(km, layout.model("kmeans"))
             stages.complete(layout, "fit-kmeans")
             summary.seconds["kmeans"] = time.perf_counter() - t0
-        km = load_model(layout.model_dir / "kmeans.npz")
+        km = load_model(layout.model("kmeans"))
         summary.results["kmeans_inertia"] = float(km.inertia_)
     else:
         summary.skipped_stages.append("kmeans")
@@ -307,10 +307,10 @@ def fit_run(
             with _small_products():
                 phases = gmm_phases(features, features.shape[0], g, config.covariance, config.max_iter, columns=m)
                 _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress, client, phases)
-            save_model(gmm, layout.model_dir / "gmm.npz", extra={"pca_components": m})
+            save_model(gmm, layout.model("gmm"), extra={"pca_components": m})
             stages.complete(layout, "fit-gmm")
             summary.seconds["gmm"] = time.perf_counter() - t0
-        gmm = load_model(layout.model_dir / "gmm.npz")
+        gmm = load_model(layout.model("gmm"))
         summary.results["gmm_lower_bound"] = float(gmm.lower_bound_)
     else:
         summary.skipped_stages.append("gmm")

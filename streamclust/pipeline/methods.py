@@ -39,7 +39,6 @@ def _stage(layout, name, summary, run):
 
 def fit_methods(layout, config, features, data_key, summary, *, progress, client, fit_stage) -> None:
     """Fit the methods that ``config`` asks for on ``features`` (the PCA scores)."""
-    model = layout.model_dir
     n = int(features.shape[0])
     bs = int(features.chunks[0])
     if "agglomerative" in config.cluster and config.clusters:
@@ -49,7 +48,7 @@ def fit_methods(layout, config, features, data_key, summary, *, progress, client
             est = StreamingAgglomerative(config.clusters, n_subclusters=min(1000, n), batch_size=bs,
                                          random_state=config.seed)
             fit_stage(layout, "agglomerative", est, features, None, data_key, config, progress, client)
-            save_model(est, model / "agglomerative.npz")
+            save_model(est, layout.model("agglomerative"))
 
         _stage(layout, "agglomerative", summary, agglomerative)
     scores = features
@@ -60,7 +59,7 @@ def fit_methods(layout, config, features, data_key, summary, *, progress, client
             est = StreamingKernelPCA(min(config.kpca_components, n), gamma="scale", fit_inverse_transform=True,
                                      batch_size=bs, random_state=config.seed)
             fit_stage(layout, "kpca", est, features, None, data_key, config, progress, client)
-            save_model(est, model / "kpca.npz")
+            save_model(est, layout.model("kpca"))
 
         _stage(layout, "kpca", summary, kpca)
         scores = None  # computed below when needed
@@ -70,23 +69,23 @@ def fit_methods(layout, config, features, data_key, summary, *, progress, client
         from ..models.kmeans import StreamingKMeans
 
         if scores is None:  # the kernel-PCA scores, computed batch by batch as they are read
-            kp = load_model(model / "kpca.npz")
+            kp = load_model(layout.model("kpca"))
             scores = TransformedRows(features, kp.transform, kp.n_components_)
 
         def tsne():
             est = StreamingTSNE(sample_size=min(5000, n), batch_size=bs, random_state=config.seed)
             fit_stage(layout, "tsne", est, scores, None, data_key, config, progress, client)
-            save_model(est, model / "tsne.npz")
+            save_model(est, layout.model("tsne"))
 
         _stage(layout, "tsne", summary, tsne)
         _stage(layout, "embedding", summary,
-               lambda: embed_to_zarr(load_model(model / "tsne.npz"), scores, layout.embedding))
+               lambda: embed_to_zarr(load_model(layout.model("tsne")), scores, layout.embedding))
 
         def tsne_kmeans():
             emb = verify_output(layout, "embedding")
             est = StreamingKMeans(max(1, min(config.clusters or 2, n)), method="lloyd", batch_size=bs,
                                   random_state=config.seed)
             fit_stage(layout, "tsne_kmeans", est, emb, None, data_key, config, progress, client)
-            save_model(est, model / "tsne_kmeans.npz")
+            save_model(est, layout.model("tsne_kmeans"))
 
         _stage(layout, "tsne_kmeans", summary, tsne_kmeans)

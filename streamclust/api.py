@@ -154,22 +154,18 @@ class Models:
         self._layout = layout
         self._cache: dict[str, Any] = {}
 
-    #: attribute -> model file in ``model/``
-    FILES = {"pca": "pca.npz", "kmeans": "kmeans.npz", "gmm": "gmm.npz", "agglomerative": "agglomerative.npz",
-             "kpca": "kpca.npz", "tsne": "tsne.npz", "tsne_kmeans": "tsne_kmeans.npz"}
-
     def __getattr__(self, name: str):
-        if name.startswith("_") or name not in Models.FILES:
+        if name.startswith("_") or name not in stages.MODEL_FILES:
             raise AttributeError(name)
         if name not in self._cache:
             from .models.io import load_model
 
-            path = self._layout.model_dir / Models.FILES[name]
+            path = self._layout.model(name)
             self._cache[name] = load_model(path) if path.exists() else None
         return self._cache[name]
 
     def fitted(self) -> list[str]:
-        return [n for n, f in Models.FILES.items() if (self._layout.model_dir / f).exists()]
+        return [n for n in stages.MODEL_FILES if self._layout.model(n).exists()]
 
     def __repr__(self) -> str:
         return f"Models({', '.join(self.fitted())})"

@@ -43,8 +43,8 @@ from .errors import StageNotDoneError
 if TYPE_CHECKING:
     from .store import RunLayout
 
-__all__ = ["Stage", "STAGES", "ARTEFACTS", "MODEL_NETS", "stage", "reads", "downstream", "edges", "token",
-           "status", "statuses", "is_current", "complete", "invalidate", "require", "artefacts_of",
+__all__ = ["Stage", "STAGES", "ARTEFACTS", "MODEL_FILES", "MODEL_NETS", "stage", "reads", "downstream", "edges",
+           "token", "status", "statuses", "is_current", "complete", "invalidate", "require", "artefacts_of",
            "stray_partials", "CURRENT", "STALE", "MISSING"]
 
 CURRENT, STALE, MISSING = "current", "stale", "missing"
@@ -76,6 +76,11 @@ ARTEFACTS: dict[str, str] = {
     "vae_weights": "deep/vae.pt",
     "vae_history": "deep/vae_history.json",
 }
+
+#: the fitted models ``fit`` writes in ``model/``, each one ``.npz`` file:
+#: name -> path relative to RUN_DIR (:meth:`streamclust.store.RunLayout.model`)
+MODEL_FILES: dict[str, str] = {name: f"{ARTEFACTS['model_dir']}/{name}.npz"
+                               for name in ("pca", "kmeans", "gmm", "agglomerative", "kpca", "tsne", "tsne_kmeans")}
 
 #: the networks ``streamclust train`` trains, each its own stage ``train-<net>``
 MODEL_NETS = ("ae", "vae")

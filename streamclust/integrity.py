@@ -7,9 +7,10 @@ checksums
     Every zarr array streamclust writes (``images.zarr``, ``features.zarr``,
     ``embedding.zarr``, ``latents.zarr``) ends its codec chain with zarr v3's ``crc32c``
     codec (:func:`checksum_codecs`): each chunk carries the CRC-32C of its stored bytes,
-    checked by zarr on every read before the decompressor sees them.  A flipped byte or a
-    cut chunk fails the check (zarr raises ``ValueError``), and :func:`explain_read_error`
-    turns that into an :class:`~streamclust.errors.IntegrityError` naming the chunk.
+    checked on every read before the decompressor sees them.  A flipped byte or a cut
+    chunk fails the check: the arrays streamclust opens (:func:`open_checked`) raise an
+    :class:`~streamclust.errors.IntegrityError` naming the chunk (zarr's own check would
+    raise a ``ValueError`` that names neither the chunk nor the array).
 records
     When a stage completes, its marker records what it wrote (:func:`array_record`: the
     shape, the chunk shape and the size in bytes of every chunk; :func:`manifest_record`:
@@ -38,9 +39,9 @@ from .errors import IntegrityError
 if TYPE_CHECKING:
     from .store import RunLayout
 
-__all__ = ["checksum_codecs", "has_checksums", "array_record", "manifest_record", "verify_array",
-           "verify_manifest", "verify_checksums", "verify_images", "verify_output", "rebuild_command",
-           "explain_read_error", "OUTPUTS"]
+__all__ = ["checksum_codecs", "has_checksums", "array_record", "manifest_record", "open_checked", "verify_array",
+           "verify_manifest", "check_manifest_rows", "verify_checksums", "ingest_records", "verify_images",
+           "verify_output", "fit_damage", "rebuild_command", "OUTPUTS"]
 
 #: the codec that ends every chain streamclust writes (zarr v3 core codec, google-crc32c)
 CHECKSUM_CODEC = "crc32c"
@@ -341,34 +342,6 @@ def verify_output(layout: "RunLayout", artefact: str, *, checksums: bool = False
     if checksums:
         verify_checksums(location, rebuild=rebuild)
     return array
-
-
-def explain_read_error(exc: BaseException, run_dir: str | os.PathLike | None) -> IntegrityError | None:
-    """The :class:`IntegrityError` behind a chunk read that failed (zarr's checksum
-    ``ValueError``, or a decompressor's error on damaged bytes): the run's arrays are
-    checked, chunk by chunk, to name the damaged one.  ``None`` when ``exc`` is not
-    such an error or no damage is found."""
-    text = str(exc)
-    if not isinstance(exc, (ValueError, RuntimeError)) or not any(
-            w in text.lower() for w in ("checksum", "blosc", "decompress")):
-        return None
-    if run_dir is None or not Path(run_dir).is_dir():
-        return None
-    from .store import RunLayout, images_location
-
-    layout = RunLayout.of(run_dir)
-    try:
-        try:
-            location = images_location(layout.root)
-        except Exception:  # noqa: BLE001
-            location = str(layout.images)
-        verify_images(layout, location, checksums=True)
-        for artefact in OUTPUTS:
-            if layout.path(artefact).exists():
-                verify_output(layout, artefact, checksums=True)
-    except IntegrityError as found:
-        return found
-    return None
 
 
 def fit_damage(layout: "RunLayout") -> IntegrityError | None:

@@ -87,10 +87,35 @@ def _ingest_rebuild(made, run: Path) -> str:
 # ------------------------------------------------------------------------------ checksums
 def test_every_array_streamclust_writes_carries_crc32c(run):
     for name in ("images.zarr", "features.zarr"):
-        array = zarr.open_array(str(run / name), mode="r")
-        assert has_checksums(array), name
-        assert verify_checksums(run / name, rebuild="x") == len(list((run / name / "c").rglob("*"))) - \
-            sum(1 for p in (run / name / "c").rglob("*") if p.is_dir())
+        assert has_checksums(zarr.open_array(str(run / name), mode="r")), name
+        chunks = [p for p in (run / name / "c").rglob("*") if p.is_file()]
+        assert verify_checksums(run / name, rebuild="x") == len(chunks) > 0
+
+
+def test_the_embedding_and_the_latents_are_checked_too(made, tmp_path):
+    """``fit --embed tsne`` (embedding.zarr) and ``encode`` (latents.zarr): checksummed, recorded, checked."""
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from streamclust.deep.encode import encode_run
+    from streamclust.deep.train import train_run
+    from streamclust.integrity import verify_output
+
+    run = tmp_path / "run"
+    shutil.copytree(made[1], run)
+    fit_run(run, FitConfig(pca_components=5, clusters=3, gmm_components=0, embed="tsne"), overwrite=True,
+            progress=False)
+    train_run(run, model="ae", latent=4, epochs=1, batch_size=16, device="cpu", width=8, progress=False)
+    encode_run(run, model="ae", device="cpu", progress=False)
+    layout = RunLayout.of(run)
+    for artefact, rebuild in (("embedding", "fit"), ("latents", "encode")):
+        path = layout.path(artefact)
+        assert has_checksums(verify_output(layout, artefact))
+        chunk = sorted(p for p in (path / "c").rglob("*") if p.is_file())[0]
+        chunk.write_bytes(chunk.read_bytes()[:-1])
+        with pytest.raises(IntegrityError) as err:
+            verify_output(layout, artefact)
+        assert str(err.value).startswith(f"{path}: chunk ")
+        assert str(err.value).endswith(f"(truncated or written over); rebuild with `streamclust {rebuild} {run} "
+                                       "--overwrite`")
 
 
 def test_the_codec_keeps_ingestion_byte_identical(made, tmp_path):

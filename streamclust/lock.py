@@ -13,7 +13,10 @@ lock file and sidecar it left are reused.  A lock is re-entrant within a process
 calls ``ingest``, ``fit``, ``assign`` and ``report`` holding it once), and released when
 the outermost holder ends: the sidecar and the lock file are removed, and so are the
 ``.streamclust`` folder and ``RUN_DIR`` when the lock created them and nothing else was
-written there, so a refused command leaves the run directory as it found it.
+written there, so a refused command leaves the run directory as it found it.  Where this
+process cannot create the lock file (a read-only mount, no write permission) it goes on
+unlocked: it cannot write the run either, and a write it tries is the operating system's
+error, in one line.
 
 ``flock`` is local to one machine's kernel: on NFS (v4, or v3 with lockd) Linux maps it to
 a byte-range lock the server arbitrates, so two machines exclude each other; on file
@@ -46,6 +49,9 @@ logger = logging.getLogger(__name__)
 LOCK_FILES = ("lock", "lock.json")
 
 _REGISTRY_LOCK = threading.RLock()
+
+#: errors creating the lock that mean the run directory cannot be written at all from here
+_CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @dataclass
@@ -194,6 +200,14 @@ class RunLock:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = _open_locked(path)
+            except OSError as exc:
+                _remove_empty(created)
+                if exc.errno in _CANNOT_WRITE and self.root.is_dir():
+                    # this process cannot write the run at all: a command that only reads it
+                    # (`sample -o elsewhere`) goes on, and a write fails as it would have
+                    logger.debug("%s is not writable (%s): not locked", self.root, exc.strerror)
+                    return self
+                raise
             except BaseException:
                 _remove_empty(created)
                 raise

@@ -105,11 +105,15 @@ def test_a_read_only_run_directory_is_one_line(tmp_path, tmpfs, capsys):
     tmpfs(64 << 20, "remount", "ro")
     before = snapshot(run)
     for args in (["fit", run, *FIT[:-1], "--clusters", "4", "--overwrite", "--quiet"], ["assign", run, "--quiet"],
-                 ["ingest", src, run, "--size", "8", "--overwrite", "--quiet"]):
+                 ["ingest", src, run, "--size", "16", "--overwrite", "--quiet"]):
         capsys.readouterr()
         assert main([str(a) for a in args]) == EXIT_OS_ERROR
         _one_line(capsys, "read-only file system", str(run))
     assert snapshot(run) == before
+    capsys.readouterr()
+    assert main(["ingest", str(src), str(run), "--size", "8", "--quiet"]) == 0  # done already: nothing to write
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png"), "--quiet"]) == 0  # only reads the run
+    assert (tmp_path / "s.png").exists()
     tmpfs(64 << 20, "remount", "rw")
     assert main(["assign", str(run), "--quiet"]) == 0
 

@@ -32,7 +32,7 @@ from .errors import UsageError
 if TYPE_CHECKING:  # importing the engine pulls in scikit-learn: not for `ingest --scheduler`
     from .engine import Checkpointer, Plan, ProgressFn, RowSource
 
-__all__ = ["scheduler_client", "run_passes_distributed", "block_ranges"]
+__all__ = ["scheduler_client", "run_passes_distributed", "block_ranges", "put"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _identity(x):
     return x
 
 
-def _put(client, obj):
+def put(client, obj):
     """Ship ``obj`` once as the result of a task, so that if the worker holding it dies the
     scheduler can recompute it elsewhere (scattered data would be lost with the worker)."""
     return client.submit(_identity, obj, pure=False)
@@ -159,7 +159,7 @@ def run_passes_distributed(
     n = source.n_samples
     n_workers = len(client.scheduler_info()["workers"])
     blocks = block_ranges(n, batch_size, source.chunk_rows, min_blocks=2 * n_workers, target_blocks=4 * n_workers)
-    source_f = _put(client, source)
+    source_f = put(client, source)
     while True:
         acc = plan.next_pass()
         if acc is None:
@@ -170,7 +170,7 @@ def run_passes_distributed(
                 if progress is not None:
                     progress(acc.name, offset + X.shape[0], n)
         else:
-            template = _put(client, acc)
+            template = put(client, acc)
             parts = [client.submit(_accumulate, template, source_f, lo, hi, batch_size, dtype, pure=False)
                      for lo, hi in blocks]
             if progress is not None:

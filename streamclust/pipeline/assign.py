@@ -75,10 +75,10 @@ def _assigned_blocks(models: dict, source: RowSource, batch_size: int, client):
         return
     from collections import deque
 
-    from ..distributed import _put, block_ranges
+    from ..distributed import block_ranges, put
 
     n_workers = max(1, len(client.scheduler_info()["workers"]))
-    models_f, source_f = _put(client, models), _put(client, source)
+    models_f, source_f = put(client, models), put(client, source)
     inflight: deque = deque()
     for lo, hi in block_ranges(source.n_samples, batch_size, source.chunk_rows, min_blocks=2 * n_workers):
         inflight.append(client.submit(_assign_block, models_f, source_f, lo, hi, batch_size, pure=False))

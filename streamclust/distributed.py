@@ -1,14 +1,11 @@
-"""Running the exact passes on dask.distributed.
+"""A dask.distributed client for ``--scheduler``, and how work is split into tasks.
 
-Every exact pass of a streaming fit is a sum of per-batch statistics, and every exact
-accumulator has ``merge``.  :func:`run_passes_distributed` therefore turns a pass into one
-task per block of rows (a whole number of storage chunks): each task copies the pass's
-empty accumulator, feeds it its rows, and returns it; the partial accumulators are merged
-pairwise in a fixed tree, so the result does not depend on which worker ran what or in
-which order tasks finished.  Tasks are pure functions of their inputs, so a task lost with
-a worker is simply run again elsewhere.  The driver holds only the model and the reduced
-statistics.  Passes whose accumulator cannot be merged (mini-batch k-means, incremental
-PCA, online EM) run on the driver, in order, as they must.
+:func:`scheduler_client` gives the client; :func:`block_ranges` cuts the rows into
+blocks of whole storage chunks, one task each; :func:`put` ships an object to the
+cluster once, recomputable if its worker dies.  The streaming fits' passes run on the
+cluster through :func:`streamclust.engine.cluster.run_passes_distributed`; ``assign``
+uses the same pieces.  This module imports neither scikit-learn nor the engine:
+``ingest --scheduler`` needs neither.
 
 ``scheduler`` strings, as for the ``--scheduler`` flag: ``"local"`` starts a
 ``LocalCluster`` (one single-threaded worker process per core); ``"tcp://host:port"``
@@ -18,21 +15,13 @@ connects to a running scheduler.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 from typing import Iterator
 
-from typing import TYPE_CHECKING
-
-import numpy as np
-
 from .errors import UsageError
 
-if TYPE_CHECKING:  # importing the engine pulls in scikit-learn: not for `ingest --scheduler`
-    from .engine import Checkpointer, Plan, ProgressFn, RowSource
-
-__all__ = ["scheduler_client", "run_passes_distributed", "block_ranges", "put"]
+__all__ = ["scheduler_client", "block_ranges", "put"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +86,6 @@ def block_ranges(n_rows: int, batch_size: int, chunk_rows: int | None, *, min_bl
     return [(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
 
 
-def _accumulate(template, source: RowSource, lo: int, hi: int, batch_size: int, dtype):
-    """Task: feed rows ``lo:hi`` to a fresh copy of the pass's empty accumulator."""
-    acc = copy.deepcopy(template)
-    for start in range(lo, hi, batch_size):
-        stop = min(start + batch_size, hi)
-        acc.update(source.read(start, stop, dtype=dtype), start)
-    return acc
-
-
 def _identity(x):
     return x
 
@@ -114,78 +94,3 @@ def put(client, obj):
     """Ship ``obj`` once as the result of a task, so that if the worker holding it dies the
     scheduler can recompute it elsewhere (scattered data would be lost with the worker)."""
     return client.submit(_identity, obj, pure=False)
-
-
-def _merge(a, b):
-    a.merge(b)
-    return a
-
-
-def _tree_reduce(client, futures: list):
-    level = list(futures)
-    while len(level) > 1:
-        nxt = [client.submit(_merge, level[i], level[i + 1], pure=False) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
-
-
-def run_passes_distributed(
-    plan: Plan,
-    source: RowSource,
-    batch_size: int,
-    client,
-    *,
-    dtype=np.float64,
-    checkpoint: Checkpointer | None = None,
-    progress: ProgressFn | None = None,
-) -> Plan:
-    """Like :func:`streamclust.engine.run_passes`, with mergeable passes on ``client``.
-
-    Checkpoints are taken between passes (a resumed run repeats at most one pass); a
-    checkpoint taken mid-pass by an in-process run is resumed from its pass start.
-    """
-    from distributed import wait
-
-    pass_index = 0
-    if checkpoint is not None:
-        loaded = checkpoint.load()
-        if loaded is not None:
-            meta, plan_state, _ = loaded
-            plan.load_state_dict(plan_state)
-            pass_index = int(meta["pass_index"])
-            logger.info("resuming from checkpoint at the start of pass %d", pass_index)
-    n = source.n_samples
-    n_workers = len(client.scheduler_info()["workers"])
-    blocks = block_ranges(n, batch_size, source.chunk_rows, min_blocks=2 * n_workers, target_blocks=4 * n_workers)
-    source_f = put(client, source)
-    while True:
-        acc = plan.next_pass()
-        if acc is None:
-            break
-        if not (hasattr(acc, "merge") and getattr(acc, "mergeable", True)):
-            for offset, X in source.iter_batches(batch_size, dtype=dtype):
-                acc.update(X, offset)
-                if progress is not None:
-                    progress(acc.name, offset + X.shape[0], n)
-        else:
-            template = put(client, acc)
-            parts = [client.submit(_accumulate, template, source_f, lo, hi, batch_size, dtype, pure=False)
-                     for lo, hi in blocks]
-            if progress is not None:
-                done_rows = 0
-                from distributed import as_completed
-
-                sizes = {p.key: hi - lo for p, (lo, hi) in zip(parts, blocks)}
-                for fut in as_completed(parts):
-                    done_rows += sizes[fut.key]
-                    progress(acc.name, done_rows, n)
-            total = _tree_reduce(client, parts)
-            wait(total)
-            acc = total.result()
-        plan.end_pass(acc)
-        pass_index += 1
-        if checkpoint is not None:
-            checkpoint.save(plan, None, pass_index, 0)
-    return plan

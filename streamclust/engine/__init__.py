@@ -38,8 +38,9 @@ The modules
 ``rows``        :class:`RowSource`, :class:`TransformedRows`, :func:`as_row_source` (scikit-learn's input
                 checks for NumPy, shape checks for zarr / dask), per-row weights
 ``checkpoint``  :class:`Checkpointer` and its file format
-``execute``     :func:`run_passes` (in this process) and :func:`drive` (in this process or on dask;
-                the dask driver is :func:`streamclust.distributed.run_passes_distributed`)
+``execute``     :func:`run_passes` (in this process) and :func:`drive` (in this process or on dask)
+``cluster``     :func:`run_passes_distributed`: the passes on dask.distributed, one task per block
+                of rows (the blocks, the client: :mod:`streamclust.distributed`)
 ``combined``    :class:`CombinedPlan`
 ``estimator``   :class:`StreamingMixin` (what an estimator implements), :func:`fit_streaming`, :func:`draw_seed`
 
@@ -69,6 +70,7 @@ Example: the mean of every row, one pass, resumable::
 from __future__ import annotations
 
 from .checkpoint import Checkpointer
+from .cluster import run_passes_distributed
 from .combined import CombinedAccumulator, CombinedPlan
 from .estimator import StreamingMixin, draw_seed, fit_streaming
 from .execute import drive, run_passes
@@ -78,5 +80,5 @@ from .rows import (RowSource, TransformedRows, as_row_source, check_sample_weigh
 
 __all__ = ["Accumulator", "Plan", "State", "ProgressFn", "pass_rng", "fingerprint", "Checkpointer",
            "RowSource", "TransformedRows", "as_row_source", "is_lazy_array", "check_sample_weight", "weight_slice",
-           "output_dtype", "run_passes", "drive", "CombinedPlan", "CombinedAccumulator", "StreamingMixin",
-           "fit_streaming", "draw_seed"]
+           "output_dtype", "run_passes", "run_passes_distributed", "drive", "CombinedPlan", "CombinedAccumulator",
+           "StreamingMixin", "fit_streaming", "draw_seed"]

@@ -60,7 +60,7 @@ def fit_streaming(
 
     With ``checkpoint`` the fit saves its state as it goes and resumes a saved state first.
     With a dask.distributed ``client`` the mergeable passes run as one task per block of
-    rows (see :mod:`streamclust.distributed`).
+    rows (see :mod:`streamclust.engine.cluster`).
     ``sample_weight`` (one weight per row of the source, i.e. per selected row when
     ``rows`` is given) goes to the estimator's ``_make_plan(source, sample_weight=w)``;
     only estimators whose ``fit`` takes ``sample_weight`` accept it.  The weights are not

@@ -3,7 +3,7 @@
 :func:`run_passes` runs in this process, saving a checkpoint mid-pass (at most every
 ``checkpoint.every_seconds``) and at the end of each pass; :func:`drive` runs the same
 in this process or, given a dask.distributed client, with every mergeable pass split
-into one task per block of rows (:func:`streamclust.distributed.run_passes_distributed`).
+into one task per block of rows (:func:`streamclust.engine.cluster.run_passes_distributed`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from .checkpoint import Checkpointer
+from .cluster import run_passes_distributed
 from .plan import Accumulator, Plan, ProgressFn
 from .rows import RowSource
 
@@ -83,7 +84,5 @@ def drive(plan: Plan, source: RowSource, batch_size: int, *, dtype=np.float64, c
     """
     if client is None:
         return run_passes(plan, source, batch_size, dtype=dtype, checkpoint=checkpoint, progress=progress)
-    from ..distributed import run_passes_distributed
-
     return run_passes_distributed(plan, source, batch_size, client, dtype=dtype, checkpoint=checkpoint,
                                   progress=progress)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zarr
 
-from streamclust.distributed import block_ranges, run_passes_distributed, scheduler_client
-from streamclust.engine import RowSource
+from streamclust.distributed import block_ranges, scheduler_client
+from streamclust.engine import RowSource, run_passes_distributed
 from streamclust.errors import UsageError
 from streamclust.models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA, fit_streaming
 

@@ -539,7 +539,7 @@ def test_weighted_resume_mid_pass_is_exact(tmp_path):
 @pytest.mark.parametrize("ct", COV_TYPES)
 def test_weighted_pass_in_dask_blocks_equals_in_process(ct, rng):
     """What a dask task does: a copy of the pass's accumulator over a block of rows, merged."""
-    from streamclust.distributed import _accumulate
+    from streamclust.engine.cluster import _accumulate
     from streamclust.engine import RowSource
 
     X = rng.normal(size=(400, 3)) * 2 + 10.0

@@ -361,7 +361,7 @@ def test_weighted_fit_on_zarr_dask_and_resumed_equals_numpy(tmp_path, method):
 def test_weighted_pass_in_dask_blocks_equals_in_process():
     """What a dask task does (a copy of the pass's accumulator over a block of rows, merged):
     every block takes its rows' weights by offset."""
-    from streamclust.distributed import _accumulate
+    from streamclust.engine.cluster import _accumulate
 
     X, _ = blobs(n=1000, d=4, k=3)
     w = weights_for(1000)

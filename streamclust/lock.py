@@ -10,7 +10,8 @@ no lock.
 The kernel drops a ``flock`` when its process dies, however it dies (``kill -9``, the OOM
 killer), so a lock left by a dead process is simply taken over by the next writer: the
 lock file and sidecar it left are reused.  A lock is re-entrant within a process (``run``
-calls ``ingest``, ``fit``, ``assign`` and ``report`` holding it once), and released when
+calls ``ingest``, ``fit``, ``assign`` and ``report`` holding it once; threads of one
+process share it), and released when
 the outermost holder ends: the sidecar and the lock file are removed, and so are the
 ``.streamclust`` folder and ``RUN_DIR`` when the lock created them and nothing else was
 written there, so a refused command leaves the run directory as it found it.  Where this
@@ -18,10 +19,10 @@ process cannot create the lock file (a read-only mount, no write permission) it 
 unlocked: it cannot write the run either, and a write it tries is the operating system's
 error, in one line.
 
-``flock`` is local to one machine's kernel: on NFS (v4, or v3 with lockd) Linux maps it to
-a byte-range lock the server arbitrates, so two machines exclude each other; on file
-systems without locking (some FUSE mounts, SMB without byte-range locks) it may lock
-nothing.  Run one writer per run directory there yourself.
+On NFS (v4, or v3 with lockd) Linux maps ``flock`` to a byte-range lock the server
+arbitrates, so writers on two machines exclude each other (the refusal names the
+holder's host); on file systems without locking (some FUSE mounts, SMB without
+byte-range locks) it may lock nothing: run one writer per run directory there yourself.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ import os
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ import streamclust.report as report_mod
 import streamclust.report.data as report_data
 from streamclust.config import FitConfig
 from streamclust.errors import StageNotDoneError
+from streamclust.integrity import verify_output as real_verify_output
 from streamclust.pipeline.assign import read_assignments
 from streamclust.report import build_report
 
@@ -198,15 +198,12 @@ def test_report_reads_only_the_rows_it_shows(digits_run, tmp_path, monkeypatch):
 
             return O()
 
-    def open_array(path, mode="r", **kw):
-        assert mode == "r"
-        arr = zarr.open_array(path, mode=mode, **kw)
-        kind = Path(str(path)).name.removesuffix(".zarr")
-        return Spy(arr, kind if kind in ("images", "embedding") else "features")
+    def verify_output(layout, artefact, **kw):  # how the report opens features.zarr and embedding.zarr
+        arr = real_verify_output(layout, artefact, **kw)
+        return Spy(arr, artefact if artefact in ("images", "embedding") else "features")
 
-    fake = SimpleNamespace(open_array=open_array)
-    monkeypatch.setattr(report_mod, "zarr", fake)
-    monkeypatch.setattr(report_data, "zarr", fake)
+    monkeypatch.setattr(report_mod, "verify_output", verify_output)
+    monkeypatch.setattr(report_data, "verify_output", verify_output)
     monkeypatch.setattr(report_mod, "image_array",
                         lambda root, mode="r": Spy(zarr.open_array(Path(root) / "images.zarr", mode=mode), "images"))
     build_report(run, progress=False, tsne_samples=50)

@@ -13,7 +13,10 @@ from ..errors import StageNotDoneError, UsageError
 from ..store import RunLayout
 from .assign import load_fitted
 
-__all__ = ["sample_images", "montage", "save_png", "sample_run", "write_samples"]
+__all__ = ["sample_images", "montage", "save_png", "sample_run", "write_samples", "MAX_SAMPLE_BYTES"]
+
+#: the most bytes of float64 pixels one call draws (the images are built in memory whole)
+MAX_SAMPLE_BYTES = 1 << 30
 
 
 def sample_images(run_dir: str | os.PathLike, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -23,12 +26,19 @@ def sample_images(run_dir: str | os.PathLike, n: int, *, seed: int = 0) -> tuple
     coordinates are zero, then mapped back to pixels with ``inverse_transform`` and
     clipped to [0, 255].
     """
+    from ..config import check_seed
+
     if n < 1:
         raise UsageError(f"-n must be a positive integer, got {n}")
+    check_seed(seed)
     models = load_fitted(run_dir)
     pca, gmm = models["pca"], models["gmm"]
     if gmm is None:
         raise StageNotDoneError(f"{run_dir} has no mixture; run `streamclust fit {run_dir} --gmm-components K`")
+    most = max(1, MAX_SAMPLE_BYTES // (8 * int(pca.n_features_in_)))
+    if n > most:
+        raise UsageError(f"-n {n} would build {n * 8 * int(pca.n_features_in_) / 2**30:.1f} GiB of pixels at once; "
+                         f"draw at most {most} per call (and others with another --seed)")
     gmm.random_state = seed
     Z, comp = gmm.sample(n)
     full = np.zeros((n, int(pca.n_components_)))

@@ -37,6 +37,7 @@ def _refused(capsys, args, *needles) -> str:
     (["fit", "RUN", "--clusters", "1000", "--overwrite"], "--clusters 1000"),
     (["select-k", "RUN", "--k", "2:3:1", "--seed", "-1"], "--seed"),
     (["sample", "RUN", "--seed", "-1"], "--seed"),
+    (["sample", "RUN", "-n", "100000000"], "-n 100000000"),
     (["report", "RUN", "--seed", "-1"], "--seed"),
     (["compare", "RUN", "--seed", "-1"], "--seed"),
     (["train", "RUN", "--seed", "-1"], "--seed"),
@@ -112,6 +113,8 @@ def test_the_api_checks_settings_before_any_write(finished, tmp_path):
     before = snapshot(run)
     with pytest.raises(UsageError, match="seed"):
         Run(run).fit(pca_components=4, clusters=3, gmm_components=2, seed=-1, overwrite=True)
+    with pytest.raises(UsageError, match="seed"):
+        Run(run).sample(4, seed=-1)
     with pytest.raises(UsageError, match="max-aspect"):
         Run(run).ingest(src, size=8, max_aspect=float("inf"), overwrite=True)
     (run / "config.json").write_text("{")

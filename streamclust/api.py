@@ -36,6 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import stages
+from .config import check_seed
 from .errors import UsageError
 from .store import RunLayout
 
@@ -418,6 +419,7 @@ class Run:
         from .pipeline.select_k import parse_k_range, select_k_run
 
         ks = parse_k_range(ks if isinstance(ks, (str, int, np.integer)) else list(ks))
+        check_seed(seed)
         with _client(client, scheduler) as c:
             result = select_k_run(self.path, ks, method=method, covariance=covariance, seed=seed,
                                   max_iter=max_iter, batch_size=batch_size, overwrite=overwrite,
@@ -462,6 +464,8 @@ class Run:
 
         from .pipeline.compare import compare_runs
 
+        check_seed(seed)
+
         with contextlib.ExitStack() as held:  # compare.csv is written in each run
             for other in others:
                 held.enter_context(Run(other).lock("compare"))
@@ -476,6 +480,8 @@ class Run:
         """``streamclust report RUN_DIR``: writes ``report/index.html``."""
         from .report import build_report
 
+        check_seed(seed)
+
         return ReportResult(build_report(self.path, seed=seed, tsne_samples=tsne_samples,
                                          progress=self._bars(progress)))
 
@@ -485,6 +491,8 @@ class Run:
         (``latent``, ``epochs``, ``batch_size``, ``lr``, ``seed``, ``width``, ``buffer_chunks``,
         ``checkpoint_steps``, ``device``, ``threads``)."""
         from .deep.train import train_run
+
+        check_seed(settings.get("seed", 0))
 
         return train_run(self.path, model=model, progress=self._bars(progress), overwrite=overwrite, **settings)
 

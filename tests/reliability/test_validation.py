@@ -122,3 +122,20 @@ def test_the_api_checks_settings_before_any_write(finished, tmp_path):
         Run(run).assign()
     (run / "config.json").write_bytes((base / "config.json").read_bytes())
     assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("call", [
+    lambda r: r.fit(pca_components=4, clusters=3, gmm_components=2, seed=-1, overwrite=True),
+    lambda r: r.select_k("2:3:1", seed=-1),
+    lambda r: r.sample(4, seed=-1),
+    lambda r: r.compare(seed=-1),
+    lambda r: r.report(seed=-1),
+    lambda r: r.train(seed=-1, epochs=1),
+], ids=["fit", "select_k", "sample", "compare", "report", "train"])
+def test_every_api_seed_is_checked_before_any_write(finished, tmp_path, call):
+    _, base = finished
+    run = copy_run(base, tmp_path / "run")
+    before = snapshot(run)
+    with pytest.raises(UsageError, match="seed"):
+        call(Run(run))
+    assert snapshot(run) == before

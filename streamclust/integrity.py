@@ -151,6 +151,8 @@ def verify_array(location: str | os.PathLike, record: dict | None, *, rebuild: s
         why = f"{type(exc).__name__}: {exc}".replace("\n", " ")
         raise _fail(name, f"the array cannot be opened ({why})", rebuild) from None
     if not record:
+        if not has_checksums(array):
+            _check_blosc_sizes(name, array, rebuild)
         return open_checked(name, rebuild=rebuild)
     if list(array.shape) != list(record["shape"]):
         raise _fail(name, f"its shape is {tuple(array.shape)}, but {tuple(record['shape'])} was written", rebuild)
@@ -227,6 +229,24 @@ def open_checked(location: str | os.PathLike, *, rebuild: str):
     else:
         store = zarr.storage.LocalStore(name, read_only=True)
     return zarr.open_array(store=_checked_store(store, name, rebuild), mode="r")
+
+
+def _check_blosc_sizes(name: str, array, rebuild: str) -> None:
+    """A store written before checksums and records (local, Blosc-compressed): each chunk's
+    size against the compressed size its Blosc header states (16 bytes read per chunk), so
+    that a truncated chunk is an error rather than a crash in the decompressor."""
+    import struct
+
+    if _is_url(name) or not any(getattr(c, "to_dict", lambda: {})().get("name") == "blosc"
+                                for c in array.metadata.codecs):
+        return
+    for key, size in sorted(_chunk_sizes(name).items()):
+        with open(os.path.join(name, key), "rb") as fh:
+            head = fh.read(16)
+        stated = struct.unpack_from("<I", head, 12)[0] if len(head) == 16 else None
+        if stated != size:
+            said = f"its Blosc header states {stated:,}" if stated is not None else "shorter than a Blosc header"
+            raise _fail(name, f"chunk {_show(key)} is {size:,} bytes, but {said} (truncated)", rebuild)
 
 
 def _read_chunks(location: str) -> Iterator[tuple[str, bytes]]:

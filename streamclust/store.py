@@ -162,11 +162,9 @@ def image_array(run_dir: str | os.PathLike, mode: str = "r") -> "zarr.Array":
     raises :class:`~streamclust.errors.IntegrityError` naming the command that rebuilds it.
     """
     if mode == "r":
-        from .integrity import ingest_records, verify_images
+        from .integrity import verify_images
 
-        layout = RunLayout.of(run_dir)
-        if any(ingest_records(layout)):
-            return verify_images(layout, images_location(run_dir))
+        return verify_images(RunLayout.of(run_dir), images_location(run_dir))
     return open_zarr(images_location(run_dir), mode)
 
 

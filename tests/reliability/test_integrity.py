@@ -179,8 +179,8 @@ def test_an_edited_shape_is_refused(made, run):
                               f"{_ingest_rebuild(made, run)}")
 
 
-def test_a_store_without_checksums_or_records_still_opens_and_fits(made, run, tmp_path):
-    """A run ingested before this change: no crc32c codec, an ingest marker without records."""
+def _write_the_old_way(run: Path) -> None:
+    """``images.zarr`` as ingested before this change: no crc32c codec, an ingest marker without records."""
     old = zarr.open_array(str(run / "images.zarr"), mode="r")
     pixels = old[:]
     shutil.rmtree(run / "images.zarr")
@@ -191,7 +191,13 @@ def test_a_store_without_checksums_or_records_still_opens_and_fits(made, run, tm
     arr[:] = pixels
     layout = RunLayout.of(run)
     marker = json.loads(layout.marker("ingest").read_text())
-    layout.marker("ingest").write_text(json.dumps({"ok": marker["ok"], "members": marker["members"]}))
+    del marker["images"], marker["manifest"]  # (its token kept: the fit made from it stays current)
+    layout.marker("ingest").write_text(json.dumps(marker))
+
+
+def test_a_store_without_checksums_or_records_still_opens_and_fits(made, run):
+    _write_the_old_way(run)
+    layout = RunLayout.of(run)
     stages.invalidate(layout, "fit", include_self=True)
     assert not has_checksums(image_array(run))
     fit_run(run, FIT, progress=False)
@@ -199,6 +205,17 @@ def test_a_store_without_checksums_or_records_still_opens_and_fits(made, run, tm
     again = {k: np.asarray(v) for k, v in vars(load_model(run / "model" / "gmm.npz")).items() if k.endswith("_")}
     for key, value in fresh.items():
         np.testing.assert_array_equal(again[key], value)
+
+
+def test_a_truncated_chunk_of_a_store_without_checksums_is_an_error_not_a_segfault(made, run):
+    _write_the_old_way(run)
+    chunk = run / "images.zarr" / "c" / "1" / "0" / "0" / "0"
+    size = chunk.stat().st_size
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    proc = _cli("assign", str(run))
+    assert proc.returncode == 2, proc.stderr
+    assert _one_line(proc.stderr) == (f"streamclust assign: error: {run}/images.zarr: chunk 1.0.0.0 is 100 bytes, "
+                                      f"but its Blosc header states {size:,} (truncated); {_ingest_rebuild(made, run)}")
 
 
 # ------------------------------------------------------------------------------ manifest.csv

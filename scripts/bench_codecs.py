@@ -82,7 +82,7 @@ def _photo_jpeg(photo, rng: np.random.Generator, side: int) -> bytes:
 def _mark_current(rows: list[tuple[str, object]]) -> list[tuple[str, object]]:
     """Label the codec that streamclust's ingester uses now (``image_compressors()``)."""
     try:
-        from streamclust.ingest.run import image_compressors
+        from streamclust.ingest.writer import image_compressors
 
         cur = image_compressors()
         cur = cur.to_dict() if cur is not None else None

@@ -201,7 +201,7 @@ def make_run(run: Path, n: int, seed: int = SEED, prefix_of: Path | None = None)
     from streamclust._atomic import write_json
     from streamclust.config import IngestConfig
     from streamclust.ingest.manifest import COLUMNS, format_rows, header
-    from streamclust.ingest.run import IMAGE_CODEC, image_compressors
+    from streamclust.ingest.writer import IMAGE_CODEC, image_compressors
     from streamclust.store import RunLayout
 
     t0 = time.perf_counter()

@@ -68,7 +68,7 @@ def faces64_store(workdir: Path, n: int, kind: str = "mosaic") -> Path:
     import zarr
     from PIL import Image
 
-    from streamclust.ingest.run import image_compressors
+    from streamclust.ingest.writer import image_compressors
 
     path = workdir / f"faces64-{kind}-{n}.zarr"
     if path.exists():

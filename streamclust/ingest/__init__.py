@@ -10,7 +10,7 @@ import importlib
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "STATUSES"]
 
-_LAZY = {"ingest": ".run", "IngestSummary": ".run", "decode_image": ".decode", "STATUSES": ".decode"}
+_LAZY = {"ingest": ".writer", "IngestSummary": ".writer", "decode_image": ".decode", "STATUSES": ".decode"}
 
 
 def __getattr__(name: str):

@@ -9,7 +9,7 @@ fork server, the workers and multiprocessing's resource tracker behind, and a wa
 its PID cannot tell while it is an unreaped zombie; so on Linux the fork server asks the
 kernel for ``SIGTERM`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``), the workers do
 the same of the fork server and also watch their parent change
-(:func:`streamclust.ingest.pipeline._watch_parent`), and the tracker then reads the end
+(:func:`streamclust.ingest.pool._watch_parent`), and the tracker then reads the end
 of its pipe and exits.  At a normal exit :func:`stop_decoder_server` stops the fork server
 and the tracker before this process ends, so nothing of it is left for a moment after.
 """
@@ -24,7 +24,7 @@ import signal
 __all__ = ["decoder_context", "start_decoder_server", "stop_decoder_server", "decoder_server_pid", "die_with_parent"]
 
 # this module first: importing it in the fork server arms the fork server's death signal
-_PRELOAD = ["streamclust.ingest._server", "streamclust.ingest.pipeline"]  # the decode task, readers, decoder
+_PRELOAD = ["streamclust.ingest._server", "streamclust.ingest.pool"]  # the decode task, readers, decoder
 
 #: set (to this process's PID) only while the fork server is started, so that it alone arms its death signal
 _SERVER_PARENT = "STREAMCLUST_DECODER_SERVER_PARENT"

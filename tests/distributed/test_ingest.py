@@ -90,7 +90,7 @@ def test_fit_on_a_cluster_reads_a_store_given_by_url(tmp_path):
 def test_workers_write_the_pixels_and_the_driver_only_metadata(tmp_path, monkeypatch):
     """zip/folder sources on a cluster: decoded pixels go from the workers to a staging array
     and from there, chunk by chunk, into images.zarr; none reach the driver."""
-    import streamclust.ingest.run as run_mod
+    import streamclust.ingest.writer as run_mod
 
     members = [*synthetic_jpegs(500, side=24), *[m[:2] for m in hostile_members()]]
     src = write_zip(tmp_path / "s.zip", members)
@@ -115,7 +115,7 @@ def test_workers_write_the_pixels_and_the_driver_only_metadata(tmp_path, monkeyp
 
 
 def test_a_distributed_ingest_stopped_by_an_error_resumes_to_the_same_store(tmp_path, monkeypatch):
-    import streamclust.ingest.run as run_mod
+    import streamclust.ingest.writer as run_mod
 
     src = write_zip(tmp_path / "s.zip", list(synthetic_jpegs(700, side=16)))
     store = (tmp_path / "bucket" / "images.zarr").as_uri()
@@ -148,7 +148,7 @@ def test_a_worker_keeps_its_reader_until_the_source_changes(tmp_path):
     """Opening a zip parses its whole central directory: a worker opens it once for all its tasks."""
     import os
 
-    from streamclust.ingest.pipeline import _worker_reader
+    from streamclust.ingest.pool import _worker_reader
 
     src = write_zip(tmp_path / "s.zip", list(synthetic_jpegs(5, side=8)))
     first = _worker_reader(str(src), 2**20)

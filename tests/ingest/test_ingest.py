@@ -215,7 +215,7 @@ def test_a_failed_commit_stops_the_run_and_a_rerun_completes_it(tmp_path, monkey
     """Chunks are written on a background thread: its error (a full disk, say) must stop
     the run with that error, leave the last consistent commit, and a re-run must end
     with the same store and manifest as an unbroken run."""
-    import streamclust.ingest.run as run_mod
+    import streamclust.ingest.writer as run_mod
 
     src = write_zip(tmp_path / "a.zip", list(synthetic_jpegs(70, side=16)))
     cfg = IngestConfig(str(src), size=8, chunk_size=16, workers=2)
@@ -249,7 +249,7 @@ def test_a_failed_commit_stops_the_run_and_a_rerun_completes_it(tmp_path, monkey
 def test_worker_counts_and_task_sizes_give_identical_outputs(tmp_path, monkeypatch, task_members):
     """Chunks end inside decode tasks and duplicates span tasks: the store and manifest
     must not depend on how the members were split among tasks and workers."""
-    import streamclust.ingest.pipeline as pipeline
+    import streamclust.ingest.pool as pool
 
     members = list(synthetic_jpegs(60, side=20))
     members += [(f"again/{name}", data) for name, data in members[::7]]  # duplicates of earlier tasks' images
@@ -257,7 +257,7 @@ def test_worker_counts_and_task_sizes_give_identical_outputs(tmp_path, monkeypat
     src = write_zip(tmp_path / "s.zip", members)
     ref = tmp_path / "ref"
     ingest(IngestConfig(str(src), size=8, chunk_size=5, workers=1), ref, progress=False)
-    monkeypatch.setattr(pipeline, "TASK_MEMBERS", task_members)
+    monkeypatch.setattr(pool, "TASK_MEMBERS", task_members)
     for workers in (1, 2):
         run = tmp_path / f"w{workers}"
         ingest(IngestConfig(str(src), size=8, chunk_size=5, workers=workers), run, progress=False)
@@ -272,7 +272,7 @@ def test_worker_counts_and_task_sizes_give_identical_outputs(tmp_path, monkeypat
 def test_an_archive_of_few_images_commits_by_member_count(tmp_path, monkeypatch):
     """Commits also come every COMMIT_MEMBERS members, so the rows held stay bounded when
     chunks fill slowly; the partly written chunk is completed later, to the same bytes."""
-    import streamclust.ingest.run as run_mod
+    import streamclust.ingest.writer as run_mod
 
     images = list(synthetic_jpegs(12, side=16))
     members = []

@@ -79,7 +79,7 @@ def test_overwrite_with_other_settings_removes_the_old_store(source, tmp_path):
 
 
 def test_a_failed_commit_resumes_into_a_url_store(source, tmp_path, monkeypatch):
-    import streamclust.ingest.run as run_mod
+    import streamclust.ingest.writer as run_mod
 
     ref, run = tmp_path / "ref", tmp_path / "run"
     store_path = tmp_path / "remote" / "images.zarr"

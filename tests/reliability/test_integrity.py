@@ -24,7 +24,7 @@ from streamclust import stages
 from streamclust.config import FitConfig, IngestConfig
 from streamclust.errors import IntegrityError, StreamclustError
 from streamclust.ingest import ingest
-from streamclust.ingest import run as ingest_run
+from streamclust.ingest import writer as ingest_writer
 from streamclust.integrity import has_checksums, verify_checksums
 from streamclust.models.io import load_model, save_model
 from streamclust.pipeline.assign import assign_run
@@ -243,8 +243,8 @@ def test_a_manifest_of_the_same_size_with_fewer_rows_is_refused(made, run):
 
 def test_a_partial_manifest_deleted_mid_ingest_starts_again_and_ends_whole(made, tmp_path, monkeypatch, caplog):
     run = tmp_path / "run"
-    monkeypatch.setattr(ingest_run._Writer, "COMMIT_MEMBERS", 8)
-    real = ingest_run._Writer._commit
+    monkeypatch.setattr(ingest_writer._Writer, "COMMIT_MEMBERS", 8)
+    real = ingest_writer._Writer._commit
     calls = []
 
     def commit_then_die(self, *args):
@@ -253,14 +253,14 @@ def test_a_partial_manifest_deleted_mid_ingest_starts_again_and_ends_whole(made,
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed after two commits
 
-    monkeypatch.setattr(ingest_run._Writer, "_commit", commit_then_die)
+    monkeypatch.setattr(ingest_writer._Writer, "_commit", commit_then_die)
     with pytest.raises(KeyboardInterrupt):
         ingest(_ingest_config(made[0]), run, progress=False)
-    monkeypatch.setattr(ingest_run._Writer, "_commit", real)
+    monkeypatch.setattr(ingest_writer._Writer, "_commit", real)
     state = json.loads((run / ".streamclust" / "ingest_state.json").read_text())
     assert state["members_done"] == 16
     (run / ".streamclust" / "manifest.part.csv").unlink()
-    with caplog.at_level(logging.WARNING, logger="streamclust.ingest.run"):
+    with caplog.at_level(logging.WARNING, logger="streamclust.ingest.writer"):
         summary = ingest(_ingest_config(made[0]), run, progress=False)
     assert "ingesting again from the first member" in caplog.text
     assert summary.members == N and summary.ok == N

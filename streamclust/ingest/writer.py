@@ -1,4 +1,5 @@
-"""``streamclust ingest``: a source archive to ``images.zarr`` + ``manifest.csv``, resumably.
+"""The ingest stage's writer: a source archive to ``images.zarr`` + ``manifest.csv``, resumably
+(what ``streamclust ingest`` runs; the decode pool is :mod:`.pool`).
 
 Resume protocol (datatrove/img2dataset style): decoded images are written chunk by chunk;
 after each full chunk of ``images.zarr`` is written, the manifest rows of every member
@@ -37,7 +38,7 @@ from .batch import KEY_BYTES, Batch, collect
 from .decode import DecodeParams, Decoded
 from .digests import DigestIndex
 from .manifest import COLUMNS, format_rows, header, read_manifest
-from .pipeline import DecodedBatches, decoded_members_distributed
+from .pool import DecodedBatches, decoded_members_distributed
 from .readers import ArchiveReader, Member, open_reader
 
 __all__ = ["ingest", "IngestSummary", "IMAGE_CODEC"]
@@ -118,7 +119,7 @@ def _open_staging(location: str, n_members: int, size: int):
     """The staging array, created (or re-created when its shape is not this run's)."""
     import zarr
 
-    from .pipeline import TASK_MEMBERS_DISTRIBUTED
+    from .pool import TASK_MEMBERS_DISTRIBUTED
 
     shape = (n_members, size, size, 3)
     if store_exists(location):
@@ -371,7 +372,7 @@ class _Writer:
             if self.staging is None:
                 self.array[rows_done:rows_done + n] = images
             else:  # staged on the workers: one of them writes the chunk
-                from .pipeline import write_rows_from_staging
+                from .pool import write_rows_from_staging
 
                 done = self.client.submit(write_rows_from_staging, self.staging, images.tolist(), self.location,
                                           rows_done, pure=False).result()

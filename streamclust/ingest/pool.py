@@ -1,4 +1,4 @@
-"""Parallel, order-preserving decoding with a bounded number of members in flight.
+"""The decode pool: parallel, order-preserving decoding with a bounded number of members in flight.
 
 The unit of work is a block of members sized by bytes (:data:`TASK_BYTES`, at most
 :data:`TASK_MEMBERS` members).  For a zip the block is a :class:`~.zipdir.Span`: the

@@ -114,6 +114,15 @@ def reset_fit(run_dir: str | os.PathLike) -> bool:
     return found
 
 
+def _setting(value) -> str:
+    """A setting as the refusal names it: ``0.99``, ``diag``, ``kmeans,gmm``, ``none``."""
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None:
     run_cfg = load_run_config(layout.root)
     saved = run_cfg.get("fit")
@@ -124,9 +133,11 @@ def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None
             if not overwrite:
                 diff = sorted(k for k in set(saved_identity) | set(identity)
                               if saved_identity.get(k) != identity.get(k))
+                said = "; ".join(f"{k.replace('_', '-')} {_setting(saved_identity.get(k))} then, "
+                                 f"{_setting(identity.get(k))} now" for k in diff)
                 raise ConfigMismatchError(
-                    f"{layout.root} was fitted with other settings ({', '.join(diff)} differ); "
-                    "pass --overwrite to fit again"
+                    f"{layout.root} was fitted with other settings ({said}); give the settings it was "
+                    "fitted with to resume or reuse it, or pass --overwrite to fit again with these"
                 )
             _reset_fit(layout)
     elif overwrite:

@@ -294,3 +294,20 @@ def test_a_refused_fit_saves_no_settings_so_the_corrected_one_runs(ingested, tmp
     assert (run / "config.json").read_text() == before
     assert main(["fit", str(run), "--pca-components", "5", "--clusters", "5", "--gmm-components", "2",
                  "--max-iter", "30", "--quiet"]) == 0
+
+
+def test_a_fit_with_other_settings_is_refused_naming_each_then_and_now(ingested, tmp_path, capsys):
+    """`fit RUN` without the flags the run was fitted with: the refusal says which settings
+    differ, what they were and what they are now, and how to go on."""
+    _, base = ingested
+    run = _copy_run(base, tmp_path / "run")
+    assert main(["fit", str(run), "--pca-components", "5", "--clusters", "5", "--gmm-components", "2",
+                 "--max-iter", "30", "--quiet"]) == 0
+    before = (run / "config.json").read_text()
+    assert main(["fit", str(run), "--pca-components", "5", "--clusters", "7", "--gmm-components", "2",
+                 "--max-iter", "30", "--covariance", "spherical", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "clusters 5 then, 7 now; covariance diag then, spherical now" in err
+    assert "give the settings it was fitted with to resume" in err and "--overwrite" in err
+    assert (run / "config.json").read_text() == before

@@ -157,10 +157,6 @@ def _verify_inputs(layout: RunLayout) -> None:
         _reset_fit(layout)
 
 
-def _progress(stage: str, enabled: bool | None, max_passes: int | None = None, phases=None):
-    return PassBars(stage, enabled, max_passes=max_passes, phases=phases)
-
-
 def fit_run(
     run_dir: str | os.PathLike,
     config: FitConfig | None = None,
@@ -436,7 +432,7 @@ def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, cl
     ck = Checkpointer(layout.state_dir / f"fit-{stage}.ckpt.npz",
                       key=fingerprint([stage, params, data_key]), every_seconds=CHECKPOINT_SECONDS)
     logger.info("fitting %s", stage)
-    with _progress(stage, progress, phases=phases) as bars:
+    with PassBars(stage, progress, phases=phases) as bars:
 
         def report(name: str, done: int, total: int) -> None:
             bars(name, done, total)
@@ -536,7 +532,7 @@ def _write_features(layout: RunLayout, pca, images, rows: np.ndarray, config: Fi
     source = RowSource(images, rows if isinstance(data_rows, str) else data_rows)
     project = None
     step = int(images.chunks[0])  # pixels read at a time: one chunk of the image store
-    bars = _progress("features", progress)
+    bars = PassBars("features", progress)
     try:
         for c0 in range(int(state["rows_done"]), rows.size, chunk):
             c1 = min(c0 + chunk, rows.size)

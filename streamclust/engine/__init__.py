@@ -43,6 +43,10 @@ The modules
                 of rows (the blocks, the client: :mod:`streamclust.distributed`)
 ``combined``    :class:`CombinedPlan`
 ``estimator``   :class:`StreamingMixin` (what an estimator implements), :func:`fit_streaming`, :func:`draw_seed`
+``backend``     :class:`Backend` (NumPy or PyTorch, device, precision), :func:`resolve_backend`, and the
+                few array operations the array API standard lacks; the kernels are written once against
+                the standard (``array-api-compat``) and run on either
+``transfer``    :class:`DeviceFeed`: batches read ahead on the CPU, copied to the device, cached there
 
 The engine imports nothing of :mod:`streamclust.models`; the models and the stages import
 it (``from streamclust.engine import ...``), never its modules' private names.
@@ -69,12 +73,14 @@ Example: the mean of every row, one pass, resumable::
 
 from __future__ import annotations
 
+from .backend import BACKENDS, NUMPY, PRECISIONS, Backend, BackendError, resolve_backend
 from .checkpoint import Checkpointer
 from .cluster import run_passes_distributed
 from .combined import CombinedAccumulator, CombinedPlan
 from .estimator import StreamingMixin, draw_seed, fit_streaming
-from .execute import drive, run_passes
+from .execute import drive, run_passes, settle
 from .plan import Accumulator, Plan, ProgressFn, State, fingerprint, pass_rng
+from .transfer import DeviceFeed, FeedStats
 from .rows import (RowSource, TransformedRows, as_row_source, check_sample_weight, is_lazy_array, output_dtype,
                    weight_slice)
 

@@ -59,11 +59,16 @@ class CombinedAccumulator:
             a.merge(b)
 
     def update(self, X: np.ndarray, offset: int) -> None:
-        if X.flags.writeable:
+        if isinstance(X, np.ndarray) and X.flags.writeable:
             X = X.view()
             X.flags.writeable = False
         for part in self.parts:
             part.update(X, offset)
+
+    def to_host(self) -> None:
+        """Bring every part's state back to NumPy (see :func:`streamclust.engine.execute.settle`)."""
+        for part in self.parts:
+            getattr(part, "to_host", lambda: None)()
 
     def state_dict(self) -> State:
         state: State = {"members": np.asarray(self.members, dtype=np.int64)}

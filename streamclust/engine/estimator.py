@@ -9,15 +9,18 @@ An estimator implements ``_make_plan(source)`` and ``_finish_plan(plan, source)`
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from sklearn.utils import check_random_state
 
+from .backend import NUMPY, Backend, resolve_backend
 from .checkpoint import Checkpointer
 from .execute import drive
 from .plan import Plan, ProgressFn
 from .rows import RowSource, as_row_source, check_sample_weight
+from .transfer import DeviceFeed
 
 __all__ = ["StreamingMixin", "fit_streaming", "draw_seed"]
 
@@ -38,12 +41,34 @@ class StreamingMixin:
 
     #: dtype of the batches the plan receives
     _batch_dtype: Any = np.float64
+    #: the parameter holding the precision of the PyTorch backend's products
+    _precision_param = "precision"
 
     def _make_plan(self, source: RowSource) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _finish_plan(self, plan: Plan, source: RowSource) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _resolved_backend(self, client=None) -> Backend:
+        """The :class:`~streamclust.engine.backend.Backend` of the ``backend``, ``device`` and
+        ``precision`` parameters (NumPy for estimators without them, and for ``auto`` on a
+        dask cluster, whose workers run NumPy)."""
+        name = getattr(self, "backend", "numpy")
+        device = getattr(self, "device", "cpu")
+        precision = getattr(self, self._precision_param, "float64")
+        if client is not None and name == "auto" and device in ("auto", "cpu"):
+            return Backend("numpy", "cpu", precision)
+        return resolve_backend(name, device, precision)
+
+    def _device_batches(self, source: RowSource, dtype=np.float64):
+        """``(offset, batch)`` of ``source`` on the estimator's backend, for one pass of
+        inference (predict, transform, score): PyTorch batches are in ``dtype``'s precision,
+        read ahead and not kept on the device."""
+        backend = self._resolved_backend()
+        if not backend.is_numpy:
+            backend = replace(backend, precision=np.dtype(dtype).name)
+        return DeviceFeed(source, backend, cache_bytes=0).batches(int(self.batch_size), dtype=dtype)
 
 
 def fit_streaming(
@@ -75,6 +100,6 @@ def fit_streaming(
     else:
         plan = estimator._make_plan(source, sample_weight=check_sample_weight(sample_weight, source.n_samples))
     drive(plan, source, int(estimator.batch_size), dtype=estimator._batch_dtype, checkpoint=checkpoint,
-          progress=progress, client=client)
+          progress=progress, client=client, backend=estimator._resolved_backend(client))
     estimator._finish_plan(plan, source)
     return estimator

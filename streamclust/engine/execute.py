@@ -12,12 +12,14 @@ import logging
 
 import numpy as np
 
+from .backend import NUMPY, Backend, BackendError
 from .checkpoint import Checkpointer
 from .cluster import run_passes_distributed
 from .plan import Accumulator, Plan, ProgressFn
 from .rows import RowSource
+from .transfer import DeviceFeed
 
-__all__ = ["run_passes", "drive"]
+__all__ = ["run_passes", "drive", "settle"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +32,20 @@ def run_passes(
     dtype=np.float64,
     checkpoint: Checkpointer | None = None,
     progress: ProgressFn | None = None,
+    backend: Backend = NUMPY,
+    feed: DeviceFeed | None = None,
 ) -> Plan:
     """Drive ``plan`` over ``source`` until it reports no further pass.
 
     With a ``checkpoint``, a saved state is resumed first and the state is saved every
     ``checkpoint.every_seconds`` and at the end of each pass.  ``progress`` is called as
-    ``progress(pass_name, rows_done, n_rows)`` after each batch.
+    ``progress(pass_name, rows_done, n_rows)`` after each batch.  The batches are arrays
+    of ``backend`` on its device (a :class:`~streamclust.engine.transfer.DeviceFeed`,
+    or the ``feed`` given); an accumulator's state is brought back to NumPy
+    (:func:`settle`) before it is checkpointed or ends its pass.
     """
+    if feed is None:
+        feed = DeviceFeed(source, backend)
     pass_index, start_row = 0, 0
     acc: Accumulator | None = None
     if checkpoint is not None:
@@ -57,13 +66,15 @@ def run_passes(
             start_row = 0
             if acc is None:
                 break
-        for offset, X in source.iter_batches(batch_size, start=start_row, dtype=dtype):
+        for offset, X in feed.batches(batch_size, start=start_row, dtype=dtype):
             acc.update(X, offset)
             done = offset + X.shape[0]
             if progress is not None:
                 progress(acc.name, done, n)
             if checkpoint is not None and done < n and checkpoint.due():
+                settle(acc)
                 checkpoint.save(plan, acc, pass_index, done)
+        settle(acc)
         plan.end_pass(acc)
         acc = None
         pass_index += 1
@@ -72,17 +83,30 @@ def run_passes(
     return plan
 
 
+def settle(acc) -> None:
+    """Bring an accumulator's state from the device to NumPy (its ``to_host()``, if it has one)."""
+    to_host = getattr(acc, "to_host", None)
+    if to_host is not None:
+        to_host()
+
+
 def drive(plan: Plan, source: RowSource, batch_size: int, *, dtype=np.float64, checkpoint: Checkpointer | None = None,
-          progress: ProgressFn | None = None, client=None) -> Plan:
+          progress: ProgressFn | None = None, client=None, backend: Backend = NUMPY,
+          feed: DeviceFeed | None = None) -> Plan:
     """Run ``plan`` over ``source`` until it has no further pass; returns the plan.
 
     In this process (:func:`run_passes`: checkpoints mid-pass every
     ``checkpoint.every_seconds`` and at the end of each pass), or with a dask.distributed
     ``client`` as one task per block of rows, the accumulators merged in a tree
     (checkpoints between passes).  ``progress(pass_name, rows_done, n_rows)`` is called
-    as batches are done.
+    as batches are done.  ``backend`` says where the arithmetic runs (in this process
+    only: a dask cluster's workers run NumPy).
     """
     if client is None:
-        return run_passes(plan, source, batch_size, dtype=dtype, checkpoint=checkpoint, progress=progress)
+        return run_passes(plan, source, batch_size, dtype=dtype, checkpoint=checkpoint, progress=progress,
+                          backend=backend, feed=feed)
+    if not backend.is_numpy:
+        raise BackendError("--backend torch runs the passes in this process: with a dask scheduler "
+                           "use --backend numpy (or auto)")
     return run_passes_distributed(plan, source, batch_size, client, dtype=dtype, checkpoint=checkpoint,
                                   progress=progress)

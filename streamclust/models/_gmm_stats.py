@@ -35,9 +35,8 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import sparse
-
 from ..engine import pass_rng, weight_slice
+from ..engine.backend import DeviceState, bincount, empty, host, is_numpy, like, namespace, one_hot, sum_squares
 from ._parallel import blocks as split_blocks, map_blocks
 from ..errors import ConvergenceError
 from .kmeans import nearest_centre
@@ -177,14 +176,16 @@ def n_parameters(covariance_type: str, n_components: int, n_features: int) -> in
 # densities
 
 
-def gmm_log_prob(X: np.ndarray, means: np.ndarray, precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndarray:
+def gmm_log_prob(X, means, precisions_cholesky, covariance_type: str):
     """Log-density ``log N(x_i | mu_k, Sigma_k)`` of each row under each component.
 
-    Same formulas as scikit-learn's ``_estimate_log_gaussian_prob``.
+    Same formulas as scikit-learn's ``_estimate_log_gaussian_prob``.  One implementation
+    for every backend: ``X`` is a NumPy array or a PyTorch tensor (the parameters, NumPy
+    arrays, are taken to its device and dtype).
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : ndarray or tensor of shape (n_samples, n_features)
     means : ndarray of shape (n_components, n_features)
     precisions_cholesky : ndarray
         Cholesky factors of the precisions; shape depends on ``covariance_type``.
@@ -192,63 +193,60 @@ def gmm_log_prob(X: np.ndarray, means: np.ndarray, precisions_cholesky: np.ndarr
 
     Returns
     -------
-    log_prob : ndarray of shape (n_samples, n_components)
+    log_prob : array of shape (n_samples, n_components), in ``X``'s namespace
     """
-    X = np.asarray(X, dtype=np.float64)
+    if is_numpy(X):
+        X = np.asarray(X, dtype=np.float64)
+    xp = namespace(X)
+    means, pc = like(X, means), like(X, precisions_cholesky)
     n_samples, n_features = X.shape
     n_components = means.shape[0]
-    pc = precisions_cholesky
     if covariance_type == "full":
-        log_det = np.sum(np.log(pc.reshape(n_components, -1)[:, :: n_features + 1]), axis=1)
-        maha = np.empty((n_samples, n_components))
+        log_det = xp.sum(xp.log(xp.reshape(pc, (n_components, -1))[:, :: n_features + 1]), axis=1)
+        maha = empty((n_samples, n_components), X)
         for k in range(n_components):
             y = X @ pc[k] - means[k] @ pc[k]
-            maha[:, k] = np.sum(np.square(y), axis=1)
+            maha[:, k] = xp.sum(y * y, axis=1)
     elif covariance_type == "tied":
-        log_det = np.sum(np.log(np.diag(pc)))
-        maha = np.empty((n_samples, n_components))
+        log_det = xp.sum(xp.log(xp.linalg.diagonal(pc)))
+        maha = empty((n_samples, n_components), X)
         XP = X @ pc
         for k in range(n_components):
             y = XP - means[k] @ pc
-            maha[:, k] = np.sum(np.square(y), axis=1)
+            maha[:, k] = xp.sum(y * y, axis=1)
     elif covariance_type == "diag":
-        log_det = np.sum(np.log(pc), axis=1)
+        log_det = xp.sum(xp.log(pc), axis=1)
         prec = pc**2
-        maha = np.sum(means**2 * prec, axis=1) - 2.0 * (X @ (means * prec).T) + (X**2 @ prec.T)
+        maha = xp.sum(means**2 * prec, axis=1) - 2.0 * (X @ (means * prec).T) + (X**2 @ prec.T)
     elif covariance_type == "spherical":
-        log_det = n_features * np.log(pc)
+        log_det = n_features * xp.log(pc)
         prec = pc**2
         maha = (
-            np.sum(means**2, axis=1) * prec
+            xp.sum(means**2, axis=1) * prec
             - 2 * (X @ means.T * prec)
-            + np.outer(np.einsum("ij,ij->i", X, X), prec)
+            + sum_squares(X, axis=1)[:, None] * prec[None, :]
         )
     else:  # pragma: no cover - validated upstream
         raise ValueError(f"unknown covariance_type {covariance_type!r}")
     return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
 
 
-def gmm_log_resp(
-    X: np.ndarray,
-    weights: np.ndarray,
-    means: np.ndarray,
-    precisions_cholesky: np.ndarray,
-    covariance_type: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """E-step on a batch: ``(log p(x_i), log responsibilities)``.
+def gmm_log_resp(X, weights, means, precisions_cholesky, covariance_type: str):
+    """E-step on a batch: ``(log p(x_i), log responsibilities)``, in ``X``'s namespace.
 
     Returns
     -------
-    log_prob_norm : ndarray of shape (n_samples,)
-    log_resp : ndarray of shape (n_samples, n_components)
+    log_prob_norm : array of shape (n_samples,)
+    log_resp : array of shape (n_samples, n_components)
     """
+    lp = gmm_log_prob(X, means, precisions_cholesky, covariance_type)
+    xp = namespace(lp)
     with np.errstate(divide="ignore"):
-        log_w = np.log(weights)
-    wlp = gmm_log_prob(X, means, precisions_cholesky, covariance_type) + log_w
-    amax = np.max(wlp, axis=1, keepdims=True)
-    amax = np.where(np.isfinite(amax), amax, 0.0)
+        wlp = lp + xp.log(like(lp, weights))
+    amax = xp.max(wlp, axis=1, keepdims=True)
+    amax = xp.where(xp.isfinite(amax), amax, xp.zeros_like(amax))
     with np.errstate(under="ignore", divide="ignore"):
-        log_norm = np.log(np.sum(np.exp(wlp - amax), axis=1)) + amax[:, 0]
+        log_norm = xp.log(xp.sum(xp.exp(wlp - amax), axis=1)) + amax[:, 0]
         log_resp = wlp - log_norm[:, None]
     return log_norm, log_resp
 
@@ -257,7 +255,7 @@ def gmm_log_resp(
 # sufficient statistics
 
 
-class GMMSuffStats:
+class GMMSuffStats(DeviceState):
     """Responsibility-weighted moments of the data, centred on a per-component shift.
 
     Parameters
@@ -306,69 +304,74 @@ class GMMSuffStats:
         self.log_likelihood = 0.0
 
     # -- accumulation -----------------------------------------------------------------
-    def _ensure_shift(self, X: np.ndarray) -> None:
-        if self.shift is None:
-            self.shift = np.repeat(X.mean(axis=0)[None, :], self.n_components, axis=0)
+    # sums that live on the batches' device during a pass (DeviceState)
+    _device_state = ("nk", "sx", "sxx", "shift", "log_likelihood")
 
-    def accumulate(self, X: np.ndarray, resp: np.ndarray, log_prob_norm: np.ndarray | None = None,
-                   sample_weight: np.ndarray | None = None) -> None:
+    def _ensure_shift(self, X) -> None:
+        if self.shift is None:
+            g = host(namespace(X).mean(X, axis=0), np.float64)
+            self.shift = np.repeat(g[None, :], self.n_components, axis=0)
+
+    def _begin(self, X) -> None:
+        self._ensure_shift(X)
+        self._follow(X)
+
+    def accumulate(self, X, resp, log_prob_norm=None, sample_weight: np.ndarray | None = None) -> None:
         """Add a batch with soft responsibilities ``resp`` of shape (n, n_components)
-        (and per-row weights ``sample_weight``)."""
+        (and per-row weights ``sample_weight``).  ``X`` and ``resp`` are NumPy arrays or
+        tensors of one device; the sums are float64 whatever their dtype."""
         if X.shape[0] == 0:
             return
-        self._ensure_shift(X)
+        self._begin(X)
+        xp = namespace(X)
         if sample_weight is not None:
-            resp = resp * sample_weight[:, None]
+            resp = resp * like(resp, sample_weight)[:, None]
         ct = self.covariance_type
-        nk = resp.sum(axis=0)
+        nk = xp.sum(resp, axis=0)
         self.nk += nk
         if ct in ("diag", "spherical", None):
             self._add_diag_moments(X, resp.T, nk)
         else:
             for k in range(self.n_components):
-                D = X - self.shift[k]
+                D = X - like(X, self.shift[k])
                 rD = resp[:, k : k + 1] * D
-                self.sx[k] += rD.sum(axis=0)
+                self.sx[k] += xp.sum(rD, axis=0)
                 if ct == "full":
                     self.sxx[k] += rD.T @ D
                 else:  # tied
                     self.sxx += rD.T @ D
         self._count(X, log_prob_norm, sample_weight)
 
-    def accumulate_hard(self, X: np.ndarray, labels: np.ndarray, log_prob_norm: np.ndarray | None = None,
-                        sample_weight: np.ndarray | None = None) -> None:
+    def accumulate_hard(self, X, labels, log_prob_norm=None, sample_weight: np.ndarray | None = None) -> None:
         """Add a batch with one-hot responsibilities given as component ``labels``
         (and per-row weights ``sample_weight``)."""
         if X.shape[0] == 0:
             return
-        self._ensure_shift(X)
+        self._begin(X)
+        xp = namespace(X)
         ct = self.covariance_type
         w = sample_weight
+        k = self.n_components
         if ct in ("diag", "spherical", None):
-            n, k = X.shape[0], self.n_components
-            counts = np.bincount(labels, minlength=k)
-            indptr = np.zeros(k + 1, dtype=np.int64)
-            np.cumsum(counts, out=indptr[1:])
-            order = np.argsort(labels, kind="stable")
-            data = np.ones(n) if w is None else w[order]
-            onehot = sparse.csr_matrix((data, order, indptr), shape=(k, n))
-            nk = counts.astype(np.float64) if w is None else np.bincount(labels, weights=w, minlength=k)
+            counts = bincount(labels, k)
+            nk = xp.astype(counts, self.nk.dtype) if w is None else bincount(labels, k, w)
             self.nk += nk
-            self._add_diag_moments(X, onehot, nk)
+            self._add_diag_moments(X, one_hot(labels, k, w, like_array=X), nk)
         else:
-            for k in np.unique(labels):
-                mask = labels == k
-                D = X[mask] - self.shift[k]
-                wD = D if w is None else w[mask, None] * D
-                self.nk[k] += D.shape[0] if w is None else float(w[mask].sum())
-                self.sx[k] += wD.sum(axis=0)
+            labels_h = host(labels)
+            for j in np.unique(labels_h):
+                rows = np.flatnonzero(labels_h == j)
+                D = X[like(labels, rows)] - like(X, self.shift[j])
+                wD = D if w is None else like(X, w[rows])[:, None] * D
+                self.nk[int(j)] += D.shape[0] if w is None else float(w[rows].sum())
+                self.sx[int(j)] += xp.sum(wD, axis=0)
                 if ct == "full":
-                    self.sxx[k] += wD.T @ D
+                    self.sxx[int(j)] += wD.T @ D
                 else:  # tied
                     self.sxx += wD.T @ D
         self._count(X, log_prob_norm, w)
 
-    def _add_diag_moments(self, X: np.ndarray, R, nk: np.ndarray) -> None:
+    def _add_diag_moments(self, X, R, nk) -> None:
         """``sx`` and the diagonal ``sxx`` of a batch from matrix products.
 
         ``R`` is the ``(n_components, n)`` responsibility matrix (dense or sparse) and
@@ -376,24 +379,24 @@ class GMMSuffStats:
         ``a_k = shift_k - g``: ``sum_i r_ik (x_i - shift_k) = R Y - nk a`` and
         ``sum_i r_ik (x_i - shift_k)^2 = R Y^2 - 2 a (R Y) + nk a^2`` (two products
         for all components instead of a pass over the batch per component).
-        Column slabs of the products are computed by the thread pool (each slab its own
-        columns of the output, so the result does not depend on the threads).
+        With NumPy, column slabs of the products are computed by the thread pool (each slab
+        its own columns of the output, so the result does not depend on the threads).
         """
-        g = X.mean(axis=0)
+        xp = namespace(X)
+        g = xp.mean(X, axis=0)
         n, d = X.shape
         k = R.shape[0]
-        RY = np.empty((k, d))
-        RY2 = None if self.sxx is None else np.empty((k, d))
+        RY = empty((k, d), X)
+        RY2 = None if self.sxx is None else empty((k, d), X)
 
         def slab(lo: int, hi: int) -> None:
             Y = X[:, lo:hi] - g[lo:hi]
             RY[:, lo:hi] = R @ Y
             if RY2 is not None:
-                np.multiply(Y, Y, out=Y)
-                RY2[:, lo:hi] = R @ Y
+                RY2[:, lo:hi] = R @ (Y * Y)
 
-        map_blocks(slab, split_blocks(d, 4.0 * n * d * k))
-        a = self.shift - g
+        map_blocks(slab, split_blocks(d, 4.0 * n * d * k) if is_numpy(X) else [(0, d)])
+        a = self.shift - like(self.shift, g)
         self.sx += RY - nk[:, None] * a
         if self.sxx is not None:
             self.sxx += RY2 - 2.0 * a * RY + nk[:, None] * a**2
@@ -401,9 +404,10 @@ class GMMSuffStats:
     def _count(self, X, log_prob_norm, sample_weight=None) -> None:
         self.n_rows += int(X.shape[0])
         self.weight_sum += float(X.shape[0]) if sample_weight is None else float(np.sum(sample_weight))
-        if log_prob_norm is not None:
-            self.log_likelihood += float(np.sum(log_prob_norm) if sample_weight is None
-                                         else log_prob_norm @ sample_weight)
+        if log_prob_norm is not None:  # a device scalar until the pass settles (no synchronisation per batch)
+            xp = namespace(log_prob_norm)
+            self.log_likelihood = self.log_likelihood + (
+                xp.sum(log_prob_norm) if sample_weight is None else log_prob_norm @ like(log_prob_norm, sample_weight))
 
     # -- algebra ----------------------------------------------------------------------
     def reshift(self, new_shift: np.ndarray) -> None:
@@ -528,19 +532,35 @@ class GMMStatsAccumulator(GMMSuffStats):
         self.name = name
         self.sample_weight = sample_weight
 
-    def update(self, X: np.ndarray, offset: int = 0) -> None:
-        X = np.asarray(X, dtype=np.float64)
+    def _model(self, X) -> tuple:
+        """The pass's model on the batch's device, in its dtype (converted once)."""
+        if is_numpy(X):
+            return self.weights, self.means, self.precisions_cholesky
+        key = (str(X.device), str(X.dtype))
+        if getattr(self, "_on_device", (None,))[0] != key:
+            self._on_device = (key, tuple(like(X, a) for a in (self.weights, self.means, self.precisions_cholesky)))
+        return self._on_device[1]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_on_device", None)  # a cache of device copies, never shipped
+        return state
+
+    def update(self, X, offset: int = 0) -> None:
+        if is_numpy(X):
+            X = np.asarray(X, dtype=np.float64)
+        xp = namespace(X)
         n, k = X.shape[0], self.n_components
-        log_norm, resp = np.empty(n), np.empty((n, k))
+        model = self._model(X)
+        log_norm, resp = empty((n,), X), empty((n, k), X)
 
         def rows(lo: int, hi: int) -> None:  # the E-step of rows lo:hi (the thread pool's blocks)
-            log_norm[lo:hi], log_resp = gmm_log_resp(X[lo:hi], self.weights, self.means, self.precisions_cholesky,
-                                                     self.covariance_type)
+            log_norm[lo:hi], log_resp = gmm_log_resp(X[lo:hi], *model, self.covariance_type)
             with np.errstate(under="ignore"):
-                np.exp(log_resp, out=resp[lo:hi])
+                resp[lo:hi] = xp.exp(log_resp)
 
-        work = 4.0 * n * X.shape[1] * k if self.covariance_type in ("diag", "spherical") else 0.0
-        map_blocks(rows, split_blocks(n, work))
+        diag = self.covariance_type in ("diag", "spherical")
+        map_blocks(rows, split_blocks(n, 4.0 * n * X.shape[1] * k) if diag and is_numpy(X) else [(0, n)])
         self.accumulate(X, resp, log_norm, weight_slice(self.sample_weight, offset, X.shape[0]))
 
 
@@ -560,10 +580,15 @@ class HardAssignAccumulator(GMMSuffStats):
         self.name = name
         self.sample_weight = sample_weight
 
-    def update(self, X: np.ndarray, offset: int = 0) -> None:
-        labels, mind = nearest_centre(X, self.centres, self._c2)
+    _device_state = GMMSuffStats._device_state + ("inertia",)
+
+    def update(self, X, offset: int = 0) -> None:
+        if is_numpy(X):
+            X = np.asarray(X, dtype=np.float64)
+        self._begin(X)
+        labels, mind = nearest_centre(X, like(X, self.centres), like(X, self._c2))
         w = weight_slice(self.sample_weight, offset, X.shape[0])
-        self.inertia += float(mind.sum() if w is None else mind @ w)
+        self.inertia = self.inertia + (namespace(mind).sum(mind) if w is None else mind @ like(mind, w))
         self.accumulate_hard(X, labels, sample_weight=w)
 
     def merge(self, other):
@@ -601,7 +626,7 @@ class RandomRespAccumulator(GMMSuffStats):
         rng = pass_rng(self.seed, self.pass_index, self.stream, offset)
         resp = rng.uniform(size=(X.shape[0], self.n_components))
         resp /= resp.sum(axis=1, keepdims=True)
-        self.accumulate(X, resp, sample_weight=weight_slice(self.sample_weight, offset, X.shape[0]))
+        self.accumulate(X, like(X, resp), sample_weight=weight_slice(self.sample_weight, offset, X.shape[0]))
 
 
 # --------------------------------------------------------------------------------------

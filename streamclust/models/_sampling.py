@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine.backend import host_rows
+
 __all__ = ["sample_row_indices", "RowSampleAccumulator"]
 
 
@@ -58,7 +60,7 @@ class RowSampleAccumulator:
         lo = np.searchsorted(self.rows, offset, side="left")
         hi = np.searchsorted(self.rows, offset + X.shape[0], side="left")
         if hi > lo:
-            self.sample[lo:hi] = X[self.rows[lo:hi] - offset]
+            self.sample[lo:hi] = host_rows(X, self.rows[lo:hi] - offset)
             self.filled[lo:hi] = True
 
     def merge(self, other: "RowSampleAccumulator") -> None:

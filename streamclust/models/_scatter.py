@@ -28,6 +28,7 @@ import numpy as np
 from scipy import linalg
 
 from ..engine import pass_rng
+from ..engine.backend import DeviceState, float64, host, is_numpy, like, namespace, numpy_dtype
 from ._parallel import map_blocks
 
 __all__ = ["ScatterAccumulator", "CovariancePlan", "EIGH_MAX_FEATURES", "EXACT_F32_ROWS", "scatter_bytes"]
@@ -60,7 +61,7 @@ def _slabs(d: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + _SLAB, d)) for lo in range(0, d, _SLAB)]
 
 
-class ScatterAccumulator:
+class ScatterAccumulator(DeviceState):
     """One pass: the shifted sums ``S1`` and the upper triangle of ``C_s`` (float64).
 
     The triangle is held as slabs of rows, slab ``[a, e)`` holding ``C_s[a:e, a:]``: half
@@ -69,6 +70,7 @@ class ScatterAccumulator:
     """
 
     name = "PCA scatter matrix"
+    _device_state = ("s1", "slabs")
 
     def __init__(self, n_features: int, shift: np.ndarray | None = None):
         d = int(n_features)
@@ -82,20 +84,24 @@ class ScatterAccumulator:
     def update(self, X: np.ndarray, offset: int) -> None:
         from .pca import _integer_sums, _representable_shift
 
+        xp = namespace(X)
+        f64 = float64(X)
         if not self.has_shift:
-            self.shift = _representable_shift(X.mean(axis=0, dtype=np.float64), X.dtype)
+            self.shift = _representable_shift(host(xp.sum(X, axis=0, dtype=f64)) / X.shape[0], numpy_dtype(X))
             self.has_shift = True
+        self._follow(X)
         b, d = X.shape
-        exact32 = X.dtype.kind in "iub" and X.dtype.itemsize == 1
+        exact32 = is_numpy(X) and X.dtype.kind in "iub" and X.dtype.itemsize == 1
         if exact32:
             Xc = np.subtract(X, self.shift.astype(np.float32), dtype=np.float32)
             step = EXACT_F32_ROWS
             s1, _ = _integer_sums(X, False)
             self.s1 += s1 - b * self.shift
         else:
-            Xc = np.subtract(X, self.shift, dtype=np.float64)
+            # (the exact method: float64 products on every backend and precision)
+            Xc = np.subtract(X, self.shift, dtype=np.float64) if is_numpy(X) else xp.astype(X, f64) - like(X, self.shift, f64)
             step = b
-            self.s1 += Xc.sum(axis=0)
+            self.s1 += xp.sum(Xc, axis=0, dtype=f64)
         row_blocks = [(lo, min(lo + step, b)) for lo in range(0, b, step)]
         bounds = _slabs(d)
 
@@ -105,7 +111,11 @@ class ScatterAccumulator:
             for lo, hi in row_blocks:
                 out += Xc[lo:hi, a:e].T @ Xc[lo:hi, a:]
 
-        map_blocks(slab, [(i, i + 1) for i in range(len(bounds))])
+        if is_numpy(X):
+            map_blocks(slab, [(i, i + 1) for i in range(len(bounds))])
+        else:
+            for i in range(len(bounds)):
+                slab(i, i + 1)
         self.n += b
 
     def _shift_to(self, new_shift: np.ndarray) -> None:

@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ..engine.backend import host
 from ..engine import RowSource, StreamingMixin, as_row_source, fit_streaming
 from .kmeans import StreamingKMeans, _cluster_sums, _LabelAccumulator, nearest_centre
 
@@ -203,6 +204,7 @@ class _SubclusterStats(_LabelAccumulator):
         self.ss = np.zeros(k)
 
     def update(self, X: np.ndarray, offset: int) -> None:
+        X = host(X, np.float64)  # agglomerative clustering's passes run with NumPy
         k = self.centers.shape[0]
         labels, _ = nearest_centre(X, self.centers, self._centers_sq)
         self.labels[offset : offset + X.shape[0]] = labels

@@ -26,7 +26,8 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..engine import RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
+from ..engine.backend import PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters, host
+from ..engine import RowSource, settle, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
 from ._gmm_stats import (
     GMMStatsAccumulator,
     GMMSuffStats,
@@ -91,6 +92,10 @@ class _MultiAccumulator:
     def update(self, X: np.ndarray, offset: int) -> None:
         for part in self.parts:
             part.update(X, offset)
+
+    def to_host(self) -> None:
+        for part in self.parts:
+            settle(part)
 
     def merge(self, other: "_MultiAccumulator") -> "_MultiAccumulator":
         for a, b in zip(self.parts, other.parts):
@@ -443,6 +448,7 @@ class GMMPlan:
 # the estimator
 
 
+@document_parameters()
 class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
     """Gaussian mixture fitted by exact EM streamed over arrays larger than memory.
 
@@ -509,6 +515,7 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         Step-size exponent of :meth:`partial_fit`: the ``t``-th online update (``t = 0,
         1, ...``) blends the batch statistics with weight ``(t + 2) ** -decay``; must
         lie in ``(0.5, 1]`` for the stochastic-approximation conditions to hold.
+    {backend_parameters}
 
     Attributes
     ----------
@@ -592,6 +599,7 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         **GaussianMixture._parameter_constraints,
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "decay": [Interval(Real, 0.5, 1.0, closed="right")],
+        **BACKEND_CONSTRAINTS,
     }
 
     def __init__(
@@ -613,6 +621,9 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         verbose_interval=10,
         batch_size=4096,
         decay=0.7,
+        backend="auto",
+        device="auto",
+        precision="float64",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -630,6 +641,9 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         self.verbose_interval = verbose_interval
         self.batch_size = batch_size
         self.decay = decay
+        self.backend = backend
+        self.device = device
+        self.precision = precision
 
     # -- fitting ----------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None):
@@ -862,16 +876,17 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
     def _batches(self, X):
         check_is_fitted(self)
         source = as_row_source(self, X, reset=False)
-        return source, source.iter_batches(int(self.batch_size))
+        return source, self._device_batches(source)
 
     def _log_resp_batches(self, X, source=None):
         if source is None:
             source, batches = self._batches(X)
         else:
-            batches = source.iter_batches(int(self.batch_size))
+            batches = self._device_batches(source)
         weights, means, _, prec_chol = self._float64_params()
         for _, Xb in batches:
-            yield gmm_log_resp(Xb, weights, means, prec_chol, self.covariance_type)
+            log_norm, log_resp = gmm_log_resp(Xb, weights, means, prec_chol, self.covariance_type)
+            yield host(log_norm), host(log_resp)
 
     def score_samples(self, X):
         """Log-likelihood of each row of ``X`` (streamed).

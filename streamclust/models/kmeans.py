@@ -20,13 +20,15 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from scipy import sparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.cluster import kmeans_plusplus
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from ..engine.backend import (DeviceState, bincount, float64, host, is_numpy, largest, like, namespace, one_hot,
+                              sum_squares)
+from ..engine.backend import PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters
 from ..engine import (RowSource, StreamingMixin, as_row_source, check_sample_weight, draw_seed, fit_streaming,
                       output_dtype, pass_rng, weight_slice)
 from ._sampling import RowSampleAccumulator, sample_row_indices
@@ -40,52 +42,51 @@ _PARTIAL_FIT_STREAM = 2**31 - 1
 
 
 # ------------------------------------------------------------------------- kernels
-def squared_distances(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None) -> np.ndarray:
+def squared_distances(X, centers, centers_sq=None):
     """``||x - c||^2`` of every row and centre, ``(n, k)``, as ``-2 x.c + ||c||^2 + ||x||^2``.
 
     Not clipped: rounding may leave a value slightly below 0.  ``centers_sq`` (the
     centres' squared norms) may be passed when the same centres serve many batches.
+    ``X`` and ``centers`` are NumPy arrays or tensors of one device.
     """
     if centers_sq is None:
-        centers_sq = np.einsum("ij,ij->i", centers, centers)
+        centers_sq = sum_squares(centers, axis=1)
     d2 = X @ centers.T
     d2 *= -2.0
     d2 += centers_sq
-    d2 += np.einsum("ij,ij->i", X, X)[:, None]
+    d2 += sum_squares(X, axis=1)[:, None]
     return d2
 
 
-def nearest_centre(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None):
-    """Nearest centre of each row (``int32``; ties: the lowest index) and the squared distance to it (``>= 0``).
+def nearest_centre(X, centers, centers_sq=None):
+    """Nearest centre of each row (ties: the lowest index) and the squared distance to it (``>= 0``).
 
     The one nearest-centre assignment of streamclust: Lloyd and mini-batch k-means, the
-    mixtures' k-means initialisation and agglomerative clustering's sub-clusters.
+    mixtures' k-means initialisation and agglomerative clustering's sub-clusters.  The
+    labels are ``int32`` NumPy arrays, or ``int64`` tensors on ``X``'s device.
     """
+    xp = namespace(X)
     d2 = squared_distances(X, centers, centers_sq)
-    labels = np.argmin(d2, axis=1).astype(np.int32)
-    mind = np.maximum(d2[np.arange(X.shape[0]), labels], 0.0)
-    return labels, mind
+    labels = xp.argmin(d2, axis=1)
+    if is_numpy(labels):
+        labels = labels.astype(np.int32)
+    mind = xp.take_along_axis(d2, labels[:, None], axis=1)[:, 0]
+    return labels, xp.clip(mind, min=0.0)
 
 
-def _cluster_sums(X: np.ndarray, labels: np.ndarray, k: int, sample_weight: np.ndarray | None = None):
+def _cluster_sums(X, labels, k: int, sample_weight: np.ndarray | None = None):
     """Per-cluster row sums (float64, ``(k, d)``) and counts (``int64``).
 
     With ``sample_weight``: the weighted sums ``sum_i w_i x_i`` and the weight sums
-    (float64) instead.  The sums are one sparse product with the one-hot label matrix
-    (CSR, rows of each cluster in increasing order): ``O(n d)`` work, against
-    ``O(n k d)`` for a dense product and far less than a scatter-add.
+    (float64) instead.  The sums are one product with the one-hot label matrix
+    (:func:`~streamclust.engine.backend.one_hot`).
     """
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
-    n = X.shape[0]
-    indptr = np.zeros(k + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    order = np.argsort(labels, kind="stable")
-    data = np.ones(n, dtype=X.dtype) if sample_weight is None else sample_weight[order].astype(X.dtype)
-    onehot = sparse.csr_matrix((data, order, indptr), shape=(k, n))
-    sums = np.asarray(onehot @ X).astype(np.float64, copy=False)
+    xp = namespace(X)
+    sums = one_hot(labels, k, sample_weight, like_array=X) @ X
+    sums = xp.astype(xp.asarray(sums), float64(X))
     if sample_weight is None:
-        return sums, counts
-    return sums, np.bincount(labels, weights=sample_weight, minlength=k)
+        return sums, bincount(labels, k)
+    return sums, bincount(labels, k, sample_weight)
 
 
 def _tol_from_moments(tol, n, n_features, s1, s2) -> float:
@@ -96,8 +97,10 @@ def _tol_from_moments(tol, n, n_features, s1, s2) -> float:
     return float(tol) * ss / (n * n_features)
 
 
-class _ShiftedMoments:
+class _ShiftedMoments(DeviceState):
     """Shifted first/second moments for the mean per-feature variance (tol scaling)."""
+
+    _device_state = ("m_shift", "m_s1", "m_s2")
 
     def __init__(self, n_features: int):
         self.m_shift = np.zeros(n_features)
@@ -107,12 +110,14 @@ class _ShiftedMoments:
         self.m_s2 = 0.0
 
     def add(self, X):
+        xp = namespace(X)
         if not self.m_has:
-            self.m_shift = X.mean(axis=0, dtype=np.float64)
+            self.m_shift = host(xp.sum(X, axis=0, dtype=float64(X))) / X.shape[0]
             self.m_has = True
-        Xc = X - self.m_shift
-        self.m_s1 += Xc.sum(axis=0)
-        self.m_s2 += float(np.einsum("ij,ij->", Xc, Xc))
+            self._follow(X)
+        Xc = X - like(X, self.m_shift)
+        self.m_s1 += xp.sum(Xc, axis=0)
+        self.m_s2 = self.m_s2 + sum_squares(Xc)
         self.m_n += X.shape[0]
 
     def merge_moments(self, other: "_ShiftedMoments"):
@@ -151,6 +156,9 @@ class _LloydAccumulator(_ShiftedMoments):
     unweighted, as scikit-learn's tolerance is.
     """
 
+    _device_state = _ShiftedMoments._device_state + (
+        "sums", "counts", "weights", "inertia", "top_dist", "top_row", "top_label", "top_x", "top_w")
+
     def __init__(self, centers: np.ndarray, *, track_moments: bool, name: str = "k-means iteration",
                  sample_weight: np.ndarray | None = None):
         k, d = centers.shape
@@ -170,34 +178,40 @@ class _LloydAccumulator(_ShiftedMoments):
         self.top_x = np.zeros((k, d))
         self.top_w = np.zeros(k)
 
-    def update(self, X: np.ndarray, offset: int) -> None:
+    def update(self, X, offset: int) -> None:
+        self._follow(X)
+        xp = namespace(X)
         w = weight_slice(self.sample_weight, offset, X.shape[0])
-        labels, mind = nearest_centre(X, self.centers, self._centers_sq)
+        labels, mind = nearest_centre(X, like(X, self.centers), like(X, self._centers_sq))
         k = self.centers.shape[0]
         if w is None:
             sums, counts = _cluster_sums(X, labels, k)
-            self.weights += counts
-            self.inertia += float(mind.sum())
+            self.weights += xp.astype(counts, float64(X))
+            self.inertia = self.inertia + xp.sum(mind)
         else:
             sums, wsums = _cluster_sums(X, labels, k, w)
-            counts = np.bincount(labels, minlength=k)
+            counts = bincount(labels, k)
             self.weights += wsums
-            self.inertia += float(mind @ w)
+            self.inertia = self.inertia + mind @ like(mind, w)
         self.sums += sums
         self.counts += counts
-        m = self.top_dist.size
-        idx = np.arange(X.shape[0]) if X.shape[0] <= m else np.argpartition(-mind, m - 1)[:m]
-        self._merge_top(mind[idx], offset + idx, labels[idx], X[idx], np.ones(idx.size) if w is None else w[idx])
+        idx = largest(mind, self.top_dist.shape[0])
+        ws = like(X, np.ones(idx.shape[0]), float64(X)) if w is None else like(X, w, float64(X))[idx]
+        self._merge_top(mind[idx], offset + idx, labels[idx], X[idx], ws)
         if self.track_moments:
             self.add(X)
 
     def _merge_top(self, dist, rows, labels, xs, ws) -> None:
-        all_d = np.concatenate([self.top_dist, dist])
-        all_r = np.concatenate([self.top_row, rows.astype(np.int64)])
-        order = np.lexsort((all_r, -all_d))[: self.top_dist.size]
-        all_l = np.concatenate([self.top_label, labels.astype(np.int32)])
-        all_x = np.concatenate([self.top_x, np.asarray(xs, dtype=np.float64)])
-        all_w = np.concatenate([self.top_w, np.asarray(ws, dtype=np.float64)])
+        """Keep the ``k`` farthest points seen: by distance, then by row (NumPy or one device)."""
+        xp = namespace(self.top_dist)
+        f64, m = float64(self.top_dist), self.top_dist.shape[0]
+        all_d = xp.concat([self.top_dist, xp.astype(dist, f64)])
+        all_r = xp.concat([self.top_row, xp.astype(rows, self.top_row.dtype)])
+        by_row = xp.argsort(all_r, stable=True)
+        order = by_row[xp.argsort(-all_d[by_row], stable=True)][:m]
+        all_l = xp.concat([self.top_label, xp.astype(labels, self.top_label.dtype)])
+        all_x = xp.concat([self.top_x, xp.astype(xs, f64)])
+        all_w = xp.concat([self.top_w, xp.astype(ws, f64)])
         self.top_dist, self.top_row = all_d[order], all_r[order]
         self.top_label, self.top_x, self.top_w = all_l[order], all_x[order], all_w[order]
 
@@ -393,7 +407,8 @@ class _MiniBatchAccumulator(_ShiftedMoments):
         self.converged = False
         self.inertia = 0.0
 
-    def update(self, X: np.ndarray, offset: int) -> None:
+    def update(self, X, offset: int) -> None:
+        X = host(X, np.float64)  # the mini-batch steps run with NumPy (sequential, tiny products)
         if self.track_moments:
             self.add(X)
         if self.converged:
@@ -439,7 +454,7 @@ class _MiniBatchAccumulator(_ShiftedMoments):
 
 
 # ---------------------------------------------------------------------- labelling
-class _LabelAccumulator:
+class _LabelAccumulator(DeviceState):
     """Final pass: labels, exact inertia (``sum w ||x - c_label||^2``) and cluster sizes (rows)."""
 
     name = "k-means labels"
@@ -452,15 +467,20 @@ class _LabelAccumulator:
         self.inertia = 0.0
         self.counts = np.zeros(centers.shape[0], dtype=np.int64)
 
-    def update(self, X: np.ndarray, offset: int) -> None:
-        labels, _ = nearest_centre(X, self.centers, self._centers_sq)
-        self.labels[offset : offset + X.shape[0]] = labels
-        diff = X - self.centers[labels]
+    _device_state = ("inertia",)
+
+    def update(self, X, offset: int) -> None:
+        self._follow(X)
+        centers = like(X, self.centers)
+        labels, _ = nearest_centre(X, centers, like(X, self._centers_sq))
+        diff = X - centers[labels]
         w = weight_slice(self.sample_weight, offset, X.shape[0])
         if w is None:
-            self.inertia += float(np.einsum("ij,ij->", diff, diff))
+            self.inertia = self.inertia + sum_squares(diff)
         else:
-            self.inertia += float(np.einsum("ij,ij->i", diff, diff) @ w)
+            self.inertia = self.inertia + sum_squares(diff, axis=1) @ like(diff, w)
+        labels = host(labels).astype(np.int32, copy=False)
+        self.labels[offset : offset + X.shape[0]] = labels
         self.counts += np.bincount(labels, minlength=self.counts.size)
 
     def merge(self, other: "_LabelAccumulator") -> None:
@@ -661,6 +681,7 @@ class _KMeansPlan:
 
 
 # ----------------------------------------------------------------------- estimator
+@document_parameters()
 class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, StreamingMixin,
                       BaseEstimator):
     """K-means clustering of data streamed from NumPy, zarr or dask arrays.
@@ -717,6 +738,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
     random_state : int, RandomState instance or None, default=None
         Seeds the sample, the seeding and the mini-batch reassignments.  Pass an int
         for reproducible (and resumable with a fresh estimator) fits.
+    {backend_parameters}
 
     Attributes
     ----------
@@ -799,6 +821,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         "reassignment_ratio": [Interval(Real, 0, None, closed="left")],
         "max_no_improvement": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
+        **BACKEND_CONSTRAINTS,
     }
 
     def __init__(
@@ -815,6 +838,9 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         reassignment_ratio=0.01,
         max_no_improvement=10,
         random_state=None,
+        backend="auto",
+        device="auto",
+        precision="float64",
     ):
         self.n_clusters = n_clusters
         self.method = method
@@ -827,6 +853,9 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         self.reassignment_ratio = reassignment_ratio
         self.max_no_improvement = max_no_improvement
         self.random_state = random_state
+        self.backend = backend
+        self.device = device
+        self.precision = precision
 
     # ------------------------------------------------------------------ helpers
     def _check_n_samples(self, n_samples: int) -> None:
@@ -1039,7 +1068,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         source = as_row_source(self, X, reset=False)
         out = np.empty(source.n_samples, dtype=np.int32)
         for lo, _, d2 in self._iter_distances(source):
-            out[lo : lo + d2.shape[0]] = np.argmin(d2, axis=1)
+            out[lo : lo + d2.shape[0]] = host(namespace(d2).argmin(d2, axis=1))
         return out
 
     def transform(self, X):
@@ -1059,7 +1088,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         source = as_row_source(self, X, reset=False)
         out = np.empty((source.n_samples, self.cluster_centers_.shape[0]), dtype=output_dtype(source))
         for lo, _, d2 in self._iter_distances(source):
-            out[lo : lo + d2.shape[0]] = np.sqrt(d2)
+            out[lo : lo + d2.shape[0]] = host(namespace(d2).sqrt(d2))
         return out
 
     def score(self, X, y=None):
@@ -1080,19 +1109,18 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         check_is_fitted(self)
         source = as_row_source(self, X, reset=False)
         total = 0.0
-        centers = self._float64_centers()
         for _, batch, d2 in self._iter_distances(source):
-            diff = batch - centers[np.argmin(d2, axis=1)]
-            total += float(np.einsum("ij,ij->", diff, diff))
+            diff = batch - like(batch, self._float64_centers())[namespace(d2).argmin(d2, axis=1)]
+            total += float(sum_squares(diff))
         return -total
 
     def _iter_distances(self, source: RowSource):
+        """``(offset, batch, squared distances to the centres)`` on the estimator's backend."""
         centers = self._float64_centers()
         centers_sq = np.einsum("ij,ij->i", centers, centers)
-        for lo, batch in source.iter_batches(int(self.batch_size), dtype=np.float64):
-            d2 = squared_distances(batch, centers, centers_sq)
-            np.maximum(d2, 0.0, out=d2)
-            yield lo, batch, d2
+        for lo, batch in self._device_batches(source, np.float64):
+            d2 = squared_distances(batch, like(batch, centers), like(batch, centers_sq))
+            yield lo, batch, namespace(d2).clip(d2, min=0.0)
 
     @property
     def _n_features_out(self):

@@ -30,6 +30,7 @@ from sklearn.metrics.pairwise import KERNEL_PARAMS, PAIRWISE_KERNEL_FUNCTIONS, p
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from ..engine.backend import host
 from ..engine import RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, pass_rng
 from ._sampling import RowSampleAccumulator, sample_row_indices
 from .pca import _RandomizedPCAPlan, _flip_rows
@@ -112,6 +113,7 @@ class _ScatterAccumulator:
         self.s2 = np.zeros((m, m), order="F")
 
     def update(self, X: np.ndarray, offset: int) -> None:
+        X = host(X, np.float64)  # kernel PCA's passes run with NumPy
         K = self.fmap.kernel_rows(X)
         if not self.has_shift:
             self.shift = K.mean(axis=0)
@@ -165,7 +167,7 @@ class _MappedAccumulator:
         self.mergeable = hasattr(inner, "merge") and getattr(inner, "mergeable", True)
 
     def update(self, X: np.ndarray, offset: int) -> None:
-        self.inner.update(self.fmap(X), offset)
+        self.inner.update(self.fmap(host(X, np.float64)), offset)
 
     def merge(self, other: "_MappedAccumulator") -> None:
         self.inner.merge(other.inner)
@@ -197,7 +199,7 @@ class _InverseAccumulator:
         self.sx = np.zeros(d)
 
     def update(self, X: np.ndarray, offset: int) -> None:
-        Z = self.transform(X)
+        Z = self.transform(host(X, np.float64))
         if not self.has_shift:
             self.shift = X.mean(axis=0, dtype=np.float64)
             self.has_shift = True

@@ -41,6 +41,9 @@ from sklearn.utils.extmath import fast_logdet
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from ..engine.backend import PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters
+from ..engine.backend import (DeviceState, as_dtype, empty, float64, host, is_numpy, like, matmul, namespace,
+                              numpy_dtype, subtract, sum_squares)
 from ..engine import (RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, is_lazy_array, output_dtype,
                       pass_rng)
 from ._parallel import blocks as split_blocks, map_blocks, single_threaded_blas
@@ -113,7 +116,7 @@ def _integer_sums(X: np.ndarray, squares: bool):
     return s1, s2
 
 
-class _SketchAccumulator:
+class _SketchAccumulator(DeviceState):
     """One pass of the randomized method: ``Z_s = sum (x - s)(x - s)^T Q`` and shifted moments.
 
     ``s`` is the pass's shift (the first batch's mean on the first pass, the mean rounded
@@ -131,6 +134,8 @@ class _SketchAccumulator:
     integer shift, exactly, straight into a reused buffer of the compute dtype, and
     their sums ``S1``, ``S2`` are taken exactly in integer arithmetic.
     """
+
+    _device_state = ("Zs", "s1", "s2")
 
     def __init__(self, Q: np.ndarray, shift: np.ndarray | None, compute_dtype, name: str, *, moments: bool = True,
                  rayleigh: bool = False, projection_sink=None):
@@ -152,48 +157,64 @@ class _SketchAccumulator:
         self._proj: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
-        # the work buffers are scratch space, not state: never pickled (e.g. shipped to a worker)
+        # the work buffers and device copies are scratch space, not state: never pickled
         state = self.__dict__.copy()
-        state["_buf"] = state["_proj"] = None
+        state["_buf"] = state["_proj"] = state["_dev"] = None
         return state
 
-    def _buffers(self, rows: int, n_features: int, centred: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    def _buffers(self, X, centred: bool, cdt) -> tuple:
         """The centred batch ``(rows, d)`` (if ``centred``) and its projection ``(rows, l)``, reused."""
-        if self._proj is None or self._proj.shape[0] < rows:
+        rows, n_features = X.shape
+        if self._proj is None or self._proj.shape[0] < rows or is_numpy(self._proj) != is_numpy(X):
             proj_dtype = np.float64 if self.projection_sink is not None else self.compute_dtype
-            self._proj = np.empty((rows, self.Q.shape[1]), dtype=proj_dtype)
-        if centred and (self._buf is None or self._buf.shape[0] < rows):
-            self._buf = np.empty((rows, n_features), dtype=self.compute_dtype)
+            self._proj = empty((rows, self.Q.shape[1]), X, as_dtype(X, proj_dtype))
+        if centred and (self._buf is None or self._buf.shape[0] < rows or is_numpy(self._buf) != is_numpy(X)
+                        or self._buf.dtype != as_dtype(X, cdt)):
+            self._buf = empty((rows, n_features), X, as_dtype(X, cdt))
         return (self._buf[:rows] if centred else None), self._proj[:rows]
 
-    def update(self, X: np.ndarray, offset: int) -> None:
-        cdt = X.dtype if X.dtype.kind == "f" else self.compute_dtype  # dtype the batch is centred in
+    def _bases(self, X) -> tuple:
+        """``Q`` in float64 and in the compute dtype, on the batch's device (copied once)."""
+        if is_numpy(X):
+            return self.Q, self._Qc
+        if getattr(self, "_dev", None) is None:
+            self._dev = (like(X, self.Q, float64(X)), like(X, self._Qc, as_dtype(X, self._Qc.dtype)))
+        return self._dev
+
+    def update(self, X, offset: int) -> None:
+        xp = namespace(X)
+        xdt = numpy_dtype(X)
+        cdt = xdt if xdt.kind == "f" else self.compute_dtype  # dtype the batch is centred in
         if not self.has_shift:
-            self.shift = _representable_shift(X.mean(axis=0, dtype=np.float64), X.dtype)
+            self.shift = _representable_shift(host(xp.sum(X, axis=0, dtype=float64(X))) / X.shape[0], xdt)
             self.has_shift = True
-        shift_c = self.shift.astype(cdt)
+        self._follow(X)
+        f64 = float64(X)
+        shift64 = like(X, self.shift, f64)
+        shift_c = like(X, self.shift, as_dtype(X, cdt))
+        Q, Qc = self._bases(X)
         b, d = X.shape
         # float64 projections for the sink: the rows are centred in float64, block by block
         exact = self.projection_sink is not None
-        Xc, P = self._buffers(b, d, centred=not exact)
-        integer = X.dtype.kind in "iub"
-        moments, Qc = self.moments, self._Qc
+        Xc, P = self._buffers(X, not exact, cdt)
+        integer = xdt.kind in "iub"
+        moments = self.moments
 
         def rows_block(lo: int, hi: int):  # centre, project, column sums of rows lo:hi
             if exact:
-                xc = np.subtract(X[lo:hi], self.shift)
-                np.matmul(xc, self.Q, out=P[lo:hi])
+                xc = xp.astype(X[lo:hi], f64) - shift64
+                matmul(xc, Q, out=P[lo:hi])
             else:
                 xc = Xc[lo:hi]
-                np.subtract(X[lo:hi], shift_c, out=xc)  # never in place: X may be the caller's array
-                np.matmul(xc, Qc, out=P[lo:hi])
+                subtract(X[lo:hi], shift_c, out=xc)  # never in place: X may be the caller's array
+                matmul(xc, Qc, out=P[lo:hi])
             if integer:
                 return _integer_sums(X[lo:hi], moments)
-            s2 = np.einsum("ij,ij->j", xc, xc, dtype=np.float64) if moments else None
-            return xc.sum(axis=0, dtype=np.float64), s2
+            s2 = sum_squares(xc, axis=0, dtype=np.float64) if moments else None
+            return xp.sum(xc, axis=0, dtype=f64), s2
 
         work = 2.0 * b * d * Qc.shape[1]
-        blocks = split_blocks(b, work)
+        blocks = split_blocks(b, work) if is_numpy(X) else [(0, b)]
         for (lo, hi), (s1, s2) in zip(blocks, map_blocks(rows_block, blocks)):
             if integer:  # exact integer sums, shifted here
                 rows = hi - lo
@@ -205,7 +226,7 @@ class _SketchAccumulator:
                 if moments:
                     self.s2 += s2
         if self.rayleigh:
-            P64 = P.astype(np.float64)
+            P64 = xp.astype(P, f64)
             self.Zs += P64.T @ P64
         else:
             Zs = self.Zs
@@ -213,9 +234,9 @@ class _SketchAccumulator:
             def features_block(lo: int, hi: int):  # rows lo:hi of Z (disjoint: no reduction)
                 Zs[lo:hi] += Xc[:, lo:hi].T @ P
 
-            map_blocks(features_block, split_blocks(d, work))
+            map_blocks(features_block, split_blocks(d, work) if is_numpy(X) else [(0, d)])
         if self.projection_sink is not None:
-            self.projection_sink(offset, P)
+            self.projection_sink(offset, host(P))
         self.n += b
 
     def _shift_to(self, new_shift: np.ndarray) -> None:
@@ -504,6 +525,7 @@ class _IncrementalAccumulator:
         self.next_chunk = 0
 
     def update(self, X: np.ndarray, offset: int) -> None:
+        X = host(X)  # the incremental method runs with NumPy
         self._buf.append(X)
         self._buf_rows += X.shape[0]
         while self.next_chunk < self.ends.size and self.fed + self._buf_rows >= self.ends[self.next_chunk]:
@@ -575,6 +597,7 @@ class _IncrementalPCAPlan:
 
 
 # ---------------------------------------------------------------------------- estimator
+@document_parameters(precision=False)
 class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingMixin, BaseEstimator):
     """Principal component analysis of data streamed from NumPy, zarr or dask arrays.
 
@@ -630,7 +653,9 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
     dtype : {"float32", "float64"}, default="float32"
         Precision of the big matrix products of the randomized method (the sums are
         always accumulated in float64).  With ``"float32"``, integer pixels up to 16 bits
-        and float32 data are also read as float32 batches.
+        and float32 data are also read as float32 batches.  It is also the precision of
+        the PyTorch backend's products.
+    {backend_parameters}
 
     Attributes
     ----------
@@ -730,7 +755,11 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         "whiten": ["boolean"],
         "random_state": ["random_state"],
         "dtype": [StrOptions({"float32", "float64"})],
+        "backend": BACKEND_CONSTRAINTS["backend"],
+        "device": BACKEND_CONSTRAINTS["device"],
     }
+
+    _precision_param = "dtype"  # the products' dtype on every backend
 
     def __init__(
         self,
@@ -744,6 +773,8 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         whiten=False,
         random_state=None,
         dtype="float32",
+        backend="auto",
+        device="auto",
     ):
         self.n_components = n_components
         self.method = method
@@ -754,6 +785,8 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         self.whiten = whiten
         self.random_state = random_state
         self.dtype = dtype
+        self.backend = backend
+        self.device = device
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
@@ -975,12 +1008,12 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             scale[scale < eps] = eps
             scale = scale.astype(dtype)
         out = np.empty((source.n_samples, self.n_components_), dtype=dtype)
-        for lo, batch in source.iter_batches(int(self.batch_size), dtype=dtype):
-            Y = batch @ comps.T
-            Y -= offset
+        for lo, batch in self._device_batches(source, dtype):
+            Y = batch @ like(batch, comps).T
+            Y -= like(batch, offset)
             if scale is not None:
-                Y /= scale
-            out[lo : lo + batch.shape[0]] = Y
+                Y /= like(batch, scale)
+            out[lo : lo + batch.shape[0]] = host(Y)
         return out
 
     def inverse_transform(self, X):

@@ -1,0 +1,296 @@
+"""The PyTorch backend (run here on the CPU device) against the NumPy path, estimator by estimator.
+
+Nothing here needs a GPU: CI has the CPU build of PyTorch.  ``precision="float64"``
+(the default) must give the NumPy path's results to rounding, the same labels and the
+same number of iterations; a checkpoint written by one backend resumes on the other.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from streamclust.engine import Checkpointer, CombinedPlan, RowSource, drive, fit_streaming
+from streamclust.engine.backend import Backend, BackendError, resolve_backend
+from streamclust.engine.transfer import DeviceFeed, wire_dtype
+from streamclust.models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
+
+torch = pytest.importorskip("torch")
+
+TORCH = dict(backend="torch", device="cpu")
+NUMPY = dict(backend="numpy", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, _ = make_blobs(2400, 6, centers=4, cluster_std=[1.0, 2.0, 0.5, 1.5], random_state=3)
+    return X
+
+
+def _close(a, b, rtol=1e-9, atol=1e-9):
+    np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), rtol=rtol, atol=atol)
+
+
+def assert_same_gmm(a, b, rtol=1e-9):
+    assert a.n_iter_ == b.n_iter_ and a.converged_ == b.converged_
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        _close(getattr(a, name), getattr(b, name), rtol=rtol, atol=rtol)
+    assert abs(a.lower_bound_ - b.lower_bound_) <= rtol * abs(a.lower_bound_)
+
+
+# ------------------------------------------------------------------------- choice
+def test_resolve_backend_choices():
+    assert resolve_backend("numpy", "cpu") == Backend("numpy", "cpu", "float64")
+    assert resolve_backend("torch", "cpu", "float32") == Backend("torch", "cpu", "float32")
+    if not torch.cuda.is_available():
+        assert resolve_backend("auto", "auto") == Backend("numpy", "cpu", "float64")
+        assert resolve_backend("torch", "auto") == Backend("torch", "cpu", "float64")
+
+
+@pytest.mark.parametrize(("backend", "device", "says"), [
+    ("numpy", "cuda", "--backend numpy runs on the CPU only"),
+    ("auto", "tpu", "is not a device"),
+    ("auto", "cuda:x", "is not a device"),
+    ("cupy", "auto", "backend 'cupy' is not one of"),
+])
+def test_resolve_backend_refuses_in_one_line(backend, device, says):
+    with pytest.raises(BackendError, match=says) as err:
+        resolve_backend(backend, device)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_asked_for_without_one_says_how_to_go_on():
+    with pytest.raises(BackendError, match="sees no CUDA GPU.*--device cpu") as err:
+        resolve_backend("auto", "cuda")
+    assert "\n" not in str(err.value)
+
+
+def test_a_gpu_asked_for_without_pytorch_says_how_to_install_it(monkeypatch):
+    import streamclust.engine.backend as backend
+
+    monkeypatch.setattr(backend, "_torch_available", lambda: False)
+    resolve_backend.cache_clear()
+    try:
+        with pytest.raises(BackendError, match="needs PyTorch, which is not installed: install PyTorch"):
+            resolve_backend("auto", "cuda:0")
+        with pytest.raises(BackendError, match="--backend torch needs PyTorch"):
+            resolve_backend("torch", "cpu")
+    finally:
+        resolve_backend.cache_clear()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_auto_falls_back_to_numpy_with_one_info_line(caplog):
+    resolve_backend.cache_clear()
+    with caplog.at_level(logging.INFO, logger="streamclust.engine.backend"):
+        assert resolve_backend("auto", "auto").is_numpy
+        assert resolve_backend("auto", "auto").is_numpy
+    assert len([r for r in caplog.records if "no GPU" in r.getMessage()]) == 1
+
+
+def test_estimators_validate_the_parameters(blobs):
+    with pytest.raises(ValueError, match="backend"):
+        StreamingKMeans(3, backend="jax").fit(blobs)
+    with pytest.raises(ValueError, match="precision"):
+        StreamingGaussianMixture(3, precision="float16").fit(blobs)
+
+
+# ------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
+def test_gmm_torch_equals_numpy(blobs, covariance_type, init_params):
+    params = dict(n_components=4, covariance_type=covariance_type, init_params=init_params, n_init=2,
+                  batch_size=500, random_state=1, max_iter=30)
+    a = StreamingGaussianMixture(**params, **NUMPY).fit(blobs)
+    b = StreamingGaussianMixture(**params, **TORCH).fit(blobs)
+    assert_same_gmm(a, b)
+    np.testing.assert_array_equal(a.predict(blobs), b.predict(blobs))
+    _close(a.score_samples(blobs), b.score_samples(blobs))
+    _close(a.predict_proba(blobs), b.predict_proba(blobs), atol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_weighted_gmm_torch_equals_numpy(blobs, covariance_type):
+    w = np.random.default_rng(0).uniform(0.2, 3.0, blobs.shape[0])
+    params = dict(n_components=4, covariance_type=covariance_type, batch_size=700, random_state=2, max_iter=20)
+    a = StreamingGaussianMixture(**params, **NUMPY).fit(blobs, sample_weight=w)
+    b = StreamingGaussianMixture(**params, **TORCH).fit(blobs, sample_weight=w)
+    assert_same_gmm(a, b)
+
+
+def test_gmm_float32_products_are_close_with_the_same_labels(blobs):
+    params = dict(n_components=4, covariance_type="diag", batch_size=500, random_state=1, max_iter=50)
+    a = StreamingGaussianMixture(**params, **NUMPY).fit(blobs)
+    b = StreamingGaussianMixture(**params, precision="float32", **TORCH).fit(blobs)
+    _close(b.means_, a.means_, rtol=1e-5, atol=1e-5)
+    _close(b.covariances_, a.covariances_, rtol=1e-4, atol=1e-5)
+    assert abs(b.lower_bound_ - a.lower_bound_) <= 1e-5 * abs(a.lower_bound_)
+    np.testing.assert_array_equal(a.predict(blobs), b.predict(blobs))
+
+
+@pytest.mark.parametrize("method", ["lloyd", "minibatch"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeans_torch_equals_numpy(blobs, method, weighted):
+    w = np.random.default_rng(1).uniform(0.5, 2.0, blobs.shape[0]) if weighted else None
+    params = dict(n_clusters=5, method=method, batch_size=300, random_state=0, n_init=2)
+    a = StreamingKMeans(**params, **NUMPY).fit(blobs, sample_weight=w)
+    b = StreamingKMeans(**params, **TORCH).fit(blobs, sample_weight=w)
+    _close(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert a.n_iter_ == b.n_iter_ and abs(a.inertia_ - b.inertia_) <= 1e-9 * a.inertia_
+    np.testing.assert_array_equal(a.predict(blobs), b.predict(blobs))
+    _close(a.transform(blobs), b.transform(blobs))
+    assert abs(a.score(blobs) - b.score(blobs)) <= 1e-9 * abs(a.score(blobs))
+
+
+def test_kmeans_empty_cluster_relocation_matches(blobs):
+    # 3 far-away initial centres stay empty: relocated to the farthest points, on both backends
+    init = np.vstack([blobs[:4], np.full((3, blobs.shape[1]), 1e3)])
+    params = dict(n_clusters=7, method="lloyd", init=init, n_init=1, batch_size=256, max_iter=5)
+    a = StreamingKMeans(**params, **NUMPY).fit(blobs)
+    b = StreamingKMeans(**params, **TORCH).fit(blobs)
+    _close(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+
+
+@pytest.mark.parametrize("method", ["randomized", "covariance"])
+@pytest.mark.parametrize("pixels", [True, False])
+def test_pca_torch_equals_numpy_in_float64(method, pixels):
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(600, 8)) @ rng.normal(size=(8, 120))
+    X = np.clip(base * 20 + 128, 0, 255).astype(np.uint8) if pixels else base
+    params = dict(n_components=0.9, method=method, batch_size=128, random_state=0, dtype="float64")
+    a = StreamingPCA(**params, **NUMPY).fit(X)
+    b = StreamingPCA(**params, **TORCH).fit(X)
+    assert a.n_components_ == b.n_components_
+    _close(a.explained_variance_, b.explained_variance_, rtol=1e-9)
+    _close(a.components_, b.components_, rtol=1e-7, atol=1e-7)
+    _close(a.mean_, b.mean_)
+    _close(a.transform(X), b.transform(X), rtol=1e-7, atol=1e-6)
+
+
+def test_pca_float32_products_on_torch_are_close():
+    rng = np.random.default_rng(1)
+    X = np.clip(rng.normal(size=(800, 6)) @ rng.normal(size=(6, 96)) * 25 + 128, 0, 255).astype(np.uint8)
+    params = dict(n_components=6, method="randomized", batch_size=200, random_state=0, dtype="float32")
+    a = StreamingPCA(**params, **NUMPY).fit(X)
+    b = StreamingPCA(**params, **TORCH).fit(X)
+    _close(b.explained_variance_, a.explained_variance_, rtol=1e-5)
+    assert np.min(np.abs(np.sum(a.components_ * b.components_, axis=1))) > 1 - 1e-5
+
+
+# ------------------------------------------------------------------------- resume
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(n_batches):
+    seen = []
+
+    def progress(name, done, total):
+        seen.append(name)
+        if len(seen) == n_batches:
+            raise Interrupted(name)
+
+    return progress
+
+
+@pytest.mark.parametrize(("first", "then"), [(TORCH, NUMPY), (NUMPY, TORCH)])
+@pytest.mark.parametrize("stop_at", [2, 11, 23])
+def test_a_checkpoint_resumes_on_the_other_backend(tmp_path, blobs, first, then, stop_at):
+    params = dict(n_components=4, covariance_type="full", batch_size=500, random_state=5, max_iter=10)
+    full = StreamingGaussianMixture(**params, **NUMPY).fit(blobs)
+    path = tmp_path / "gmm.ckpt.npz"
+    with pytest.raises(Interrupted):
+        fit_streaming(StreamingGaussianMixture(**params, **first), blobs,
+                      checkpoint=Checkpointer(path, "k", every_seconds=0), progress=interrupt_after(stop_at))
+    resumed = fit_streaming(StreamingGaussianMixture(**params, **then), blobs,
+                            checkpoint=Checkpointer(path, "k", every_seconds=0))
+    assert_same_gmm(resumed, full)
+
+
+@pytest.mark.parametrize(("first", "then"), [(TORCH, NUMPY), (NUMPY, TORCH)])
+def test_kmeans_and_pca_checkpoints_resume_across_backends(tmp_path, blobs, first, then):
+    km = dict(n_clusters=5, method="lloyd", batch_size=300, random_state=0)
+    full = StreamingKMeans(**km, **NUMPY).fit(blobs)
+    with pytest.raises(Interrupted):
+        fit_streaming(StreamingKMeans(**km, **first), blobs, checkpoint=Checkpointer(tmp_path / "k", "k", every_seconds=0),
+                      progress=interrupt_after(13))
+    resumed = fit_streaming(StreamingKMeans(**km, **then), blobs,
+                            checkpoint=Checkpointer(tmp_path / "k", "k", every_seconds=0))
+    _close(resumed.cluster_centers_, full.cluster_centers_)
+    np.testing.assert_array_equal(resumed.labels_, full.labels_)
+
+    pca = dict(n_components=3, method="randomized", batch_size=300, random_state=0, dtype="float64")
+    full = StreamingPCA(**pca, **NUMPY).fit(blobs)
+    with pytest.raises(Interrupted):
+        fit_streaming(StreamingPCA(**pca, **first), blobs, checkpoint=Checkpointer(tmp_path / "p", "p", every_seconds=0),
+                      progress=interrupt_after(10))
+    resumed = fit_streaming(StreamingPCA(**pca, **then), blobs,
+                            checkpoint=Checkpointer(tmp_path / "p", "p", every_seconds=0))
+    _close(resumed.components_, full.components_, rtol=1e-8, atol=1e-8)
+
+
+# ------------------------------------------------------------------- shared passes
+def test_candidates_sharing_passes_on_torch_equal_numpy(blobs):
+    def plans():
+        ests = [StreamingGaussianMixture(k, covariance_type="diag", batch_size=400, random_state=k, max_iter=15)
+                for k in (2, 3, 5)]
+        return ests, [e._make_plan(RowSource(blobs)) for e in ests]
+
+    results = []
+    for backend in (Backend("numpy"), Backend("torch", "cpu")):
+        ests, ps = plans()
+        combined = drive(CombinedPlan(ps, ["a", "b", "c"]), RowSource(blobs), 400, backend=backend)
+        for est, plan in zip(ests, combined.plans):
+            est._finish_plan(plan, RowSource(blobs))
+        results.append(ests)
+    for a, b in zip(*results):
+        assert_same_gmm(a, b)
+
+
+# ------------------------------------------------------------------------ the feed
+def test_the_feed_sends_stored_bytes_and_converts_on_the_device():
+    X = np.arange(5 * 12, dtype=np.uint8).reshape(5, 3, 4)
+    source = RowSource(X)
+    assert wire_dtype(source, np.float64) == np.uint8
+    assert wire_dtype(RowSource(X.astype(np.float32)), np.float64) == np.float32
+    assert wire_dtype(RowSource(X.astype(np.int64)), np.float64) == np.float64  # not exact in float32: as asked
+    feed = DeviceFeed(source, Backend("torch", "cpu", "float32"))
+    got = list(feed.batches(2, dtype=np.float64))
+    assert [lo for lo, _ in got] == [0, 2, 4]
+    assert all(isinstance(b, torch.Tensor) and b.dtype == torch.float32 for _, b in got)
+    np.testing.assert_array_equal(np.vstack([b.numpy() for _, b in got]), X.reshape(5, -1).astype(np.float32))
+    assert feed.stats.batches == 3 and feed.stats.bytes_read == X.size and feed.stats.wait_s >= 0
+
+
+def test_the_device_cache_serves_later_passes_with_the_same_batches():
+    X = np.random.default_rng(0).normal(size=(50, 7))
+    feed = DeviceFeed(RowSource(X), Backend("torch", "cpu"), cache_bytes=X.nbytes)
+    first = [b.clone() for _, b in feed.batches(8)]
+    assert feed.stats.cached == 0 and feed.stats.bytes_read == X.nbytes
+    again = [b for _, b in feed.batches(8)]
+    assert feed.stats.cached == 7 and feed.stats.bytes_read == X.nbytes  # nothing read again
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    small = DeviceFeed(RowSource(X), Backend("torch", "cpu"), cache_bytes=3 * 8 * 7 * 8)
+    for _ in range(2):
+        list(small.batches(8))
+    assert small.stats.cached == 3  # what fits is kept, the rest read again
+
+
+def test_a_bad_batch_is_reported_as_on_the_numpy_path():
+    X = np.ones((20, 3))
+    X[13, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity in rows 10..14"):
+        StreamingKMeans(2, method="lloyd", batch_size=5, random_state=0, **TORCH).fit(_lazy(X))
+
+
+def _lazy(X):
+    import dask.array as da
+
+    return da.from_array(X, chunks=(5, 3))

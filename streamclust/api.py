@@ -105,6 +105,16 @@ def _client(client, scheduler: str | None, memory_limit: int | None = None):
         yield c
 
 
+def _check_backend(backend: str, device: str, precision: str, scheduler=None, client=None):
+    """The backend a method's passes run with (:func:`~streamclust.pipeline.fit.stage_backend`),
+    checked before a dask cluster is started or anything is written: a
+    :class:`~streamclust.engine.BackendError` names what is wrong and the fix."""
+    from .pipeline.fit import stage_backend
+
+    on_cluster = client is not None or scheduler is not None
+    return stage_backend(backend, device, precision, client=True if on_cluster else None)
+
+
 def _png_tag(data: bytes, alt: str, width: int | None = None) -> str:
     w = f' width="{int(width)}"' if width else ""
     return (f'<img alt="{html.escape(alt)}"{w} style="image-rendering: pixelated" '
@@ -385,7 +395,12 @@ class Run:
         ``covariance="diag"``, ``gmm_pca_components``, ``seed``, ``max_iter``,
         ``batch_size``, ``memory_limit`` (bytes or ``"1GB"``), ``drop_duplicates``,
         ``features``, ``reduce``, ``kpca_components``, ``embed``, ``cluster`` (a tuple or
-        ``"kmeans,gmm"``).
+        ``"kmeans,gmm"``), and where the passes run: ``backend="auto"`` (``"numpy"``,
+        ``"torch"``), ``device="auto"`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``),
+        ``precision="float64"`` (``"float32"``; part of the fit's settings, as
+        ``backend`` and ``device`` are not: a fit checkpointed on a GPU resumes on a CPU).
+        A backend that cannot be used here is a :class:`~streamclust.engine.BackendError`,
+        raised before anything is written.
         """
         from .config import FitConfig, parse_bytes
         from .pipeline.fit import fit_run
@@ -396,34 +411,42 @@ class Run:
         if "memory_limit" in settings:
             settings["memory_limit"] = parse_bytes(settings["memory_limit"])
         config = FitConfig(**settings)
+        _check_backend(config.backend, config.device, config.precision, scheduler, client)
         with _client(client, scheduler, config.memory_limit) as c:
             summary = fit_run(self.path, config, overwrite=overwrite, progress=self._bars(progress), client=c)
         return FitResult(summary, Models(self.layout))
 
     @_writes("assign")
     def assign(self, *, progress: bool | None = None, scheduler: str | None = None, client=None,
-               frame: bool = True):
+               frame: bool = True, backend: str = "auto", device: str = "auto", precision: str = "float64"):
         """``streamclust assign RUN_DIR``; returns :attr:`assignments` (``frame=False``: the CSV's path,
-        for runs too large to hold the table in memory)."""
+        for runs too large to hold the table in memory).  ``backend``, ``device``, ``precision``:
+        where the passes run, as :meth:`fit`'s."""
         from .pipeline.assign import assign_run
 
+        _check_backend(backend, device, precision, scheduler, client)
         with _client(client, scheduler) as c:
-            path = assign_run(self.path, progress=self._bars(progress), client=c)
+            path = assign_run(self.path, progress=self._bars(progress), client=c, backend=backend, device=device,
+                              precision=precision)
         return self.assignments if frame else path
 
     @_writes("select-k")
     def select_k(self, ks, *, method: str = "gmm", covariance: str = "diag", seed: int = 0, max_iter: int = 100,
                  batch_size: int | None = None, overwrite: bool = False, progress: bool | None = None,
-                 scheduler: str | None = None, client=None) -> SelectKResult:
-        """``streamclust select-k RUN_DIR --k ...``: ``ks`` is a range, a list or a spec like ``"10:200:10"``."""
+                 scheduler: str | None = None, client=None, backend: str = "auto", device: str = "auto",
+                 precision: str = "float64") -> SelectKResult:
+        """``streamclust select-k RUN_DIR --k ...``: ``ks`` is a range, a list or a spec like ``"10:200:10"``.
+        ``backend``, ``device``, ``precision``: where the passes run, as :meth:`fit`'s."""
         from .pipeline.select_k import parse_k_range, select_k_run
 
         ks = parse_k_range(ks if isinstance(ks, (str, int, np.integer)) else list(ks))
         check_seed(seed)
+        _check_backend(backend, device, precision, scheduler, client)
         with _client(client, scheduler) as c:
             result = select_k_run(self.path, ks, method=method, covariance=covariance, seed=seed,
                                   max_iter=max_iter, batch_size=batch_size, overwrite=overwrite,
-                                  progress=self._bars(progress), client=c)
+                                  progress=self._bars(progress), client=c, backend=backend, device=device,
+                                  precision=precision)
         return self._select_k_result(result)
 
     def _select_k_result(self, result: dict) -> SelectKResult:
@@ -437,11 +460,13 @@ class Run:
 
     @_writes("sample")
     def sample(self, n: int = 64, *, output: str | os.PathLike | None = None, npy: str | os.PathLike | None = None,
-               seed: int = 0) -> Samples:
-        """``streamclust sample RUN_DIR -n N``: the images (and ``samples.png``, or ``output``)."""
+               seed: int = 0, backend: str = "auto", device: str = "auto", precision: str = "float64") -> Samples:
+        """``streamclust sample RUN_DIR -n N``: the images (and ``samples.png``, or ``output``).
+        ``backend``, ``device``, ``precision`` are checked as :meth:`fit`'s (sampling itself is small)."""
         from .pipeline.sample import write_samples
 
-        path, images, comps = write_samples(self.path, n, out=output, seed=seed, npy=npy)
+        path, images, comps = write_samples(self.path, n, out=output, seed=seed, npy=npy, backend=backend,
+                                            device=device, precision=precision)
         return Samples(images, comps, Path(path))
 
     @_writes("evaluate")
@@ -458,19 +483,23 @@ class Run:
 
     @_writes("compare")
     def compare(self, *others: str | os.PathLike, labels: str | os.PathLike | None = None, from_folders: bool = False,
-                sample: int = 2000, seed: int = 0, device: str = "auto"):
-        """``streamclust compare RUN_DIR [OTHER ...]``: the table of every fitted method, a DataFrame."""
+                sample: int = 2000, seed: int = 0, device: str = "auto", backend: str = "auto",
+                precision: str = "float64"):
+        """``streamclust compare RUN_DIR [OTHER ...]``: the table of every fitted method, a DataFrame.
+        ``backend``, ``device``, ``precision``: where the passes run, as :meth:`fit`'s; ``device``
+        is also where a latents run's decoder runs (which also takes ``"mps"``)."""
         import pandas as pd
 
-        from .pipeline.compare import compare_runs
+        from .pipeline.compare import compare_backend, compare_runs
 
         check_seed(seed)
+        compare_backend(backend, device, precision)  # before any other run is locked or anything written
 
         with contextlib.ExitStack() as held:  # compare.csv is written in each run
             for other in others:
                 held.enter_context(Run(other).lock("compare"))
             rows = compare_runs([self.path, *others], labels=labels, from_folders=from_folders, sample=sample,
-                                seed=seed, device=device)
+                                seed=seed, device=device, backend=backend, precision=precision)
         table = pd.DataFrame(rows)
         table.attrs["rows"] = rows  # as compare_runs returned them (None where a figure does not apply)
         return table

@@ -55,6 +55,13 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
+def _is_backend_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a :class:`streamclust.engine.backend.BackendError` (without importing
+    the engine: when it was not imported, nothing raised one)."""
+    module = sys.modules.get("streamclust.engine.backend")
+    return module is not None and isinstance(exc, module.BackendError)
+
+
 def os_error_line(exc: OSError, where: str) -> str:
     """One line for an OS error: what failed, at which path (else ``where``), what to do, and that it resumes."""
     what, fix = _OS_ERRORS[exc.errno]
@@ -86,6 +93,37 @@ def _add_scheduler(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on dask.distributed: 'local' starts a LocalCluster (one worker per core), "
                         "tcp://host:8786 connects to a running scheduler (default: in-process)")
+
+
+def _device(text: str, *, mps: bool = False) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (and mps for ``compare``'s decoder), checked for its spelling;
+    whether that device is there is :func:`streamclust.engine.resolve_backend`'s to say."""
+    value = text.strip().lower()
+    index = value.split(":", 1)[1] if value.startswith("cuda:") else "0"
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and index.isdigit()) or (mps and value == "mps"):
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N{' or mps' if mps else ''}, got {text!r}")
+
+
+def _add_backend(p: argparse.ArgumentParser, *, decoder: bool = False) -> None:
+    """``--backend``, ``--device``, ``--precision``: where the passes' arithmetic runs (the same on every command)."""
+    p.add_argument("--backend", choices=("auto", "numpy", "torch"), default="auto",
+                   help="where the passes' arithmetic runs: auto (default) is PyTorch on a GPU when one is present, "
+                        "NumPy otherwise (and NumPy with --scheduler); numpy; torch (with --device cpu: the PyTorch "
+                        "path on the CPU). Does not change the results beyond rounding")
+    device_help = ("the PyTorch backend's device: auto (default: the first GPU when PyTorch sees one, else the CPU), "
+                   "cpu, cuda or cuda:N")
+    if decoder:
+        device_help += "; also where a latents run's decoder runs (which also takes mps; the passes then use the CPU)"
+    p.add_argument("--device", type=lambda t: _device(t, mps=decoder), default="auto", help=device_help)
+    p.add_argument("--precision", choices=("float64", "float32"), default="float64",
+                   help="dtype of the k-means and mixture products on the PyTorch backend: float64 (default, NumPy's "
+                        "results to rounding) or float32 (products in float32, sums in float64), for GPUs with slow "
+                        "float64; changes the results, so it is part of a fit's settings")
+
+
+def _backend_settings(args) -> dict:
+    return dict(backend=args.backend, device=args.device, precision=args.precision)
 
 
 def _client(args):
@@ -139,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `streamclust ingest`")
     _add_fit_args(p)
     p.add_argument("--overwrite", action="store_true", help="discard an earlier fit with other settings")
+    _add_backend(p)
     _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_fit)
@@ -147,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write RUN_DIR/assignments.csv: index, member, cluster, distance, "
                                    "component, log_likelihood for every ok image (streamed).")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_backend(p)
     _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_assign)
@@ -162,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=_positive_int, default=100)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--overwrite", action="store_true", help="discard an earlier sweep with other settings")
+    _add_backend(p)
     _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_select_k)
@@ -174,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="PNG path (default RUN_DIR/samples.png)")
     p.add_argument("--npy", default=None, help="also save the images as a .npy array (uint8, N x s x s x 3)")
     p.add_argument("--seed", type=_seed, default=0)
+    _add_backend(p)
     _add_common(p)
     p.set_defaults(func=_cmd_sample)
 
@@ -194,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label_args(p, required=False)
     p.add_argument("--sample", type=_positive_int, default=2000, help="images in the silhouette sample")
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--device", default="auto",
-                   help="where a latents run's decoder runs: auto (a GPU when present), cpu, cuda, cuda:N or mps")
+    _add_backend(p, decoder=True)
     _add_common(p)
     p.set_defaults(func=_cmd_compare)
 
@@ -248,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest_args(p)
     _add_fit_args(p)
     _add_label_args(p, required=False)
+    _add_backend(p)
     _add_scheduler(p)
     _add_common(p)
     p.set_defaults(func=_cmd_run)
@@ -274,7 +316,8 @@ def _run(args):
 
 
 def _cmd_assign(args) -> int:
-    path = _run(args).assign(progress=_progress(args), scheduler=args.scheduler, frame=False)
+    path = _run(args).assign(progress=_progress(args), scheduler=args.scheduler, frame=False,
+                             **_backend_settings(args))
     print(f"wrote {path}")
     return 0
 
@@ -282,7 +325,8 @@ def _cmd_assign(args) -> int:
 def _cmd_select_k(args) -> int:
     result = _run(args).select_k(args.k, method=args.method, covariance=args.covariance, seed=args.seed,
                                  max_iter=args.max_iter, batch_size=args.batch_size, overwrite=args.overwrite,
-                                 progress=_progress(args), scheduler=args.scheduler).details
+                                 progress=_progress(args), scheduler=args.scheduler,
+                                 **_backend_settings(args)).details
     picks = ", ".join(f"{crit} picks k={k}" for crit, k in result["picked"].items())
     print(f"wrote {args.run_dir}/select_k.csv and select_k.png: {picks}")
     if result.get("note"):
@@ -294,7 +338,8 @@ def _cmd_select_k(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    path = _run(args).sample(args.n, output=args.output, seed=args.seed, npy=args.npy).path
+    path = _run(args).sample(args.n, output=args.output, seed=args.seed, npy=args.npy,
+                             **_backend_settings(args)).path
     print(f"wrote {path}" + (f" and {args.npy}" if args.npy else ""))
     return 0
 
@@ -310,7 +355,7 @@ def _cmd_compare(args) -> int:
 
     first, *others = args.run_dir
     table = Run(first).compare(*others, labels=args.labels, from_folders=args.labels_from_folders,
-                               sample=args.sample, seed=args.seed, device=args.device)
+                               sample=args.sample, seed=args.seed, **_backend_settings(args))
     print(format_compare(table.attrs["rows"]))
     return 0
 
@@ -340,12 +385,14 @@ def _cmd_encode(args) -> int:
 def _cmd_run(args) -> int:
     from . import stages
     from .config import IngestConfig
+    from .pipeline.fit import stage_backend
 
     run = _run(args)
     progress = _progress(args)
     fit_settings = _fit_settings(args)
     _fit_config(args)  # flags are checked before anything runs
     IngestConfig(source=args.source, **_ingest_settings(args))
+    stage_backend(args.backend, args.device, args.precision, client=args.scheduler)  # and the backend
     with run.lock("run"), _client(args) as client:  # no other writer between the stages
         summary = run.ingest(args.source, **_ingest_settings(args), overwrite=args.overwrite, progress=progress,
                              client=client)
@@ -353,7 +400,7 @@ def _cmd_run(args) -> int:
         fitted = run.fit(**fit_settings, overwrite=args.overwrite, progress=progress, client=client)
         print(fitted.summary.line())
         if not stages.is_current(run.layout, "assign"):
-            run.assign(progress=progress, client=client, frame=False)
+            run.assign(progress=progress, client=client, frame=False, **_backend_settings(args))
         if args.labels or args.labels_from_folders:
             print(run.evaluate(args.labels, from_folders=args.labels_from_folders))
         path = run.report(progress=progress)
@@ -432,7 +479,7 @@ def _fit_settings(args) -> dict:
         gmm_pca_components=args.gmm_pca_components, seed=args.seed, max_iter=args.max_iter,
         batch_size=args.batch_size, memory_limit=args.memory_limit, drop_duplicates=not args.keep_duplicates,
         features=args.features, reduce=args.reduce, kpca_components=args.kpca_components, embed=args.embed,
-        cluster=args.cluster,
+        cluster=args.cluster, **_backend_settings(args),
     )
 
 
@@ -482,7 +529,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamclust`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    saved = (logger.handlers[:], logger.level, logger.propagate)
     _setup_logging(args)
+    try:
+        return _dispatch(args)
+    finally:  # the logger as it was: a later library call in this process (a test, a notebook) does not
+        # write to this call's stderr, which may be gone by then
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+def _dispatch(args) -> int:
+    """Run the command of ``args``; an error streamclust raises on purpose is one line and exit status 2."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _log_warning
@@ -491,6 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streamclust {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - re-raised unless the machine failed a read or write
+        if _is_backend_error(exc):  # a backend or device that cannot be used here: a refusal, like a bad flag
+            print(f"streamclust {args.command}: error: {exc}", file=sys.stderr)
+            return 2
         os_error = _os_error(exc)
         if os_error is None:
             raise

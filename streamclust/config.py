@@ -253,6 +253,17 @@ class FitConfig:
     features : {"pixels", "latents"}, default="pixels"
         What the models are fitted on: the images' pixels, or the latents of a trained
         autoencoder (``streamclust train`` then ``streamclust encode``).
+    backend : {"auto", "numpy", "torch"}, default="auto"
+        Where the passes' arithmetic runs (:func:`streamclust.engine.resolve_backend`):
+        ``"auto"`` is PyTorch on a GPU when PyTorch sees one, else NumPy.  Does not
+        change the result beyond rounding, so a resume may change it.
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        The PyTorch backend's device.  Does not change the result beyond rounding (a fit
+        checkpointed on a GPU resumes on a CPU and the other way round).
+    precision : {"float64", "float32"}, default="float64"
+        The dtype of the PyTorch backend's k-means and mixture products (sums over
+        batches are float64 either way); ``"float32"`` changes the result, so it is part
+        of the fit's identity.
     """
 
     pca_components: int | float | None = None
@@ -273,9 +284,12 @@ class FitConfig:
     kpca_components: int = 200
     embed: str | None = None
     cluster: tuple[str, ...] = ("kmeans", "gmm")
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "float64"
 
     #: fields that do not change the result (beyond rounding); a resume may change them
-    NON_IDENTITY = ("batch_size", "memory_limit")
+    NON_IDENTITY = ("batch_size", "memory_limit", "backend", "device")
 
     def __post_init__(self):
         check_seed(self.seed)

@@ -35,9 +35,11 @@ import numpy as np
 from sklearn.utils._param_validation import StrOptions
 
 __all__ = [
-    "BACKENDS", "PRECISIONS", "Backend", "BackendError", "NUMPY", "resolve_backend", "namespace", "is_numpy",
-    "host", "host_rows", "host_scalar", "like", "float64", "bincount", "one_hot", "sum_squares", "largest", "as_dtype", "numpy_dtype", "subtract", "matmul",
-    "DeviceState", "empty",
+    "BACKENDS", "PRECISIONS", "PLACEMENT_PARAMS", "PARAMETER_CONSTRAINTS", "GPU_BATCH_BYTES", "Backend",
+    "BackendError", "NUMPY", "resolve_backend", "document_parameters",
+    "namespace", "is_numpy", "host", "host_rows", "like", "float64", "as_dtype", "numpy_dtype",
+    "empty", "subtract", "matmul", "sum_squares", "bincount", "one_hot", "largest", "qr_basis", "symmetric_eigh",
+    "DeviceState",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,18 @@ class Backend:
 
         return torch.as_tensor(np.asarray(a), device=self.device).to(dtype)
 
+    def batch_rows(self, requested: int, n_features: int) -> int:
+        """Rows per batch: ``requested``, or on a GPU at least what fills :data:`GPU_BATCH_BYTES`.
+
+        A GPU computes a batch in microseconds; what costs is the launching of its many
+        small kernels, once per batch: larger batches keep it busy.  Only for passes whose
+        result does not depend on the batches but for rounding (not mini-batch k-means).
+        """
+        if not self.on_gpu:
+            return int(requested)
+        itemsize = 8 if self.precision == "float64" else 4
+        return int(max(requested, min(GPU_BATCH_MAX_ROWS, GPU_BATCH_BYTES // (itemsize * max(1, int(n_features))))))
+
     def describe(self) -> str:
         """One phrase for the log: what the passes run on."""
         if self.is_numpy:
@@ -117,6 +131,15 @@ class Backend:
 
 #: the default: NumPy on the CPU, float64
 NUMPY = Backend()
+#: a batch on a GPU holds at least this many bytes in the compute dtype (:meth:`Backend.batch_rows`);
+#: in its stored dtype, read and copied ahead, a fraction of that in the host's memory
+GPU_BATCH_BYTES = 128 << 20
+GPU_BATCH_MAX_ROWS = 65536
+
+#: the estimators' parameters that say where a fit runs, not what it computes: not in model
+#: files nor in checkpoint keys (a fit checkpointed on a GPU resumes on a CPU; a model
+#: fitted on one loads and predicts on the other)
+PLACEMENT_PARAMS = ("backend", "device")
 
 #: scikit-learn constraints of the estimators' ``backend``, ``device`` and ``precision`` parameters
 PARAMETER_CONSTRAINTS = {
@@ -220,8 +243,11 @@ def resolve_backend(backend: str = "auto", device: str = "auto", precision: str 
             gpu = torch.cuda.is_available()
         chosen = Backend("torch", "cuda:0", precision) if gpu else Backend("numpy", "cpu", precision)
         if not gpu and log:
-            logger.info("no GPU found (PyTorch %s): the passes run with NumPy on the CPU",
-                        "sees none" if _torch_available() else "is not installed")
+            # an info line where a GPU was to be expected (a CUDA build of PyTorch that sees none)
+            cuda_build = _torch_available() and getattr(__import__("torch").version, "cuda", None)
+            logger.log(logging.INFO if cuda_build else logging.DEBUG,
+                       "no GPU found (PyTorch %s): the passes run with NumPy on the CPU",
+                       "sees none" if _torch_available() else "is not installed")
             return chosen
     if log:
         logger.info("the passes run with %s", chosen.describe())
@@ -257,11 +283,6 @@ def host_rows(X, idx) -> np.ndarray:
     return host(X[torch.as_tensor(np.asarray(idx, dtype=np.int64), device=X.device)])
 
 
-def host_scalar(x) -> float:
-    """A 0-d array or tensor, or a Python number, as a float (a device synchronisation)."""
-    return float(x.item() if hasattr(x, "item") else x)
-
-
 def like(ref, a, dtype=None):
     """``a`` (a NumPy array or scalar) on the device of ``ref``, in ``dtype`` (default ``ref``'s)."""
     if is_numpy(ref):
@@ -275,6 +296,26 @@ def like(ref, a, dtype=None):
 def float64(ref):
     """The float64 dtype of ``ref``'s namespace."""
     return np.float64 if is_numpy(ref) else __import__("torch").float64
+
+
+def qr_basis(Z: np.ndarray, backend: "Backend") -> np.ndarray:
+    """An orthonormal basis ``Q`` (NumPy, float64) of the columns of ``Z``, by QR on the backend's GPU.
+
+    On a GPU the tall ``d x l`` factorisations of the PCA's subspace iterations take
+    milliseconds; the basis spans the same space as the CPU's (its columns may differ
+    by rotation, which the Rayleigh-Ritz step that follows does not see).
+    """
+    import torch
+
+    return host(torch.linalg.qr(backend.asarray(Z, torch.float64), mode="reduced")[0])
+
+
+def symmetric_eigh(M, backend: "Backend") -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (increasing) and eigenvectors of the symmetric ``M`` on the backend's GPU, as NumPy."""
+    import torch
+
+    w, V = torch.linalg.eigh(backend.asarray(M, torch.float64))
+    return host(w), host(V)
 
 
 # --------------------------------------------------------- what the standard leaves out

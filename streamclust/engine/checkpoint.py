@@ -45,7 +45,7 @@ class Checkpointer:
         Fingerprint of the fit's parameters and data; a checkpoint with another key is
         refused (``ValueError``) rather than silently resumed.
     every_seconds : float
-        Save at most this often (and always at the end of a pass; ``0``: after every
+        Save at most this often, within a pass or between passes (``0``: after every
         batch).  A large state (the
         exact PCA's scatter matrix: 600 MB at 64x64 RGB) is saved less often: at least
         ten times as long as its last save took passes between two saves, so saving

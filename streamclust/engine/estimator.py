@@ -44,6 +44,10 @@ class StreamingMixin:
     #: the parameter holding the precision of the PyTorch backend's products
     _precision_param = "precision"
 
+    def _batches_may_grow(self) -> bool:
+        """Whether the fit's result is the same (to rounding) with larger batches, as a GPU reads."""
+        return True
+
     def _make_plan(self, source: RowSource) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -68,7 +72,12 @@ class StreamingMixin:
         backend = self._resolved_backend()
         if not backend.is_numpy:
             backend = replace(backend, precision=np.dtype(dtype).name)
-        return DeviceFeed(source, backend, cache_bytes=0).batches(int(self.batch_size), dtype=dtype)
+        rows = backend.batch_rows(int(self.batch_size), source.n_features)
+        feed = DeviceFeed(source, backend, cache_bytes=0)
+        try:
+            yield from feed.batches(rows, dtype=dtype)
+        finally:
+            feed.close()
 
 
 def fit_streaming(
@@ -99,7 +108,11 @@ def fit_streaming(
         raise TypeError(f"{type(estimator).__name__} does not take sample_weight")
     else:
         plan = estimator._make_plan(source, sample_weight=check_sample_weight(sample_weight, source.n_samples))
-    drive(plan, source, int(estimator.batch_size), dtype=estimator._batch_dtype, checkpoint=checkpoint,
-          progress=progress, client=client, backend=estimator._resolved_backend(client))
+    backend = estimator._resolved_backend(client)
+    rows = int(estimator.batch_size)
+    if estimator._batches_may_grow():
+        rows = backend.batch_rows(rows, source.n_features)
+    drive(plan, source, rows, dtype=estimator._batch_dtype, checkpoint=checkpoint, progress=progress, client=client,
+          backend=backend)
     estimator._finish_plan(plan, source)
     return estimator

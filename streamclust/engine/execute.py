@@ -1,7 +1,7 @@
 """Driving a plan over a row source until it has no further pass, resumably.
 
-:func:`run_passes` runs in this process, saving a checkpoint mid-pass (at most every
-``checkpoint.every_seconds``) and at the end of each pass; :func:`drive` runs the same
+:func:`run_passes` runs in this process, saving a checkpoint at most every
+``checkpoint.every_seconds`` (mid-pass or between passes); :func:`drive` runs the same
 in this process or, given a dask.distributed client, with every mergeable pass split
 into one task per block of rows (:func:`streamclust.engine.cluster.run_passes_distributed`).
 """
@@ -9,6 +9,7 @@ into one task per block of rows (:func:`streamclust.engine.cluster.run_passes_di
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -37,15 +38,38 @@ def run_passes(
 ) -> Plan:
     """Drive ``plan`` over ``source`` until it reports no further pass.
 
-    With a ``checkpoint``, a saved state is resumed first and the state is saved every
-    ``checkpoint.every_seconds`` and at the end of each pass.  ``progress`` is called as
+    With a ``checkpoint``, a saved state is resumed first and the state is saved at most
+    every ``checkpoint.every_seconds``, within a pass or between passes (every batch and
+    every pass with ``every_seconds=0``).  ``progress`` is called as
     ``progress(pass_name, rows_done, n_rows)`` after each batch.  The batches are arrays
     of ``backend`` on its device (a :class:`~streamclust.engine.transfer.DeviceFeed`,
     or the ``feed`` given); an accumulator's state is brought back to NumPy
     (:func:`settle`) before it is checkpointed or ends its pass.
     """
-    if feed is None:
+    own = feed is None
+    if own:
         feed = DeviceFeed(source, backend)
+    started = time.perf_counter()
+    try:
+        return _run(plan, source, batch_size, dtype, checkpoint, progress, feed)
+    finally:
+        _log_feed(feed, time.perf_counter() - started)
+        if own:
+            feed.close()
+
+
+def _log_feed(feed: DeviceFeed, seconds: float) -> None:
+    """One line on what the passes read and how long they waited for it (info on a device, else debug);
+    the figures ride on the record as ``feed_stats`` and ``seconds`` (benchmarks read them)."""
+    s = feed.stats
+    level = logging.DEBUG if feed.backend.is_numpy else logging.INFO
+    logger.log(level, "%s: %d rows in %d batches (%d from the device cache), %.1f MB read; waited %.1f s for "
+               "the store, %.0f%% of %.1f s", feed.backend.describe() if level == logging.INFO else "numpy",
+               s.rows, s.batches, s.cached, s.bytes_read / 1e6, s.wait_s, 100 * s.wait_s / max(seconds, 1e-9),
+               seconds, extra={"feed_stats": s, "seconds": seconds})
+
+
+def _run(plan, source, batch_size, dtype, checkpoint, progress, feed) -> Plan:
     pass_index, start_row = 0, 0
     acc: Accumulator | None = None
     if checkpoint is not None:
@@ -78,7 +102,9 @@ def run_passes(
         plan.end_pass(acc)
         acc = None
         pass_index += 1
-        if checkpoint is not None:
+        # between passes too only when due: a GPU's passes take a tenth of a second, a save
+        # of many candidates' states longer (what a kill loses is still every_seconds at most)
+        if checkpoint is not None and checkpoint.due():
             checkpoint.save(plan, None, pass_index, 0)
     return plan
 
@@ -95,8 +121,8 @@ def drive(plan: Plan, source: RowSource, batch_size: int, *, dtype=np.float64, c
           feed: DeviceFeed | None = None) -> Plan:
     """Run ``plan`` over ``source`` until it has no further pass; returns the plan.
 
-    In this process (:func:`run_passes`: checkpoints mid-pass every
-    ``checkpoint.every_seconds`` and at the end of each pass), or with a dask.distributed
+    In this process (:func:`run_passes`: checkpoints at most every
+    ``checkpoint.every_seconds``, mid-pass or between passes), or with a dask.distributed
     ``client`` as one task per block of rows, the accumulators merged in a tree
     (checkpoints between passes).  ``progress(pass_name, rows_done, n_rows)`` is called
     as batches are done.  ``backend`` says where the arithmetic runs (in this process

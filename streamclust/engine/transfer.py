@@ -19,7 +19,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -37,12 +37,15 @@ PREFETCH = 2
 
 @dataclass
 class FeedStats:
-    """Where a feed's time went: ``wait_s`` blocked on the store, ``batches`` delivered, ``cached`` from the device cache."""
+    """What a feed delivered: ``rows`` and ``batches`` (``cached`` of them from the device
+    cache), ``bytes_read`` from the store, and ``wait_s``, the seconds the passes waited
+    for a batch (the store or the copy not keeping up)."""
 
     wait_s: float = 0.0
     batches: int = 0
+    rows: int = 0
     cached: int = 0
-    bytes_read: int = field(default=0)
+    bytes_read: int = 0
 
 
 def wire_dtype(source: RowSource, dtype) -> np.dtype:
@@ -77,6 +80,10 @@ class DeviceFeed:
         self.stats = FeedStats()
         self._cache: dict[tuple[int, int, str], object] = {}
         self._cached_bytes = 0
+        # one reader thread and one copy stream for all the passes (a thread that used CUDA
+        # takes tens of milliseconds to end: one per pass cost more than a GPU's pass)
+        self._pool: ThreadPoolExecutor | None = None
+        self._stream = None
         if cache_bytes is None:
             cache_bytes = 0
             if backend.on_gpu:
@@ -98,7 +105,10 @@ class DeviceFeed:
         import torch
 
         gpu = self.backend.on_gpu
-        stream = torch.cuda.Stream(device=self.backend.device) if gpu else None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamclust-feed")
+            self._stream = torch.cuda.Stream(device=self.backend.device) if gpu else None
+        stream, pool = self._stream, self._pool
 
         def fetch(lo: int, hi: int):
             key = (lo, hi, wire.str)
@@ -117,29 +127,32 @@ class DeviceFeed:
                 event.record(stream)
             return dev, event, False
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamclust-feed") as pool:
-            pending = deque(pool.submit(fetch, lo, hi) for lo, hi in bounds[:PREFETCH])
-            nxt = len(pending)
-            try:
-                for lo, hi in bounds:
-                    t0 = time.perf_counter()
-                    raw, event, was_cached = pending.popleft().result()
-                    self.stats.wait_s += time.perf_counter() - t0
-                    if nxt < len(bounds):
-                        pending.append(pool.submit(fetch, *bounds[nxt]))
-                        nxt += 1
-                    if event is not None:
-                        current = torch.cuda.current_stream(torch.device(self.backend.device))
-                        current.wait_event(event)
-                        raw.record_stream(current)
-                    self.stats.batches += 1
-                    self.stats.cached += bool(was_cached)
-                    if not was_cached and self.cache_bytes:
-                        self._keep(lo, hi, wire, raw)
-                    yield lo, raw.to(compute)
-            finally:  # the caller stopped early: do not read another batch for nothing
-                for f in pending:
-                    f.cancel()
+        pending = deque(pool.submit(fetch, lo, hi) for lo, hi in bounds[:PREFETCH])
+        nxt = len(pending)
+        try:
+            for lo, hi in bounds:
+                t0 = time.perf_counter()
+                raw, event, was_cached = pending.popleft().result()
+                self.stats.wait_s += time.perf_counter() - t0
+                if nxt < len(bounds):
+                    pending.append(pool.submit(fetch, *bounds[nxt]))
+                    nxt += 1
+                if event is not None:
+                    current = torch.cuda.current_stream(torch.device(self.backend.device))
+                    current.wait_event(event)
+                    raw.record_stream(current)
+                self.stats.batches += 1
+                self.stats.rows += hi - lo
+                self.stats.cached += bool(was_cached)
+                if not was_cached and self.cache_bytes:
+                    self._keep(lo, hi, wire, raw)
+                yield lo, raw.to(compute)
+        finally:  # the caller stopped early: do not read another batch for nothing
+            for f in pending:
+                f.cancel()
+            for f in pending:  # and never leave a read running past the pass
+                if not f.cancelled():
+                    f.exception()
 
     def _keep(self, lo: int, hi: int, wire: np.dtype, raw) -> None:
         size = raw.numel() * raw.element_size()
@@ -157,9 +170,14 @@ class DeviceFeed:
                 return
             self.stats.wait_s += time.perf_counter() - t0
             self.stats.batches += 1
+            self.stats.rows += int(item[1].shape[0])
+            self.stats.bytes_read += int(item[1].nbytes)
             yield item
 
     def close(self) -> None:
-        """Free the device cache."""
+        """Free the device cache and end the reader thread."""
         self._cache.clear()
         self._cached_bytes = 0
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = self._stream = None

@@ -586,7 +586,13 @@ class HardAssignAccumulator(GMMSuffStats):
         if is_numpy(X):
             X = np.asarray(X, dtype=np.float64)
         self._begin(X)
-        labels, mind = nearest_centre(X, like(X, self.centres), like(X, self._c2))
+        if is_numpy(X):
+            centres = (self.centres, self._c2)
+        else:  # copied to the device once a pass
+            if getattr(self, "_dev", None) is None or self._dev[0].device != X.device:
+                self._dev = (like(X, self.centres), like(X, self._c2))
+            centres = self._dev
+        labels, mind = nearest_centre(X, *centres)
         w = weight_slice(self.sample_weight, offset, X.shape[0])
         self.inertia = self.inertia + (namespace(mind).sum(mind) if w is None else mind @ like(mind, w))
         self.accumulate_hard(X, labels, sample_weight=w)
@@ -609,9 +615,9 @@ class HardAssignAccumulator(GMMSuffStats):
 class RandomRespAccumulator(GMMSuffStats):
     """Moments under random responsibilities (``init_params="random"``).
 
-    The responsibilities of the batch at row ``offset`` are uniform draws from
-    ``pass_rng(seed, pass_index, stream, offset)``, normalised per row, so a pass is
-    deterministic (for a given ``batch_size``) and resumable.  The moments are centred on
+    The responsibilities of rows ``lo:lo + 1024`` (``lo`` a multiple of 1024) are uniform
+    draws from ``pass_rng(seed, pass_index, stream, lo)``, normalised per row, so a pass is
+    deterministic whatever the batch size, and resumable.  The moments are centred on
     the mean of the first batch.
     """
 
@@ -622,9 +628,15 @@ class RandomRespAccumulator(GMMSuffStats):
         self.name = name
         self.sample_weight = sample_weight
 
+    #: rows per draw: the responsibilities do not depend on the batch size (a GPU reads larger batches)
+    BLOCK = 1024
+
     def update(self, X: np.ndarray, offset: int = 0) -> None:
-        rng = pass_rng(self.seed, self.pass_index, self.stream, offset)
-        resp = rng.uniform(size=(X.shape[0], self.n_components))
+        n, b = X.shape[0], self.BLOCK
+        first = offset - offset % b  # the draws of the block holding row ``offset``, then the next ones
+        draws = [pass_rng(self.seed, self.pass_index, self.stream, lo).uniform(size=(b, self.n_components))
+                 for lo in range(first, offset + n, b)]
+        resp = np.concatenate(draws)[offset - first: offset - first + n]
         resp /= resp.sum(axis=1, keepdims=True)
         self.accumulate(X, like(X, resp), sample_weight=weight_slice(self.sample_weight, offset, X.shape[0]))
 

@@ -28,7 +28,8 @@ import numpy as np
 from scipy import linalg
 
 from ..engine import pass_rng
-from ..engine.backend import DeviceState, float64, host, is_numpy, like, namespace, numpy_dtype
+from ..engine.backend import (NUMPY, Backend, DeviceState, float64, host, is_numpy, like, namespace, numpy_dtype,
+                              symmetric_eigh)
 from ._parallel import map_blocks
 
 __all__ = ["ScatterAccumulator", "CovariancePlan", "EIGH_MAX_FEATURES", "EXACT_F32_ROWS", "scatter_bytes"]
@@ -206,7 +207,8 @@ def components_lower_bound(eigvals: np.ndarray, total: float, fraction: float) -
 
 
 def top_eigenpairs(C: np.ndarray, *, n_keep: int | None, fraction: float | None, cap: int,
-                   seed: int, n_oversamples: int = 10, n_iter: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                   seed: int, n_oversamples: int = 10, n_iter: int = 4,
+                   backend: Backend = NUMPY) -> tuple[np.ndarray, np.ndarray]:
     """Leading eigenvalues (decreasing) and eigenvectors ``(d, k)`` of the symmetric ``C``.
 
     ``n_keep`` components, or enough for ``fraction`` of ``trace(C)`` (at most ``cap``).
@@ -214,39 +216,66 @@ def top_eigenpairs(C: np.ndarray, *, n_keep: int | None, fraction: float | None,
     subspace iteration in memory, in ``C``'s dtype, started on 256 components for a
     fraction and widened, warm-started, while short of it: to a quarter wider at least,
     or to the count the fraction needs at least (:func:`components_lower_bound`).
+    With a GPU ``backend`` the factorisations and products run there (same algorithm,
+    same random starts); the results are NumPy arrays.
     """
     d = C.shape[0]
+    gpu = backend.on_gpu
     if d <= EIGH_MAX_FEATURES:
-        w, V = linalg.eigh(C, overwrite_a=False, check_finite=False)
+        w, V = symmetric_eigh(C, backend) if gpu else linalg.eigh(C, overwrite_a=False, check_finite=False)
         order = np.argsort(w)[::-1]
         return np.maximum(w[order], 0.0), V[:, order]
     total = float(np.trace(C, dtype=np.float64))
     want = cap if n_keep is None else min(int(n_keep), cap)
+    if gpu:
+        import torch
+
+        Cd = backend.asarray(C, dtype=getattr(torch, np.dtype(C.dtype).name))
+
+        def qr(A):
+            return torch.linalg.qr(A, mode="reduced")[0]
+
+        def dev(a):
+            return backend.asarray(a, dtype=Cd.dtype)
+
+        def concat(parts):
+            return torch.cat(parts, dim=1)
+    else:
+        Cd = C
+
+        def qr(A):
+            return linalg.qr(A, mode="economic", overwrite_a=True)[0]
+
+        def dev(a):
+            return np.asarray(a).astype(C.dtype)
+
+        def concat(parts):
+            return np.hstack(parts)
 
     def wide(k: int) -> int:  # a sketch for k components: the trailing Ritz values are the least accurate
         return min(d, k + max(n_oversamples, k // 8))
 
     width = wide(want if fraction is None else min(cap, 256))
-    Q = linalg.qr(pass_rng(seed, 0).standard_normal((d, width)).astype(C.dtype), mode="economic")[0]
+    Q = qr(dev(pass_rng(seed, 0).standard_normal((d, width))))
     iters = n_iter
     while True:
         for _ in range(iters):
-            Q = linalg.qr(C @ Q, mode="economic", overwrite_a=True)[0]
-        M = (Q.T @ (C @ Q)).astype(np.float64)
-        w, V = linalg.eigh(0.5 * (M + M.T))
+            Q = qr(Cd @ Q)
+        M = host(Q.T @ (Cd @ Q)).astype(np.float64)
+        w, V = symmetric_eigh(0.5 * (M + M.T), backend) if gpu else linalg.eigh(0.5 * (M + M.T))
         order = np.argsort(w)[::-1]
-        w, V = np.maximum(w[order], 0.0), Q @ V[:, order].astype(Q.dtype)
+        w, V = np.maximum(w[order], 0.0), Q @ dev(V[:, order])
         usable = min(width - max(n_oversamples, width // 9), cap) if width < d else width
         if fraction is None or width >= d or usable >= cap:
-            return w, V
+            return w, host(V)
         if _k_for_fraction(w[:usable], total, fraction) <= usable:
-            return w, V
+            return w, host(V)
         need = components_lower_bound(w[:usable], total, fraction)
         new_width = min(wide(cap), max(wide(need), int(1.25 * width)))
         logger.info("PCA: %d components explain %.4f of the variance, less than %s; widening to %d",
                     usable, w[:usable].sum() / total if total > 0 else 0.0, fraction, new_width)
-        extra = pass_rng(seed, width).standard_normal((d, new_width - width)).astype(C.dtype)
-        Q = linalg.qr(np.hstack([V, extra]), mode="economic", overwrite_a=True)[0]
+        extra = dev(pass_rng(seed, width).standard_normal((d, new_width - width)))
+        Q = qr(concat([V, extra]))
         width = new_width
         iters = max(2, n_iter - 1)  # warm-started: the leading directions have converged already
 
@@ -258,7 +287,9 @@ class CovariancePlan:
     ``cap``); every eigenvalue that was computed is kept, for the variance figures.
     """
 
-    def __init__(self, n_features: int, *, n_keep: int | None, fraction: float | None, cap: int, seed: int):
+    def __init__(self, n_features: int, *, n_keep: int | None, fraction: float | None, cap: int, seed: int,
+                 backend: Backend = NUMPY):
+        self.backend = backend  # where the eigendecomposition runs (not state)
         self.d = int(n_features)
         self.n_keep, self.fraction, self.cap, self.seed = n_keep, fraction, int(cap), int(seed)
         self.done = False
@@ -277,7 +308,8 @@ class CovariancePlan:
         mean, C = acc.result(np.float64 if self.d <= EIGH_MAX_FEATURES else np.float32, consume=consume)
         self.n, self.mean = acc.n, mean
         self.scatter = np.maximum(acc.diagonal, 0.0)
-        w, V = top_eigenpairs(C, n_keep=self.n_keep, fraction=self.fraction, cap=self.cap, seed=self.seed)
+        w, V = top_eigenpairs(C, n_keep=self.n_keep, fraction=self.fraction, cap=self.cap, seed=self.seed,
+                              backend=self.backend)
         del C
         total = float(self.scatter.sum())
         if self.n_keep is not None:

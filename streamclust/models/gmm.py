@@ -26,7 +26,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..engine.backend import PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters, host
+from ..engine.backend import NUMPY, Backend, PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters, host
 from ..engine import RowSource, settle, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
 from ._gmm_stats import (
     GMMStatsAccumulator,
@@ -176,7 +176,9 @@ class GMMPlan:
         verbose: int = 0,
         verbose_interval: int = 10,
         sample_weight: np.ndarray | None = None,
+        backend: Backend = NUMPY,
     ):
+        self.backend = backend  # where the k-means initialisation's in-memory Lloyd runs (not state)
         self.n_samples, self.n_features, self.n_components = int(n_samples), int(n_features), int(n_components)
         self.sample_weight = sample_weight
         self.covariance_type = covariance_type
@@ -330,7 +332,8 @@ class GMMPlan:
             extra = {} if w is None else {"sample_weight": w}
             seeds, _ = kmeans_plusplus(sample, self.n_components, random_state=rs, **extra)
             if self.init_params == "kmeans":
-                seeds = lloyd_in_memory(sample, seeds, _KMEANS_SAMPLE_ITER, _KMEANS_TOL, sample_weight=w)[0]
+                seeds = lloyd_in_memory(sample, seeds, _KMEANS_SAMPLE_ITER, _KMEANS_TOL, sample_weight=w,
+                                        backend=self.backend)[0]
             centres.append(seeds)
         self.centres = np.stack(centres)
         if self.init_params != "kmeans":
@@ -752,6 +755,7 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
             verbose=self.verbose,
             verbose_interval=self.verbose_interval,
             sample_weight=sample_weight,
+            backend=self._resolved_backend(),
         )
 
     def _finish_plan(self, plan: GMMPlan, source: RowSource) -> None:

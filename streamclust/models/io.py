@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.backend import PLACEMENT_PARAMS
+
 from .._atomic import load_npz, save_npz
 from ..errors import IntegrityError, RunDirError
 
@@ -57,8 +59,9 @@ def model_arrays(estimator) -> dict[str, np.ndarray]:
 
 
 def save_model(estimator, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
-    """Write ``estimator``'s parameters and learned attributes to ``path`` atomically."""
-    params = estimator.get_params(deep=False)
+    """Write ``estimator``'s parameters (but where it ran: ``backend`` and ``device``, which a
+    loaded model takes as ``"auto"``) and learned attributes to ``path`` atomically."""
+    params = {k: v for k, v in estimator.get_params(deep=False).items() if k not in PLACEMENT_PARAMS}
     array_params = {k: np.asarray(v) for k, v in params.items() if isinstance(v, np.ndarray)}
     meta = {
         "class": type(estimator).__name__,

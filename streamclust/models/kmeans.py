@@ -29,6 +29,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from ..engine.backend import (DeviceState, bincount, float64, host, is_numpy, largest, like, namespace, one_hot,
                               sum_squares)
 from ..engine.backend import PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters
+from ..engine.backend import NUMPY, Backend
 from ..engine import (RowSource, StreamingMixin, as_row_source, check_sample_weight, draw_seed, fit_streaming,
                       output_dtype, pass_rng, weight_slice)
 from ._sampling import RowSampleAccumulator, sample_row_indices
@@ -178,11 +179,24 @@ class _LloydAccumulator(_ShiftedMoments):
         self.top_x = np.zeros((k, d))
         self.top_w = np.zeros(k)
 
+    def _centres_like(self, X) -> tuple:
+        """The centres and their squared norms on the batch's device (copied once a pass)."""
+        if is_numpy(X):
+            return self.centers, self._centers_sq
+        if getattr(self, "_dev", None) is None or self._dev[0].device != X.device:
+            self._dev = (like(X, self.centers), like(X, self._centers_sq))
+        return self._dev
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_dev", None)  # device copies, never shipped
+        return state
+
     def update(self, X, offset: int) -> None:
         self._follow(X)
         xp = namespace(X)
         w = weight_slice(self.sample_weight, offset, X.shape[0])
-        labels, mind = nearest_centre(X, like(X, self.centers), like(X, self._centers_sq))
+        labels, mind = nearest_centre(X, *self._centres_like(X))
         k = self.centers.shape[0]
         if w is None:
             sums, counts = _cluster_sums(X, labels, k)
@@ -467,12 +481,13 @@ class _LabelAccumulator(DeviceState):
         self.inertia = 0.0
         self.counts = np.zeros(centers.shape[0], dtype=np.int64)
 
+    __getstate__ = _LloydAccumulator.__getstate__
     _device_state = ("inertia",)
 
     def update(self, X, offset: int) -> None:
         self._follow(X)
-        centers = like(X, self.centers)
-        labels, _ = nearest_centre(X, centers, like(X, self._centers_sq))
+        centers, centers_sq = _LloydAccumulator._centres_like(self, X)
+        labels, _ = nearest_centre(X, centers, centers_sq)
         diff = X - centers[labels]
         w = weight_slice(self.sample_weight, offset, X.shape[0])
         if w is None:
@@ -499,7 +514,7 @@ class _LabelAccumulator(DeviceState):
 
 
 # ------------------------------------------------------------------------- seeding
-def lloyd_in_memory(X, centers, max_iter, tol, chunk=8192, sample_weight=None):
+def lloyd_in_memory(X, centers, max_iter, tol, chunk=8192, sample_weight=None, backend: Backend = NUMPY):
     """Lloyd iterations on an in-memory array (a seeding sample), ``chunk`` rows at a time.
 
     Large chunks keep the per-chunk overhead (Python calls, small matrix products) low;
@@ -512,13 +527,18 @@ def lloyd_in_memory(X, centers, max_iter, tol, chunk=8192, sample_weight=None):
     their sample with it.
 
     Returns ``(centers, inertia, cluster weights)`` (the weights are the cluster sizes
-    for unit weights).
+    for unit weights).  With a GPU ``backend`` the sample is copied there once (float64)
+    and every iteration runs there, in one chunk.
     """
     tol_ = None
+    if backend.on_gpu:
+        X = backend.asarray(X, backend.xp.float64)
+        chunk = X.shape[0]
     for _ in range(int(max_iter)):
         acc = _LloydAccumulator(centers, track_moments=tol_ is None, sample_weight=sample_weight)
         for lo in range(0, X.shape[0], chunk):
             acc.update(X[lo : lo + chunk], lo)
+        acc.to_host()
         if tol_ is None:
             tol_ = _tol_from_moments(tol, acc.m_n, X.shape[1], acc.m_s1, acc.m_s2)
         new, _ = acc.new_centers()
@@ -529,6 +549,7 @@ def lloyd_in_memory(X, centers, max_iter, tol, chunk=8192, sample_weight=None):
     final = _LabelAccumulator(centers, X.shape[0], sample_weight=sample_weight)
     for lo in range(0, X.shape[0], chunk):
         final.update(X[lo : lo + chunk], lo)
+    final.to_host()
     if sample_weight is None:
         return centers, final.inertia, final.counts.astype(np.float64)
     return centers, final.inertia, np.bincount(final.labels, weights=sample_weight, minlength=centers.shape[0])
@@ -547,7 +568,7 @@ def _check_init_shape(centers: np.ndarray, n_clusters: int, n_features: int) -> 
         )
 
 
-def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed, sample_weight=None):
+def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed, sample_weight=None, backend: Backend = NUMPY):
     """Best of ``n_init`` seedings refined on the sample: ``(centers, sample cluster weights)``.
 
     ``init`` is "k-means++" (weighted by ``sample_weight`` when given), "random" (rows
@@ -569,7 +590,7 @@ def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed, sample_
             extra = {} if w is None else {"sample_weight": w}
             centers, _ = kmeans_plusplus(sample, n_clusters, random_state=int(rng.integers(_SEED_MAX)), **extra)
         centers, inertia, sizes = lloyd_in_memory(sample, np.asarray(centers, dtype=np.float64), max_iter, tol,
-                                                   sample_weight=w)
+                                                   sample_weight=w, backend=backend)
         if inertia < best_inertia or best is None:
             best, best_inertia, best_sizes = centers, inertia, sizes
     return best, best_sizes
@@ -585,7 +606,9 @@ class _KMeansPlan:
     """
 
     def __init__(self, *, n_samples, n_features, n_clusters, method, init_centers, init, n_init,
-                 max_iter, tol, sample_size, reassignment_ratio, max_no_improvement, seed, sample_weight=None):
+                 max_iter, tol, sample_size, reassignment_ratio, max_no_improvement, seed, sample_weight=None,
+                 backend: Backend = NUMPY):
+        self.backend = backend  # where the seeding's in-memory Lloyd runs (not state)
         self.n_samples, self.n_features, self.k = int(n_samples), int(n_features), int(n_clusters)
         self.method, self.init, self.n_init = method, init, int(n_init)
         self.max_iter, self.tol, self.sample_size = int(max_iter), float(tol), int(sample_size)
@@ -635,8 +658,8 @@ class _KMeansPlan:
         if self.phase == _INIT:
             w = None if self.sample_weight is None else self.sample_weight[self._sample_rows()]
             self.centers, sizes = _seed_centers(
-                acc.sample, self.k, self.init, self.n_init, self.max_iter, self.tol, self.seed, sample_weight=w
-            )
+                acc.sample, self.k, self.init, self.n_init, self.max_iter, self.tol, self.seed, sample_weight=w,
+                backend=self.backend)
             if self.method == "minibatch":
                 # the sample was the first mini-batch: its cluster weights are the initial counts
                 self.counts = sizes
@@ -858,6 +881,9 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         self.precision = precision
 
     # ------------------------------------------------------------------ helpers
+    def _batches_may_grow(self) -> bool:
+        return self.method != "minibatch"  # a mini-batch is a batch: its size is the algorithm's
+
     def _check_n_samples(self, n_samples: int) -> None:
         if n_samples < self.n_clusters:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
@@ -948,7 +974,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
             init_centers=init_centers, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol,
             sample_size=self._init_size, reassignment_ratio=self.reassignment_ratio,
             max_no_improvement=self.max_no_improvement, seed=draw_seed(self.random_state),
-            sample_weight=sample_weight,
+            sample_weight=sample_weight, backend=self._resolved_backend(),
         )
 
     def _finish_plan(self, plan: _KMeansPlan, source: RowSource) -> None:

@@ -42,6 +42,7 @@ from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ..engine.backend import PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters
+from ..engine.backend import NUMPY, Backend, qr_basis, symmetric_eigh
 from ..engine.backend import (DeviceState, as_dtype, empty, float64, host, is_numpy, like, matmul, namespace,
                               numpy_dtype, subtract, sum_squares)
 from ..engine import (RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, is_lazy_array, output_dtype,
@@ -73,12 +74,15 @@ def _small_exact_dtype(dtype) -> bool:
 
 
 # --------------------------------------------------------------------------- randomized
-def _orthonormal_basis(Z: np.ndarray) -> np.ndarray:
-    """An orthonormal basis of the columns of ``Z`` (Householder QR, single-threaded BLAS).
+def _orthonormal_basis(Z: np.ndarray, backend: Backend = NUMPY) -> np.ndarray:
+    """An orthonormal basis of the columns of ``Z`` (Householder QR, single-threaded BLAS;
+    on the backend's GPU when it has one).
 
     Householder QR of a tall, skinny matrix is mostly level-2 work: more threads gain
     little, and lose a lot when another process holds a core.
     """
+    if backend.on_gpu:
+        return qr_basis(Z, backend)
     with single_threaded_blas():
         return linalg.qr(Z, mode="economic")[0]
 
@@ -313,7 +317,8 @@ class _RandomizedPCAPlan:
     """
 
     def __init__(self, n_features, n_track, n_power_iter, seed, compute_dtype, batch_dtype, *,
-                 n_oversamples=10, fraction=None, cap=None, min_width=0):
+                 n_oversamples=10, fraction=None, cap=None, min_width=0, backend: Backend = NUMPY):
+        self.backend = backend  # where the dense linear algebra between passes runs (not state)
         self.n_power_iter = int(n_power_iter)
         self.compute_dtype = np.dtype(compute_dtype)
         self.batch_dtype = np.dtype(batch_dtype)
@@ -328,7 +333,7 @@ class _RandomizedPCAPlan:
         self.round = 0
         self.min_width = int(min_width)  # e.g. every sample: the sketch then spans the data, exactly
         G = pass_rng(self.seed, 0).standard_normal((self.d, self._width()))
-        self.Q = _orthonormal_basis(G)
+        self.Q = _orthonormal_basis(G, backend)
         self.n = 0
         self.mean = np.zeros(n_features)
         self.scatter = np.zeros(n_features)
@@ -370,10 +375,10 @@ class _RandomizedPCAPlan:
         if self.pass_index == 0:
             self.n, self.mean, self.scatter = acc.n, mean, scatter
         if self.pass_index < self.n_power_iter:
-            self.Q = _orthonormal_basis(Z)
+            self.Q = _orthonormal_basis(Z, self.backend)
         else:
             M = 0.5 * (Z + Z.T)
-            w, V = linalg.eigh(M)
+            w, V = symmetric_eigh(M, self.backend) if self.backend.on_gpu else linalg.eigh(M)
             order = np.argsort(w)[::-1]
             self.eigvals = np.maximum(w[order], 0.0)
             self.eigvecs = self.Q @ V[:, order]
@@ -398,7 +403,7 @@ class _RandomizedPCAPlan:
         self.n_track = min(self.cap, max(need, 2 * self.n_track))
         self.round += 1
         extra = pass_rng(self.seed, 0, self.round).standard_normal((self.d, self._width() - self.eigvecs.shape[1]))
-        self.Q = _orthonormal_basis(np.hstack([self.eigvecs, extra]))
+        self.Q = _orthonormal_basis(np.hstack([self.eigvecs, extra]), self.backend)
         logger.info("PCA: %d components explain %.4f of the variance, less than %s: tracking %d",
                     old, self.eigvals[:old].sum() / self.scatter.sum(), self.fraction, self.n_track)
         self.pass_index = 1
@@ -888,6 +893,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
             self._batch_dtype = src_dtype if src_dtype.kind in "iub" and src_dtype.itemsize == 1 else np.float64
             n_keep = None if fraction is not None else k
             return CovariancePlan(d, n_keep=n_keep, fraction=fraction, cap=self._cap(n, d) if fraction else k,
+                                  backend=self._resolved_backend(),
                                   seed=seed)
         if src_dtype.kind in "iub" and src_dtype.itemsize <= 2:
             # small integers (pixels) come unconverted: centred straight into the compute dtype
@@ -898,6 +904,7 @@ class StreamingPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, StreamingM
         # them all, and the method is exact (at n d n multiply-adds a pass)
         span_all = n if n < d and n <= SPAN_ALL_MAX_SAMPLES else 0
         plan = _RandomizedPCAPlan(d, k, self.n_power_iter, seed, compute, self._batch_dtype,
+                                  backend=self._resolved_backend(),
                                   n_oversamples=self.n_oversamples, fraction=fraction,
                                   cap=self._cap(n, d) if fraction is not None else k, min_width=span_all)
         # private hook (streamclust fit): receives the last pass's projections, see _SketchAccumulator

@@ -10,6 +10,7 @@ values are outliers).
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import time
 from pathlib import Path
@@ -29,17 +30,29 @@ from .progress import PassBars
 
 __all__ = ["assign_run", "ASSIGN_COLUMNS", "read_assignments", "load_fitted"]
 
+logger = logging.getLogger(__name__)
+
 ASSIGN_COLUMNS = ("index", "member", "duplicate_of", "cluster", "distance", "component", "log_likelihood")
 
 
-def load_fitted(run_dir) -> dict:
-    """The fitted models of a run: ``{"pca": ..., "kmeans": ... or None, "gmm": ... or None}``."""
+def load_fitted(run_dir, backend=None) -> dict:
+    """The fitted models of a run: ``{"pca": ..., "kmeans": ... or None, "gmm": ... or None}``.
+
+    With ``backend`` (a :class:`~streamclust.engine.Backend`) their inference passes run
+    there (the k-means and mixture products in its precision; the PCA keeps its own).
+    """
+    from .fit import on_backend
+
     layout = RunLayout.of(run_dir)
     layout.require("fit")
     out = {"pca": load_model(layout.model("pca"))}
     for name in ("kmeans", "gmm"):
         path = layout.model(name)
         out[name] = load_model(path) if path.exists() else None
+    if backend is not None:
+        on_backend(out["pca"], backend, precision=False)
+        on_backend(out["kmeans"], backend)
+        on_backend(out["gmm"], backend)
     out["gmm_columns"] = (out["gmm"]._streamclust_extra.get("pca_components") if out["gmm"] is not None else None)
     return out
 
@@ -89,14 +102,20 @@ def _assigned_blocks(models: dict, source: RowSource, batch_size: int, client):
 
 
 def assign_run(run_dir: str | os.PathLike, *, batch_size: int | None = None, progress: bool | None = None,
-               client=None) -> Path:
+               client=None, backend: str = "auto", device: str = "auto", precision: str = "float64") -> Path:
     """Assign every ok image of ``run_dir``; returns the path of ``assignments.csv``.
 
     With a dask.distributed ``client`` the blocks of rows are assigned by tasks and written
-    here in order, so the file is the same.
+    here in order, so the file is the same.  ``backend``, ``device`` and ``precision`` say
+    where the PCA scores, distances and likelihoods are computed
+    (:func:`~streamclust.pipeline.fit.stage_backend`; NumPy on a dask cluster).
     """
+    from .fit import stage_backend
+
+    where = stage_backend(backend, device, precision, client)  # refused here, before anything is written
     layout = RunLayout.of(run_dir)
-    models = load_fitted(run_dir)
+    models = load_fitted(run_dir, where)
+    logger.log(logging.DEBUG if where.is_numpy else logging.INFO, "assigning with %s", where.describe())
     rows, members, dups = [], [], []
     for r in read_manifest(layout.manifest):
         if r["status"] == "ok":

@@ -75,7 +75,8 @@ from ..models.io import load_model
 from ..store import RunLayout, image_array, ok_rows
 from .evaluate import best_match_accuracy, labels_from_folders, read_labels
 
-__all__ = ["compare_run", "compare_runs", "format_compare", "run_features", "COMPARE_COLUMNS", "METHODS"]
+__all__ = ["compare_run", "compare_runs", "compare_backend", "format_compare", "run_features", "COMPARE_COLUMNS",
+           "METHODS"]
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,8 @@ def compare_run(
     sample: int = 2000,
     seed: int = 0,
     device: str = "auto",
+    backend: str = "auto",
+    precision: str = "float64",
 ) -> list[dict]:
     """Compare the fitted methods of ``run_dir``; writes ``RUN_DIR/compare.csv`` and returns its rows.
 
@@ -255,8 +258,14 @@ def compare_run(
     seed : int, default=0
         Seed of the silhouette sample.
     device : str, default="auto"
-        Where the decoder runs for a run fitted on latents (``auto``, ``cpu``, ``cuda``,
-        ...); unused for a pixels run.
+        Where the passes run with the PyTorch backend (``auto``, ``cpu``, ``cuda``,
+        ``cuda:N``), and the decoder for a run fitted on latents (which also takes
+        ``mps``; the passes then run on the CPU).
+    backend : {"auto", "numpy", "torch"}, default="auto"
+        Where the PCA scores and the mixture's likelihoods are computed
+        (:func:`~streamclust.pipeline.fit.stage_backend`).
+    precision : {"float64", "float32"}, default="float64"
+        The precision of the mixture's products on the PyTorch backend.
 
     Returns
     -------
@@ -266,6 +275,9 @@ def compare_run(
     """
     from sklearn.metrics import silhouette_score
 
+    from .fit import on_backend
+
+    where = compare_backend(backend, device, precision)
     layout = RunLayout.of(run_dir)
     layout.require("fit")
     if labels is not None and from_folders:
@@ -276,7 +288,9 @@ def compare_run(
     if not models:
         raise UsageError(f"no clustering method was fitted in {layout.root}")
     feature_kind = run_features(layout.root)
-    pca = load_model(layout.model("pca"))
+    logger.log(logging.DEBUG if where.is_numpy else logging.INFO, "comparing the methods of %s with %s", layout.root,
+               where.describe())
+    pca = on_backend(load_model(layout.model("pca")), where, precision=False)
     kpca_path, tsne_path = layout.model("kpca"), layout.model("tsne")
     kpca = load_model(kpca_path) if kpca_path.exists() else None
     tsne = load_model(tsne_path) if tsne_path.exists() else None
@@ -291,7 +305,7 @@ def compare_run(
     preds: dict[str, np.ndarray] = {}
     extra: dict[str, dict] = {}
     for name, path in models.items():
-        model = load_model(path)
+        model = on_backend(load_model(path), where)
         if name == "gmm":
             m = model._streamclust_extra.get("pca_components") or features.shape[1]
             source = RowSource(features, columns=int(m) if int(m) < features.shape[1] else None)
@@ -356,6 +370,14 @@ def compare_run(
     return rows
 
 
+def compare_backend(backend: str, device: str, precision: str):
+    """The backend of the passes: ``device`` as :func:`~streamclust.pipeline.fit.stage_backend`
+    takes it (``mps``, which only the decoder uses, is the CPU for the passes)."""
+    from .fit import stage_backend
+
+    return stage_backend(backend, "cpu" if str(device) == "mps" else device, precision)
+
+
 def run_features(run_dir: str | os.PathLike) -> str:
     """What the fit of ``run_dir`` was on: ``"pixels"`` or ``"latents"`` (its saved ``fit`` settings)."""
     return (load_run_config(run_dir).get("fit") or {}).get("features", "pixels")
@@ -376,7 +398,8 @@ def compare_runs(run_dirs, **kwargs) -> list[dict]:
         Run directories whose ``fit`` stage has completed, e.g. a pixels run and a
         latents run of the same images.  Each one's ``compare.csv`` is written.
     **kwargs
-        Passed to :func:`compare_run` for every run (labels, methods, sample, seed, device).
+        Passed to :func:`compare_run` for every run (labels, methods, sample, seed, device,
+        backend, precision); the backend is checked before any run is compared.
 
     Returns
     -------
@@ -388,6 +411,7 @@ def compare_runs(run_dirs, **kwargs) -> list[dict]:
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise UsageError("give at least one run directory")
+    compare_backend(kwargs.get("backend", "auto"), kwargs.get("device", "auto"), kwargs.get("precision", "float64"))
     for d in run_dirs:  # every run must be ready before any is compared
         RunLayout.of(d).require("fit")
     names = _run_names(run_dirs)

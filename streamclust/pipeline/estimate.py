@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..engine.backend import NUMPY, Backend
+
 __all__ = ["Phase", "pass_kind", "time_pass", "gmm_phases", "kmeans_phases", "select_k_phases"]
 
 #: rows of the sample batch a pass's cost is timed on (at most)
@@ -54,16 +56,28 @@ def pass_kind(name: str) -> str:
     return re.sub(r"\s+\d+$", "", name)
 
 
-def time_pass(update: Callable[[np.ndarray, int], None], sample: np.ndarray, n_rows: int) -> float:
+def time_pass(update: Callable[[np.ndarray, int], None], sample: np.ndarray, n_rows: int,
+              backend: Backend = NUMPY) -> float:
     """Seconds a pass over ``n_rows`` rows takes, from ``update`` timed on ``sample``.
 
     ``update(X, offset)`` is run once on a few rows (imports, allocations) and then on
-    the whole sample; its time per row is scaled to ``n_rows``.
+    the whole sample (on ``backend``'s device, waited for); its time per row is scaled
+    to ``n_rows``.
     """
-    update(sample[: min(32, len(sample))], 0)
+    X = backend.asarray(sample)
+    update(X[: min(32, len(sample))], 0)
+    _wait(backend)
     t = time.perf_counter()
-    update(sample, 0)
+    update(X, 0)
+    _wait(backend)
     return (time.perf_counter() - t) * n_rows / max(1, len(sample))
+
+
+def _wait(backend: Backend) -> None:
+    if backend.on_gpu:
+        import torch
+
+        torch.cuda.synchronize(torch.device(backend.device))
 
 
 def _sample(X, columns: int | None = None) -> np.ndarray:
@@ -129,29 +143,31 @@ def _nearest_update(sample: np.ndarray, ks: Sequence[int]):
 
 
 def gmm_phases(X, n_rows: int, n_components: int, covariance: str, max_iter: int,
-               columns: int | None = None) -> list[Phase]:
+               columns: int | None = None, backend: Backend = NUMPY) -> list[Phase]:
     """The passes of :class:`~streamclust.StreamingGaussianMixture` (k-means init) on ``X``
     (its first ``columns`` columns)."""
     sample = _sample(X, columns)
     read = _read_seconds(X, n_rows)
-    hard = time_pass(_nearest_update(sample, [n_components]), sample, n_rows) + read
-    em = time_pass(_em_update(sample, [n_components], covariance), sample, n_rows) + read
+    hard = time_pass(_nearest_update(sample, [n_components]), sample, n_rows, backend) + read
+    em = time_pass(_em_update(sample, [n_components], covariance), sample, n_rows, backend) + read
     return [Phase("sampling rows", read, 1), Phase("k-means init pass", hard, 5),
             Phase("EM iteration", em, int(max_iter))]
 
 
-def kmeans_phases(X, n_rows: int, n_clusters: int, max_iter: int, method: str = "lloyd") -> list[Phase]:
+def kmeans_phases(X, n_rows: int, n_clusters: int, max_iter: int, method: str = "lloyd",
+                  backend: Backend = NUMPY) -> list[Phase]:
     """The passes of :class:`~streamclust.StreamingKMeans` on ``X``."""
     sample = _sample(X)
     read = _read_seconds(X, n_rows)
-    lloyd = time_pass(_nearest_update(sample, [n_clusters]), sample, n_rows) + read
+    lloyd = time_pass(_nearest_update(sample, [n_clusters]), sample, n_rows,
+                      NUMPY if method != "lloyd" else backend) + read
     kind = "k-means iteration" if method == "lloyd" else "mini-batch k-means epoch"
     return [Phase("k-means seeding sample", read, 1), Phase(kind, lloyd, int(max_iter)),
             Phase("k-means labels", lloyd, 1)]
 
 
 def select_k_phases(X, n_rows: int, ks: Sequence[int], method: str, covariance: str, max_iter: int,
-                    columns: int | None = None) -> list[Phase]:
+                    columns: int | None = None, backend: Backend = NUMPY) -> list[Phase]:
     """select-k's shared passes: every candidate fed from one read of each batch.
 
     A shared pass costs at most the sum of the candidates' passes (fewer as they
@@ -160,9 +176,9 @@ def select_k_phases(X, n_rows: int, ks: Sequence[int], method: str, covariance: 
     sample = _sample(X, columns)
     read = _read_seconds(X, n_rows)
     if method == "gmm":
-        one = time_pass(_em_update(sample, ks, covariance), sample, n_rows) + read
+        one = time_pass(_em_update(sample, ks, covariance), sample, n_rows, backend) + read
         passes = int(max_iter) + 7  # sampling, <= 5 k-means init, the EM iterations, the scoring pass
     else:
-        one = time_pass(_nearest_update(sample, ks), sample, n_rows) + read
+        one = time_pass(_nearest_update(sample, ks), sample, n_rows, backend) + read
         passes = int(max_iter) + 3  # seeding sample, the Lloyd iterations, labels, the scoring pass
     return [Phase("pass", one, passes)]

@@ -15,7 +15,11 @@ Stages, each resumable and marked done when its output is written:
 
 A model stage checkpoints its plan (model state, pass, row, random seed) every
 ``CHECKPOINT_SECONDS`` and at the end of each pass; a killed fit re-run with the same
-command resumes there and ends with the same model files.
+command resumes there and ends with the same model files.  The passes run on the backend
+resolved once at the start (:func:`stage_backend`: ``--backend``, ``--device``,
+``--precision``); backend and device are in neither the fit's settings identity nor the
+checkpoint keys, and model files do not record them (a loaded model says ``auto``), so a
+fit checkpointed on a GPU resumes on a CPU and its models load anywhere.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,8 @@ from .._atomic import load_npz, save_npz, write_bytes, write_json
 from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
-from ..engine import Checkpointer, RowSource, fingerprint, fit_streaming
+from ..engine.backend import PLACEMENT_PARAMS
+from ..engine import Backend, BackendError, Checkpointer, RowSource, fingerprint, fit_streaming, resolve_backend
 from ..models._parallel import blocks as split_blocks, map_blocks
 from ..models.io import load_model, save_model
 from .. import stages
@@ -49,7 +54,8 @@ from .pca_choice import DEFAULT_PCA_COMPONENTS, choose_pca, variance_note
 from .estimate import gmm_phases, kmeans_phases
 from .progress import PassBars
 
-__all__ = ["fit_run", "reset_fit", "FitSummary", "CHECKPOINT_SECONDS", "DEFAULT_PCA_COMPONENTS"]
+__all__ = ["fit_run", "reset_fit", "FitSummary", "CHECKPOINT_SECONDS", "DEFAULT_PCA_COMPONENTS", "stage_backend",
+           "on_backend", "checkpoint_key", "NOT_IN_CHECKPOINT_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,42 @@ STAGES = ("pca", "features", "kmeans", "gmm", "agglomerative", "kpca", "tsne", "
 #: and the k-means and mixture passes read it tens of times); the model stages read
 #: whole chunks per batch
 FEATURE_CHUNK_ROWS = 8192
+#: estimator parameters that do not change what a fit is, left out of its checkpoint key: a
+#: fit checkpointed with one batch size, backend or device resumes with another
+NOT_IN_CHECKPOINT_KEY = ("batch_size",) + PLACEMENT_PARAMS
+
+
+def stage_backend(backend: str = "auto", device: str = "auto", precision: str = "float64",
+                  client=None) -> Backend:
+    """The :class:`~streamclust.engine.Backend` a command's passes run with, resolved once at its start.
+
+    :func:`~streamclust.engine.resolve_backend` of the user's choices; with a dask
+    ``client`` (``--scheduler``) the workers run NumPy, so ``auto`` is NumPy there and
+    ``backend="torch"`` or a GPU device is refused.  Raises
+    :class:`~streamclust.engine.BackendError` (one line: what is wrong, and the fix)
+    before anything is written.
+    """
+    if client is not None:
+        if backend == "torch" or str(device) not in ("auto", "cpu"):
+            what = "--backend torch" if backend == "torch" else f"--device {device}"
+            raise BackendError(f"{what} runs the passes in this process, but --scheduler runs them on the dask "
+                               f"workers, with NumPy: leave out {what} (auto is NumPy with a scheduler) "
+                               "or leave out --scheduler")
+        return resolve_backend("numpy" if backend == "auto" else backend, "cpu", precision, log=False)
+    return resolve_backend(backend, device, precision)
+
+
+def on_backend(estimator, backend: Backend, *, precision: bool = True):
+    """A loaded ``estimator`` set to run its inference passes on ``backend`` (when it has the
+    parameters; ``precision`` too unless False, for the PCA whose ``dtype`` is its precision)."""
+    if estimator is None:
+        return None
+    params = estimator.get_params(deep=False)
+    wanted = {"backend": backend.name, "device": backend.device}
+    if precision:
+        wanted["precision"] = backend.precision
+    estimator.set_params(**{k: v for k, v in wanted.items() if k in params})
+    return estimator
 
 
 @dataclass
@@ -182,9 +224,11 @@ def fit_run(
     """
     layout = RunLayout.of(run_dir)
     layout.require("ingest")
-    if config is None:
+    if config is None:  # the saved settings; where the passes run is this machine's choice
         saved = load_run_config(layout.root).get("fit")
-        config = FitConfig.from_dict(saved) if saved else FitConfig()
+        config = replace(FitConfig.from_dict(saved), backend="auto", device="auto") if saved else FitConfig()
+    # where the passes run, resolved once: a backend or device that cannot be used here is refused first
+    backend = stage_backend(config.backend, config.device, config.precision, client)
     images = image_array(layout.root)
     rows = ok_rows(layout.root, drop_duplicates=config.drop_duplicates)
     data, data_rows = images, rows  # what the PCA reads: pixels, or an autoencoder's latents
@@ -237,7 +281,8 @@ def fit_run(
         logger.info("%s", choice.describe(int(rows.size), n_pixels))
         bs = choice.batch_size
         pca = StreamingPCA(n_components=choice.n_components, method=choice.method, batch_size=bs,
-                           max_components=choice.max_components, random_state=config.seed)
+                           max_components=choice.max_components, random_state=config.seed,
+                           backend=backend.name, device=backend.device)
         sketch = _SketchScores(layout, int(rows.size), chunk_rows=bs)
         if choice.method == "randomized" and client is None:
             if not (layout.state_dir / "fit-pca.ckpt.npz").exists():
@@ -275,9 +320,11 @@ def fit_run(
                             limit=config.memory_limit, requested=config.batch_size,
                             preferred=FEATURE_CHUNK_ROWS)
             km = StreamingKMeans(n_clusters=k, method=config.kmeans_method, batch_size=bs,
-                                 max_iter=config.max_iter, random_state=config.seed)
+                                 max_iter=config.max_iter, random_state=config.seed,
+                                 backend=backend.name, device=backend.device, precision=backend.precision)
             with _small_products():
-                phases = kmeans_phases(features, features.shape[0], k, config.max_iter, config.kmeans_method)
+                phases = kmeans_phases(features, features.shape[0], k, config.max_iter, config.kmeans_method,
+                                       backend=backend)
                 _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress, client, phases)
             save_model(km, layout.model("kmeans"))
             stages.complete(layout, "fit-kmeans")
@@ -309,10 +356,12 @@ def fit_run(
                             preferred=FEATURE_CHUNK_ROWS)
             gmm = StreamingGaussianMixture(n_components=g, covariance_type=config.covariance,
                                            max_iter=config.max_iter, batch_size=bs,
-                                           random_state=config.seed)
+                                           random_state=config.seed, backend=backend.name,
+                                           device=backend.device, precision=backend.precision)
             source = RowSource(features, columns=m if m < n_feat else None)
             with _small_products():
-                phases = gmm_phases(features, features.shape[0], g, config.covariance, config.max_iter, columns=m)
+                phases = gmm_phases(features, features.shape[0], g, config.covariance, config.max_iter, columns=m,
+                                    backend=backend)
                 _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress, client, phases)
             save_model(gmm, layout.model("gmm"), extra={"pca_components": m})
             stages.complete(layout, "fit-gmm")
@@ -326,7 +375,7 @@ def fit_run(
     from .methods import fit_methods
 
     fit_methods(layout, config, features, data_key, summary, progress=progress, client=client,
-                fit_stage=_fit_stage)
+                fit_stage=_fit_stage, backend=backend)
 
     write_json(layout.fit_summary, {
         "n_images": summary.n_images, "seconds": {k: round(v, 3) for k, v in summary.seconds.items()},
@@ -428,10 +477,13 @@ def _small_products():
 def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, client=None, phases=None) -> None:
     """Fit ``estimator`` over ``X`` with a checkpoint; ``phases`` (its passes, timed
     beforehand: :mod:`~streamclust.pipeline.estimate`) give the time it may take."""
-    params = {k: v for k, v in estimator.get_params().items() if k != "batch_size"}
     ck = Checkpointer(layout.state_dir / f"fit-{stage}.ckpt.npz",
-                      key=fingerprint([stage, params, data_key]), every_seconds=CHECKPOINT_SECONDS)
-    logger.info("fitting %s", stage)
+                      key=checkpoint_key(stage, estimator, data_key), every_seconds=CHECKPOINT_SECONDS)
+    where = estimator._resolved_backend(client) if hasattr(estimator, "backend") else None
+    if where is None or where.is_numpy:
+        logger.info("fitting %s", stage)
+    else:  # on a GPU, say which (the NumPy default needs no line of its own)
+        logger.info("fitting %s with %s", stage, where.describe())
     with PassBars(stage, progress, phases=phases) as bars:
 
         def report(name: str, done: int, total: int) -> None:
@@ -441,6 +493,16 @@ def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, cl
 
         fit_streaming(estimator, X, rows=rows, checkpoint=ck, progress=report, client=client)
     ck.clear()
+
+
+def checkpoint_key(stage: str, estimator, data_key: str) -> str:
+    """The checkpoint key of a fit stage: its estimator's parameters but those of
+    :data:`NOT_IN_CHECKPOINT_KEY`, and the data.  ``precision`` changes the result, so it is in the key
+    (but for its default, float64, which leaves the keys of earlier checkpoints as they were)."""
+    params = {k: v for k, v in estimator.get_params().items() if k not in NOT_IN_CHECKPOINT_KEY}
+    if params.get("precision") == "float64":  # the default: the key of a fit from before the parameter
+        del params["precision"]
+    return fingerprint([stage, params, data_key])
 
 
 _libc = None

@@ -37,8 +37,15 @@ def _stage(layout, name, summary, run):
     summary.seconds[name] = time.perf_counter() - t0
 
 
-def fit_methods(layout, config, features, data_key, summary, *, progress, client, fit_stage) -> None:
-    """Fit the methods that ``config`` asks for on ``features`` (the PCA scores)."""
+def fit_methods(layout, config, features, data_key, summary, *, progress, client, fit_stage, backend=None) -> None:
+    """Fit the methods that ``config`` asks for on ``features`` (the PCA scores).
+
+    ``backend`` (a :class:`~streamclust.engine.Backend`, default NumPy) is where the
+    t-SNE map's k-means runs; kernel PCA, agglomerative clustering and t-SNE run with NumPy.
+    """
+    from ..engine import NUMPY
+
+    backend = backend or NUMPY
     n = int(features.shape[0])
     bs = int(features.chunks[0])
     if "agglomerative" in config.cluster and config.clusters:
@@ -84,7 +91,8 @@ def fit_methods(layout, config, features, data_key, summary, *, progress, client
         def tsne_kmeans():
             emb = verify_output(layout, "embedding")
             est = StreamingKMeans(max(1, min(config.clusters or 2, n)), method="lloyd", batch_size=bs,
-                                  random_state=config.seed)
+                                  random_state=config.seed, backend=backend.name, device=backend.device,
+                                  precision=backend.precision)
             fit_stage(layout, "tsne_kmeans", est, emb, None, data_key, config, progress, client)
             save_model(est, layout.model("tsne_kmeans"))
 

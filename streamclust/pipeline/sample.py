@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,23 +16,26 @@ from .assign import load_fitted
 
 __all__ = ["sample_images", "montage", "save_png", "sample_run", "write_samples", "MAX_SAMPLE_BYTES"]
 
+logger = logging.getLogger(__name__)
+
 #: the most bytes of float64 pixels one call draws (the images are built in memory whole)
 MAX_SAMPLE_BYTES = 1 << 30
 
 
-def sample_images(run_dir: str | os.PathLike, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sample_images(run_dir: str | os.PathLike, n: int, *, seed: int = 0, backend=None) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images sampled from the run's mixture: ``(images uint8 (n, s, s, 3), components)``.
 
     Samples are drawn in (the leading components of) PCA space, the remaining PCA
     coordinates are zero, then mapped back to pixels with ``inverse_transform`` and
-    clipped to [0, 255].
+    clipped to [0, 255].  ``backend`` (a :class:`~streamclust.engine.Backend`) is set on the
+    loaded models; drawing and decoding are small NumPy products whatever it is.
     """
     from ..config import check_seed
 
     if n < 1:
         raise UsageError(f"-n must be a positive integer, got {n}")
     check_seed(seed)
-    models = load_fitted(run_dir)
+    models = load_fitted(run_dir, backend)
     pca, gmm = models["pca"], models["gmm"]
     if gmm is None:
         raise StageNotDoneError(f"{run_dir} has no mixture; run `streamclust fit {run_dir} --gmm-components K`")
@@ -79,15 +83,27 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
 
 
 def sample_run(run_dir, n: int = 64, *, out: str | os.PathLike | None = None, seed: int = 0,
-               npy: str | os.PathLike | None = None) -> Path:
+               npy: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto",
+               precision: str = "float64") -> Path:
     """Sample ``n`` images and write a grid PNG (default ``RUN_DIR/samples.png``)."""
-    return write_samples(run_dir, n, out=out, seed=seed, npy=npy)[0]
+    return write_samples(run_dir, n, out=out, seed=seed, npy=npy, backend=backend, device=device,
+                         precision=precision)[0]
 
 
 def write_samples(run_dir, n: int = 64, *, out: str | os.PathLike | None = None, seed: int = 0,
-                  npy: str | os.PathLike | None = None) -> tuple[Path, np.ndarray, np.ndarray]:
-    """:func:`sample_run`, also returning the images and their components."""
-    imgs, comp = sample_images(run_dir, n, seed=seed)
+                  npy: str | os.PathLike | None = None, backend: str = "auto", device: str = "auto",
+                  precision: str = "float64") -> tuple[Path, np.ndarray, np.ndarray]:
+    """:func:`sample_run`, also returning the images and their components.
+
+    ``backend``, ``device`` and ``precision`` are checked as every command's
+    (:func:`~streamclust.pipeline.fit.stage_backend`: a bad choice is refused before
+    anything is written); the sampling itself is small NumPy products.
+    """
+    from .fit import stage_backend
+
+    where = stage_backend(backend, device, precision)
+    logger.debug("sample: the models are set to %s; drawing and decoding run with NumPy", where.describe())
+    imgs, comp = sample_images(run_dir, n, seed=seed, backend=where)
     side = imgs.shape[1]
     layout = RunLayout.of(run_dir)
     out = Path(out) if out else layout.samples

@@ -54,6 +54,7 @@ from .._atomic import write_bytes, write_json
 from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans
+from ..engine.backend import host
 from ..engine import Checkpointer, CombinedPlan, RowSource, as_row_source, drive, fingerprint
 from ..models._gmm_stats import gmm_log_resp, n_parameters
 from ..integrity import verify_output
@@ -163,14 +164,16 @@ def heldout_split(n_rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def candidate_estimator(method: str, k: int, *, covariance: str = "diag", seed: int = 0, max_iter: int = 100,
-                        batch_size: int = 1024):
+                        batch_size: int = 1024, backend: str = "auto", device: str = "auto",
+                        precision: str = "float64"):
     """The estimator a separate fit of this candidate would use (same defaults as ``fit``)."""
+    where = dict(backend=backend, device=device, precision=precision)
     if method == "gmm":
         return StreamingGaussianMixture(n_components=int(k), covariance_type=covariance, max_iter=int(max_iter),
-                                        batch_size=int(batch_size), random_state=int(seed))
+                                        batch_size=int(batch_size), random_state=int(seed), **where)
     if method == "kmeans":
         return StreamingKMeans(n_clusters=int(k), method="lloyd", max_iter=int(max_iter),
-                               batch_size=int(batch_size), random_state=int(seed))
+                               batch_size=int(batch_size), random_state=int(seed), **where)
     raise UsageError(f"--method must be gmm or kmeans, got {method!r}")
 
 
@@ -223,9 +226,16 @@ def fit_candidates(
     labels = [_label(e) for e in estimators]
     if len(set(labels)) != len(labels):
         labels = [f"{i}-{s}" for i, s in enumerate(labels)]
+    backends = {e._resolved_backend(client) for e in estimators}
+    if len(backends) != 1:
+        raise ValueError("the candidates must share one backend, device and precision")
     result = CandidateFits(estimators)
     plan = CombinedPlan(plans, labels)
-    drive(plan, source, sizes.pop(), dtype=dtypes.pop(), checkpoint=checkpoint, progress=progress, client=client)
+    backend, rows = backends.pop(), sizes.pop()
+    if all(e._batches_may_grow() for e in estimators):  # a GPU's batches are larger
+        rows = backend.batch_rows(rows, source.n_features)
+    drive(plan, source, rows, dtype=dtypes.pop(), checkpoint=checkpoint, progress=progress, client=client,
+          backend=backend)
     result.passes = plan.pass_index
     result.failed = dict(plan.errors)
     for i, (est, sub) in enumerate(zip(estimators, plans)):
@@ -265,7 +275,7 @@ class _GMMScoreAccumulator:
         held = self.heldout(offset + np.arange(X.shape[0], dtype=np.int64))
         for j, est in enumerate(self.models):
             weights, means, _, prec_chol = est._float64_params()
-            lpn, _ = gmm_log_resp(X, weights, means, prec_chol, est.covariance_type)
+            lpn = host(gmm_log_resp(X, weights, means, prec_chol, est.covariance_type)[0])
             self.ll_train[j] += float(lpn[~held].sum())
             self.ll_held[j] += float(lpn[held].sum())
         n_held = int(held.sum())
@@ -297,6 +307,7 @@ class _KMeansScoreAccumulator:
         self.sums = [np.zeros(est.cluster_centers_.shape) for est in models]
 
     def update(self, X: np.ndarray, offset: int) -> None:
+        X = host(X, np.float64)
         for j, est in enumerate(self.models):
             labels = est.labels_[offset: offset + X.shape[0]]
             k = est.cluster_centers_.shape[0]
@@ -387,7 +398,7 @@ def score_candidates(method: str, fits: CandidateFits, source: RowSource, batch_
     plan = _ScorePlan(make)
     if models:
         drive(plan, source, int(batch_size), dtype=np.float64, checkpoint=checkpoint, progress=progress,
-              client=client)
+              client=client, backend=models[0]._resolved_backend(client))
     rows = []
     for i, est in enumerate(fits.estimators):
         k = int(getattr(est, "n_components", None) or est.n_clusters)
@@ -604,6 +615,9 @@ def select_k_run(
     overwrite: bool = False,
     progress: bool | None | Callable[[str, int, int], None] = None,
     client=None,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "float64",
 ) -> dict:
     """Fit one model per k in ``ks`` on the run's PCA features, sharing the passes; resumes.
 
@@ -627,6 +641,11 @@ def select_k_run(
     progress : bool, None or callable
         Progress bars (``None``: on a terminal only), or a ``progress(pass_name, rows_done,
         n_rows)`` callback.
+    backend, device, precision : str
+        Where the passes run (:func:`~streamclust.pipeline.fit.stage_backend`: ``auto`` is
+        PyTorch on a GPU when there is one, NumPy otherwise and on a dask cluster).
+        ``backend`` and ``device`` do not change the sweep (a checkpoint made on a GPU
+        resumes on a CPU); ``precision`` does, so ``float32`` is part of its settings.
 
     Returns
     -------
@@ -636,6 +655,7 @@ def select_k_run(
         ``failed`` (k -> message), ``not_converged`` (ks), ``n_fit_rows``,
         ``n_heldout_rows``, and for k-means a ``note``.
     """
+    where = _fit.stage_backend(backend, device, precision, client)  # refused before anything is written
     layout = RunLayout.of(run_dir)
     layout.require("fit")
     if method not in METHODS:
@@ -672,6 +692,8 @@ def select_k_run(
         mixture_memory_check("select-k", ks, m, covariance, fit_cfg.memory_limit)
     identity = {"ks": ks, "method": method, "covariance": covariance if method == "gmm" else None,
                 "seed": int(seed), "max_iter": int(max_iter)}
+    if where.precision != "float64":  # changes the sweep; the default leaves earlier sweeps' settings as they were
+        identity["precision"] = where.precision
     _check_config(layout, identity, overwrite)
     extra = {"n_fit_rows": int(train.size), "n_heldout_rows": int(held.size)}
     if layout.is_done(STAGE) and not (layout.select_k_csv.exists() and stages.is_current(layout, STAGE)):
@@ -682,10 +704,13 @@ def select_k_run(
     bs = _batch_size(method, ks, m, covariance, fit_cfg, batch_size)
     key = fingerprint([STAGE, identity, fit_cfg.identity(), n, n_feat, m])
     fit_ck_path, score_ck_path = _checkpoint_paths(layout)
-    estimators = [candidate_estimator(method, k, covariance=covariance, seed=seed, max_iter=max_iter, batch_size=bs)
+    estimators = [candidate_estimator(method, k, covariance=covariance, seed=seed, max_iter=max_iter, batch_size=bs,
+                                      backend=where.name, device=where.device, precision=where.precision)
                   for k in ks]
+    logger.log(logging.DEBUG if where.is_numpy else logging.INFO, "select-k: %d candidates with %s", len(ks),
+               where.describe())
     fn, bars = _progress_fn(progress, lambda: select_k_phases(
-        features, n, ks, method, covariance, int(max_iter), columns=m if m < n_feat else None))
+        features, n, ks, method, covariance, int(max_iter), columns=m if m < n_feat else None, backend=where))
     try:
         fits = fit_candidates(estimators, fit_source, checkpoint=_checkpointer(fit_ck_path, key), progress=fn,
                               client=client)

@@ -21,6 +21,7 @@ from streamclust.models.agglomerative import (
     cut_linkage,
     weighted_linkage,
 )
+from .interrupting import Interrupted, interrupt_after
 
 FITTED = ("labels_", "n_clusters_", "cluster_centers_", "cluster_sizes_", "inertia_", "subcluster_centers_",
           "subcluster_sizes_", "subcluster_labels_", "subcluster_inertia_", "children_", "distances_", "n_leaves_",
@@ -141,19 +142,6 @@ def test_subcluster_stats_merge():
 
 
 # ----------------------------------------------------------------------- resume
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_after(n_batches):
-    seen = []
-
-    def progress(name, done, total):
-        seen.append(name)
-        if len(seen) == n_batches:
-            raise Interrupted(name)
-
-    return progress
 
 
 @pytest.mark.parametrize(("method", "stop_at"), [("lloyd", 3), ("lloyd", 8 + 5), ("minibatch", 8 + 2)])

@@ -17,6 +17,7 @@ from streamclust.engine import Checkpointer, CombinedPlan, RowSource, drive, fit
 from streamclust.engine.backend import Backend, BackendError, resolve_backend
 from streamclust.engine.transfer import DeviceFeed, wire_dtype
 from streamclust.models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
+from .interrupting import Interrupted, interrupt_after
 
 torch = pytest.importorskip("torch")
 
@@ -86,10 +87,13 @@ def test_a_gpu_asked_for_without_pytorch_says_how_to_install_it(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_auto_falls_back_to_numpy_with_one_info_line(caplog):
     resolve_backend.cache_clear()
-    with caplog.at_level(logging.INFO, logger="streamclust.engine.backend"):
+    with caplog.at_level(logging.DEBUG, logger="streamclust.engine.backend"):
         assert resolve_backend("auto", "auto").is_numpy
         assert resolve_backend("auto", "auto").is_numpy
-    assert len([r for r in caplog.records if "no GPU" in r.getMessage()]) == 1
+    lines = [r for r in caplog.records if "no GPU" in r.getMessage()]
+    assert len(lines) == 1  # once a process
+    # info where a GPU was to be expected (a CUDA build of PyTorch), else debug: CPU users see nothing
+    assert lines[0].levelno == (logging.INFO if torch.version.cuda else logging.DEBUG)
 
 
 def test_estimators_validate_the_parameters(blobs):
@@ -184,19 +188,6 @@ def test_pca_float32_products_on_torch_are_close():
 
 
 # ------------------------------------------------------------------------- resume
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_after(n_batches):
-    seen = []
-
-    def progress(name, done, total):
-        seen.append(name)
-        if len(seen) == n_batches:
-            raise Interrupted(name)
-
-    return progress
 
 
 @pytest.mark.parametrize(("first", "then"), [(TORCH, NUMPY), (NUMPY, TORCH)])
@@ -294,3 +285,53 @@ def _lazy(X):
     import dask.array as da
 
     return da.from_array(X, chunks=(5, 3))
+
+
+# ------------------------------------------------- dense linear algebra on the device
+class _DeviceLinalg(Backend):
+    """The GPU branches of the PCA's linear algebra, run on PyTorch's CPU device."""
+
+    @property
+    def on_gpu(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("d", [300, 4200])
+def test_top_eigenpairs_on_the_device_equal_the_cpu(d):
+    from streamclust.models._scatter import EIGH_MAX_FEATURES, top_eigenpairs
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(d, 40)) * np.linspace(10, 1, 40)
+    C = (A @ A.T + 1e-3 * np.eye(d)).astype(np.float64 if d <= EIGH_MAX_FEATURES else np.float32)
+    kw = dict(n_keep=None, fraction=0.9, cap=200, seed=3)
+    w0, V0 = top_eigenpairs(C, **kw)
+    w1, V1 = top_eigenpairs(C, **kw, backend=_DeviceLinalg("torch", "cpu"))
+    assert isinstance(V1, np.ndarray) and V1.shape == V0.shape
+    k = 30
+    _close(w1[:k], w0[:k], rtol=1e-4 if C.dtype == np.float32 else 1e-10)
+    overlap = np.abs(np.sum(V0[:, :k] * V1[:, :k], axis=0))  # the same axes, up to sign
+    assert overlap.min() > 1 - 1e-3
+
+
+def test_the_randomized_pca_plan_on_the_device_equals_the_cpu(blobs):
+    from streamclust.engine import run_passes
+    from streamclust.models.pca import _RandomizedPCAPlan
+
+    X = np.hstack([blobs, blobs @ np.random.default_rng(1).normal(size=(6, 30))])
+    plans = [_RandomizedPCAPlan(X.shape[1], 5, 3, 7, np.float64, np.float64, backend=b)
+             for b in (Backend(), _DeviceLinalg("torch", "cpu"))]
+    for plan in plans:
+        run_passes(plan, RowSource(X), 500)
+    _close(plans[1].eigvals[:5], plans[0].eigvals[:5], rtol=1e-9)
+    assert np.abs(np.sum(plans[0].eigvecs[:, :5] * plans[1].eigvecs[:, :5], axis=0)).min() > 1 - 1e-9
+
+
+def test_the_seeding_lloyd_on_the_device_equals_the_cpu(blobs):
+    from streamclust.models.kmeans import lloyd_in_memory
+
+    init = blobs[:6].copy()
+    a = lloyd_in_memory(blobs, init, 50, 1e-4, chunk=500)
+    b = lloyd_in_memory(blobs, init, 50, 1e-4, chunk=500, backend=_DeviceLinalg("torch", "cpu"))
+    for x, y in zip(a, b):
+        assert isinstance(y, (np.ndarray, float))
+        _close(x, y)

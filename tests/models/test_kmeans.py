@@ -16,6 +16,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from streamclust.engine import Checkpointer, RowSource, fit_streaming
 from streamclust.models.kmeans import StreamingKMeans, _LabelAccumulator, _LloydAccumulator
+from .interrupting import Interrupted, interrupt_after
 
 FITTED = ("cluster_centers_", "labels_", "inertia_", "cluster_sizes_", "n_iter_", "n_steps_", "n_features_in_")
 
@@ -199,19 +200,6 @@ def test_pass_accumulators_merge():
 
 
 # ----------------------------------------------------------------------- resume
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_after(n_batches):
-    seen = []
-
-    def progress(name, done, total):
-        seen.append(name)
-        if len(seen) == n_batches:
-            raise Interrupted(name)
-
-    return progress
 
 
 @pytest.mark.parametrize(

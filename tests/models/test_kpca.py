@@ -24,6 +24,7 @@ from streamclust.models.kpca import (
     _nystroem_normalization,
     _ScatterAccumulator,
 )
+from .interrupting import Interrupted, interrupt_after
 
 FITTED = ("components_", "eigenvalues_", "explained_variance_", "explained_variance_ratio_", "mean_",
           "landmarks_", "landmark_indices_", "normalization_", "gamma_", "n_landmarks_", "n_components_",
@@ -164,19 +165,6 @@ def test_accumulators_merge():
 
 
 # ----------------------------------------------------------------------- resume
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_after(n_batches):
-    seen = []
-
-    def progress(name, done, total):
-        seen.append(name)
-        if len(seen) == n_batches:
-            raise Interrupted(name)
-
-    return progress
 
 
 @pytest.mark.parametrize(("method", "stop_at"), [("covariance", 3), ("covariance", 8 + 3), ("covariance", 16 + 5),

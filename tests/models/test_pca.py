@@ -14,6 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from streamclust.engine import Checkpointer, fit_streaming
 from streamclust.models.pca import StreamingPCA
+from .interrupting import Interrupted, interrupt_after
 
 FITTED = (
     "components_",
@@ -326,19 +327,6 @@ def test_row_subset_equals_fit_on_subset():
 
 
 # ---------------------------------------------------------------------- resume
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_after(n_batches):
-    seen = []
-
-    def progress(name, done, total):
-        seen.append(name)
-        if len(seen) == n_batches:
-            raise Interrupted(name)
-
-    return progress
 
 
 @pytest.mark.parametrize(

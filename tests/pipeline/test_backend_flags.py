@@ -1,0 +1,290 @@
+"""``--backend``, ``--device``, ``--precision``: they parse, reach the estimators, refuse what cannot
+run here (exit 2, nothing written), and leave what a fit is unchanged (same models, same checkpoint)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamclust.cli import build_parser, main
+from streamclust.config import FitConfig, IngestConfig
+from streamclust.ingest import ingest
+
+from ..ingest.hostile import synthetic_jpegs, write_zip
+
+SUBCOMMANDS = {  # the arguments each one needs besides RUN_DIR
+    "fit": [], "assign": [], "select-k": ["--k", "2:3"], "sample": ["-n", "4"], "compare": [],
+}
+FIT = ["--pca-components", "6", "--pca-method", "covariance", "--clusters", "4", "--gmm-components", "3", "--seed", "1", "--batch-size", "40",
+       "--max-iter", "15", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("backend")
+    return write_zip(tmp / "s.zip", list(synthetic_jpegs(150, side=16, seed=5)))
+
+
+@pytest.fixture(scope="module")
+def ingested(source, tmp_path_factory):
+    run = tmp_path_factory.mktemp("backend-run") / "base"
+    ingest(IngestConfig(str(source), size=8, chunk_size=32, workers=1), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def fitted(ingested, tmp_path_factory):
+    """A run with every stage the refusals below are tried on (fit with NumPy)."""
+    run = shutil.copytree(ingested, tmp_path_factory.mktemp("backend-fitted") / "run")
+    assert main(["fit", str(run), *FIT, "--backend", "numpy"]) == 0
+    assert main(["assign", str(run), "--quiet", "--backend", "numpy"]) == 0
+    return run
+
+
+def _snapshot(root: Path) -> dict:
+    """Every path under ``root``, and each file's bytes and mtime (a folder's mtime moves with the lock file)."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+def _assert_same_models(a: Path, b: Path, names=("pca", "kmeans", "gmm")) -> None:
+    for name in names:
+        with np.load(a / "model" / f"{name}.npz", allow_pickle=False) as x, \
+                np.load(b / "model" / f"{name}.npz", allow_pickle=False) as y:
+            assert x.files == y.files
+            for key in x.files:
+                u, v = x[key], y[key]
+                if u.dtype.kind == "f":
+                    scale = float(np.abs(u).max()) if u.size else 0.0
+                    np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-10 * scale, err_msg=f"{name}:{key}")
+                else:
+                    np.testing.assert_array_equal(u, v, err_msg=f"{name}:{key}")
+
+
+# ------------------------------------------------------------------------------ parsing
+@pytest.mark.parametrize("command", [*SUBCOMMANDS, "run"])
+def test_the_flags_parse_on_every_command_with_their_defaults(command):
+    parser = build_parser()
+    head = [command, "SRC", "RUN"] if command == "run" else [command, "RUN", *SUBCOMMANDS[command]]
+    args = parser.parse_args(head)
+    assert (args.backend, args.device, args.precision) == ("auto", "auto", "float64")
+    args = parser.parse_args([*head, "--backend", "torch", "--device", "cuda:1", "--precision", "float32"])
+    assert (args.backend, args.device, args.precision) == ("torch", "cuda:1", "float32")
+
+
+@pytest.mark.parametrize("flags", [["--backend", "jax"], ["--device", "gpu"], ["--device", "cuda:x"],
+                                   ["--device", "mps"], ["--precision", "float16"]])
+def test_a_misspelt_choice_is_a_usage_error(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", str(tmp_path / "run"), *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0] and flags[0] in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_device_also_takes_mps_for_the_decoder():
+    args = build_parser().parse_args(["compare", "RUN", "--device", "mps"])
+    assert args.device == "mps"
+
+
+# ------------------------------------------------------------------------------ refusals
+def _no_gpu():
+    try:
+        import torch
+    except ImportError:
+        return True
+    return not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _no_gpu(), reason="a GPU is present: --device cuda is usable here")
+@pytest.mark.parametrize("command", list(SUBCOMMANDS))
+def test_device_cuda_without_a_gpu_is_one_line_exit_2_and_writes_nothing(fitted, command, capsys):
+    before = _snapshot(fitted)
+    rc = main([command, str(fitted), *SUBCOMMANDS[command], "--device", "cuda", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and f"streamclust {command}: error: --device cuda" in err[0]
+    assert "--device cpu" in err[0]  # the fix
+    assert _snapshot(fitted) == before
+
+
+@pytest.mark.skipif(not _no_gpu(), reason="a GPU is present: --device cuda is usable here")
+def test_run_with_device_cuda_without_a_gpu_creates_nothing(source, tmp_path, capsys):
+    rc = main(["run", str(source), str(tmp_path / "new"), "--size", "8", "--device", "cuda", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--device cuda" in err[0]
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "assign", "select-k"])
+@pytest.mark.parametrize("flags,needle", [
+    (["--backend", "numpy", "--device", "cuda"], "--backend numpy runs on the CPU only"),
+    (["--backend", "torch", "--scheduler", "local"], "--backend torch runs the passes in this process"),
+    (["--device", "cuda:0", "--scheduler", "local"], "--device cuda:0 runs the passes in this process"),
+])
+def test_impossible_combinations_are_one_line_exit_2_and_write_nothing(fitted, command, flags, needle, capsys):
+    before = _snapshot(fitted)
+    rc = main([command, str(fitted), *SUBCOMMANDS[command], *flags, "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+    assert _snapshot(fitted) == before
+
+
+def test_the_run_command_refuses_torch_with_a_scheduler_before_starting_anything(source, tmp_path, capsys):
+    rc = main(["run", str(source), str(tmp_path / "new"), "--size", "8", "--backend", "torch",
+               "--scheduler", "local", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--backend torch" in err[0] and "--scheduler" in err[0]
+    assert not (tmp_path / "new").exists()
+
+
+def test_auto_with_a_scheduler_is_numpy():
+    from streamclust.pipeline.fit import stage_backend
+
+    assert stage_backend("auto", "auto", "float64", client=object()).name == "numpy"
+    assert stage_backend("auto", "cpu", "float32", client=object()).precision == "float32"
+
+
+def test_the_api_refuses_as_the_command_line(fitted):
+    from streamclust import Run
+    from streamclust.engine import BackendError
+
+    before = _snapshot(fitted)
+    with pytest.raises(BackendError, match="--backend numpy runs on the CPU only"):
+        Run(fitted).assign(backend="numpy", device="cuda")
+    with pytest.raises(BackendError, match="--scheduler"):
+        Run(fitted).select_k([2, 3], backend="torch", scheduler="local")
+    assert _snapshot(fitted) == before
+
+
+# ------------------------------------------------------------------------------ the PyTorch path
+def test_torch_on_the_cpu_reaches_the_estimators_and_fits_the_numpy_models(ingested, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    import streamclust.pipeline.fit as fit_module
+
+    seen = []
+    real = fit_module.fit_streaming
+
+    def spy(estimator, X, **kw):
+        params = estimator.get_params(deep=False)
+        seen.append((type(estimator).__name__, params.get("backend"), params.get("device"), params.get("precision")))
+        return real(estimator, X, **kw)
+
+    monkeypatch.setattr(fit_module, "fit_streaming", spy)
+    ref = shutil.copytree(ingested, tmp_path / "numpy")
+    run = shutil.copytree(ingested, tmp_path / "torch")
+    assert main(["fit", str(ref), *FIT, "--backend", "numpy"]) == 0
+    assert seen == [("StreamingPCA", "numpy", "cpu", None), ("StreamingKMeans", "numpy", "cpu", "float64"),
+                    ("StreamingGaussianMixture", "numpy", "cpu", "float64")]
+    seen.clear()
+    capsys.readouterr()
+    assert main(["fit", str(run), *FIT[:-1], "--backend", "torch", "--device", "cpu"]) == 0
+    assert seen == [("StreamingPCA", "torch", "cpu", None), ("StreamingKMeans", "torch", "cpu", "float64"),
+                    ("StreamingGaussianMixture", "torch", "cpu", "float64")]
+    err = capsys.readouterr().err
+    assert "fitting gmm with PyTorch" in err and "on cpu" in err  # the log says where each stage ran
+    _assert_same_models(ref, run)
+    # backend and device are not saved in the model files (they load on any machine), nor in what a fit is
+    from streamclust.models.io import load_model
+
+    for name in ("pca", "kmeans", "gmm"):
+        params = load_model(run / "model" / f"{name}.npz").get_params()
+        assert (params["backend"], params["device"]) == ("auto", "auto")
+    saved = json.loads((run / "config.json").read_text())["fit"]
+    assert saved["backend"] == "torch" and saved["precision"] == "float64"
+    # the same fit re-run with another backend is complete, not refused
+    assert main(["fit", str(run), *FIT, "--backend", "numpy"]) == 0
+
+    # assign, select-k, compare and sample give the NumPy results
+    for r, flags in ((ref, ["--backend", "numpy"]), (run, ["--backend", "torch", "--device", "cpu"])):
+        assert main(["assign", str(r), "--quiet", *flags]) == 0
+        assert main(["select-k", str(r), "--k", "2:3", "--max-iter", "10", "--quiet", *flags]) == 0
+        assert main(["compare", str(r), "--quiet", *flags]) == 0
+        assert main(["sample", str(r), "-n", "4", "--quiet", *flags]) == 0
+    for name in ("assignments.csv", "select_k.csv", "compare.csv"):
+        a = list(csv.reader((ref / name).read_text().splitlines()))
+        b = list(csv.reader((run / name).read_text().splitlines()))
+        assert a[0] == b[0] and len(a) == len(b)
+        for x, y in zip(a[1:], b[1:]):
+            for column, u, v in zip(a[0], x, y):
+                if column == "fit_seconds":
+                    continue
+                try:
+                    np.testing.assert_allclose(float(u), float(v), rtol=1e-5, err_msg=name)
+                except ValueError:
+                    assert u == v, name
+    assert (ref / "samples.png").read_bytes() == (run / "samples.png").read_bytes()
+
+
+def test_precision_is_part_of_what_a_fit_is(ingested, tmp_path, capsys):
+    pytest.importorskip("torch")
+    run = shutil.copytree(ingested, tmp_path / "run")
+    assert main(["fit", str(run), *FIT, "--backend", "torch", "--device", "cpu", "--precision", "float32"]) == 0
+    assert main(["fit", str(run), *FIT]) == 2
+    err = capsys.readouterr().err
+    assert "precision float32 then, float64 now" in err and "--overwrite" in err
+
+
+def test_backend_and_device_are_not_in_the_checkpoint_key_but_precision_is():
+    from streamclust.models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
+    from streamclust.pipeline.fit import checkpoint_key
+
+    def key(cls, **kw):
+        return checkpoint_key("stage", cls(3, random_state=0, **kw), "data")
+
+    for cls in (StreamingKMeans, StreamingGaussianMixture, StreamingPCA):
+        assert key(cls, backend="torch", device="cuda:0") == key(cls, backend="numpy", device="cpu") == key(cls)
+    for cls in (StreamingKMeans, StreamingGaussianMixture):
+        assert key(cls, precision="float32") != key(cls, precision="float64")
+    assert FitConfig(backend="torch", device="cuda").identity() == FitConfig().identity()
+    assert FitConfig(precision="float32").identity() != FitConfig().identity()
+
+
+def test_a_fit_checkpointed_with_torch_resumes_with_numpy(ingested, tmp_path, monkeypatch):
+    """Interrupted mid-mixture with ``--backend torch --device cpu``, resumed with ``--backend numpy``
+    from the same checkpoint (a key that differed would be refused): the NumPy fit's models."""
+    pytest.importorskip("torch")
+    import streamclust.pipeline.fit as fit_module
+    from streamclust.models import StreamingGaussianMixture
+
+    ref = shutil.copytree(ingested, tmp_path / "ref")
+    assert main(["fit", str(ref), *FIT, "--backend", "numpy"]) == 0
+
+    monkeypatch.setattr(fit_module, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every batch
+    real = fit_module.fit_streaming
+    calls = {"first": 0, "resumed": 0}
+
+    class Stop(Exception):
+        pass
+
+    def interrupted(estimator, X, *, progress, **kw):
+        def counting(name, done, total):
+            progress(name, done, total)
+            if isinstance(estimator, StreamingGaussianMixture):
+                calls[phase] += 1
+                if phase == "first" and calls[phase] == 12:
+                    raise Stop
+
+        return real(estimator, X, progress=counting, **kw)
+
+    monkeypatch.setattr(fit_module, "fit_streaming", interrupted)
+    run = shutil.copytree(ingested, tmp_path / "run")
+    phase = "first"
+    with pytest.raises(Stop):
+        main(["fit", str(run), *FIT, "--backend", "torch", "--device", "cpu"])
+    assert (run / ".streamclust" / "fit-gmm.ckpt.npz").exists()
+    assert not (run / "model" / "gmm.npz").exists()
+    phase = "resumed"
+    assert main(["fit", str(run), *FIT, "--backend", "numpy"]) == 0
+    phase = "full"
+    calls["full"] = 0
+    full = shutil.copytree(ingested, tmp_path / "full")
+    assert main(["fit", str(full), *FIT, "--backend", "numpy"]) == 0
+    assert calls["resumed"] < calls["full"]  # it went on from the checkpoint, not from the start
+    _assert_same_models(ref, run)

@@ -2,7 +2,8 @@
 
 Every error streamclust raises on purpose becomes one line on stderr and exit status 2;
 an error of the machine (a full disk, a read-only or failing file system, a permission)
-becomes one line saying what failed and where, and exit status :data:`EXIT_OS_ERROR`.
+becomes one line saying what failed and where, and exit status :data:`EXIT_OS_ERROR`; a GPU
+out of memory one line and :data:`EXIT_GPU_MEMORY`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from typing import Sequence
 from . import __version__
 from .errors import StreamclustError, UsageError
 
-__all__ = ["main", "build_parser", "EXIT_OS_ERROR"]
+__all__ = ["main", "build_parser", "EXIT_OS_ERROR", "EXIT_GPU_MEMORY"]
 
 logger = logging.getLogger("streamclust")
 
 #: exit status when the operating system failed a read or write (``EX_IOERR`` of sysexits.h):
 #: the command was right, the machine was not; fix it and run the same command again to resume
 EXIT_OS_ERROR = 74
+#: exit status when the GPU ran out of memory (``EX_TEMPFAIL``): free it or use ``--device cpu``,
+#: and run again to resume
+EXIT_GPU_MEMORY = 75
 
 #: the operating-system errors said in one line: errno -> (what happened, what to do)
 _OS_ERRORS = {
@@ -60,6 +64,19 @@ def _is_backend_error(exc: BaseException) -> bool:
     the engine: when it was not imported, nothing raised one)."""
     module = sys.modules.get("streamclust.engine.backend")
     return module is not None and isinstance(exc, module.BackendError)
+
+
+def _is_gpu_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is PyTorch's out-of-memory error of a GPU (without importing PyTorch)."""
+    module = sys.modules.get("torch")
+    return module is not None and isinstance(exc, module.cuda.OutOfMemoryError)
+
+
+def gpu_memory_line(exc: BaseException) -> str:
+    """One line for a GPU that ran out of memory: what PyTorch said, what to do, and that it resumes."""
+    said = ". ".join(str(exc).split("\n")[0].split(". ")[:2]).strip().rstrip(".")  # what failed, how much
+    return (f"the GPU ran out of memory ({said}); free it (other programs, notebooks holding tensors) or run on "
+            "the CPU with --device cpu; re-running resumes from the last checkpoint")
 
 
 def os_error_line(exc: OSError, where: str) -> str:
@@ -553,6 +570,9 @@ def _dispatch(args) -> int:
         if _is_backend_error(exc):  # a backend or device that cannot be used here: a refusal, like a bad flag
             print(f"streamclust {args.command}: error: {exc}", file=sys.stderr)
             return 2
+        if _is_gpu_out_of_memory(exc):  # the device's resources, not the command: one line, resumable
+            print(f"streamclust {args.command}: error: {gpu_memory_line(exc)}", file=sys.stderr)
+            return EXIT_GPU_MEMORY
         os_error = _os_error(exc)
         if os_error is None:
             raise

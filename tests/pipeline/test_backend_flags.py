@@ -288,3 +288,22 @@ def test_a_fit_checkpointed_with_torch_resumes_with_numpy(ingested, tmp_path, mo
     assert main(["fit", str(full), *FIT, "--backend", "numpy"]) == 0
     assert calls["resumed"] < calls["full"]  # it went on from the checkpoint, not from the start
     _assert_same_models(ref, run)
+
+
+def test_a_gpu_out_of_memory_is_one_line_and_exit_75(monkeypatch, capsys, tmp_path):
+    torch = pytest.importorskip("torch")
+    from streamclust import cli
+
+    def full(args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                          "capacity of 15.77 GiB of which 1.06 GiB is free.\nmore text")
+
+    monkeypatch.setattr(cli, "_cmd_fit", full)
+    code = cli.main(["fit", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_GPU_MEMORY == 75
+    assert "\n" not in err
+    assert err == ("streamclust fit: error: the GPU ran out of memory (CUDA out of memory. Tried to allocate "
+                   "2.00 GiB); free it (other programs, "
+                   "notebooks holding tensors) or run on the CPU with --device cpu; re-running resumes from the "
+                   "last checkpoint")

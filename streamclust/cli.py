@@ -17,7 +17,7 @@ import warnings
 from typing import Sequence
 
 from . import __version__
-from .errors import StreamclustError, UsageError
+from .errors import StreamclustError
 
 __all__ = ["main", "build_parser", "EXIT_OS_ERROR", "EXIT_GPU_MEMORY"]
 

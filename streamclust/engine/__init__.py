@@ -43,9 +43,11 @@ The modules
                 of rows (the blocks, the client: :mod:`streamclust.distributed`)
 ``combined``    :class:`CombinedPlan`
 ``estimator``   :class:`StreamingMixin` (what an estimator implements), :func:`fit_streaming`, :func:`draw_seed`
-``backend``     :class:`Backend` (NumPy or PyTorch, device, precision), :func:`resolve_backend`, and the
-                few array operations the array API standard lacks; the kernels are written once against
-                the standard (``array-api-compat``) and run on either
+``backend``     :class:`Backend` (NumPy or PyTorch, device, precision), :func:`resolve_backend`, the
+                estimators' backend parameters, dense linear algebra on a GPU
+``arrays``      what the kernels share for NumPy arrays and PyTorch tensors alike (the few operations the
+                array API standard lacks, host/device moves, :class:`DeviceState`); the kernels are written
+                once against the standard (``array-api-compat``) and run on either
 ``transfer``    :class:`DeviceFeed`: batches read ahead on the CPU, copied to the device, cached there
 
 The engine imports nothing of :mod:`streamclust.models`; the models and the stages import
@@ -87,4 +89,5 @@ from .rows import (RowSource, TransformedRows, as_row_source, check_sample_weigh
 __all__ = ["Accumulator", "Plan", "State", "ProgressFn", "pass_rng", "fingerprint", "Checkpointer",
            "RowSource", "TransformedRows", "as_row_source", "is_lazy_array", "check_sample_weight", "weight_slice",
            "output_dtype", "run_passes", "run_passes_distributed", "drive", "CombinedPlan", "CombinedAccumulator",
-           "StreamingMixin", "fit_streaming", "draw_seed"]
+           "StreamingMixin", "fit_streaming", "draw_seed", "settle", "Backend", "BackendError", "NUMPY",
+           "BACKENDS", "PRECISIONS", "resolve_backend", "DeviceFeed", "FeedStats"]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.utils import check_random_state
 
-from .backend import NUMPY, Backend, resolve_backend
+from .backend import Backend, resolve_backend
 from .checkpoint import Checkpointer
 from .execute import drive
 from .plan import Plan, ProgressFn

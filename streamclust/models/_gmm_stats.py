@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 from ..engine import pass_rng, weight_slice
-from ..engine.backend import DeviceState, bincount, empty, host, is_numpy, like, namespace, one_hot, sum_squares
+from ..engine.arrays import bincount, DeviceState, empty, host, is_numpy, like, namespace, one_hot, sum_squares
 from ._parallel import blocks as split_blocks, map_blocks
 from ..errors import ConvergenceError
 from .kmeans import nearest_centre

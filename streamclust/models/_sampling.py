@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.backend import host_rows
+from ..engine.arrays import host_rows
 
 __all__ = ["sample_row_indices", "RowSampleAccumulator"]
 

@@ -28,8 +28,8 @@ import numpy as np
 from scipy import linalg
 
 from ..engine import pass_rng
-from ..engine.backend import (NUMPY, Backend, DeviceState, float64, host, is_numpy, like, namespace, numpy_dtype,
-                              symmetric_eigh)
+from ..engine.arrays import DeviceState, float64, host, is_numpy, like, namespace, numpy_dtype
+from ..engine.backend import Backend, NUMPY, symmetric_eigh
 from ._parallel import map_blocks
 
 __all__ = ["ScatterAccumulator", "CovariancePlan", "EIGH_MAX_FEATURES", "EXACT_F32_ROWS", "scatter_bytes"]

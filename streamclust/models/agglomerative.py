@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..engine.backend import host
+from ..engine.arrays import host
 from ..engine import RowSource, StreamingMixin, as_row_source, fit_streaming
 from .kmeans import StreamingKMeans, _cluster_sums, _LabelAccumulator, nearest_centre
 

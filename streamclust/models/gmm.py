@@ -26,7 +26,8 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..engine.backend import NUMPY, Backend, PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters, host
+from ..engine.arrays import host
+from ..engine.backend import Backend, document_parameters, NUMPY, PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS
 from ..engine import RowSource, settle, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
 from ._gmm_stats import (
     GMMStatsAccumulator,

@@ -26,10 +26,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ..engine.backend import (DeviceState, bincount, float64, host, is_numpy, largest, like, namespace, one_hot,
-                              sum_squares)
-from ..engine.backend import PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters
-from ..engine.backend import NUMPY, Backend
+from ..engine.arrays import (bincount, DeviceState, float64, host, is_numpy, largest, like, namespace, one_hot,
+                             sum_squares)
+from ..engine.backend import Backend, document_parameters, NUMPY, PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS
 from ..engine import (RowSource, StreamingMixin, as_row_source, check_sample_weight, draw_seed, fit_streaming,
                       output_dtype, pass_rng, weight_slice)
 from ._sampling import RowSampleAccumulator, sample_row_indices

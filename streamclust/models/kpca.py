@@ -30,7 +30,7 @@ from sklearn.metrics.pairwise import KERNEL_PARAMS, PAIRWISE_KERNEL_FUNCTIONS, p
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ..engine.backend import host
+from ..engine.arrays import host
 from ..engine import RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, pass_rng
 from ._sampling import RowSampleAccumulator, sample_row_indices
 from .pca import _RandomizedPCAPlan, _flip_rows

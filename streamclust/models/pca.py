@@ -41,10 +41,10 @@ from sklearn.utils.extmath import fast_logdet
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ..engine.backend import PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS, document_parameters
-from ..engine.backend import NUMPY, Backend, qr_basis, symmetric_eigh
-from ..engine.backend import (DeviceState, as_dtype, empty, float64, host, is_numpy, like, matmul, namespace,
-                              numpy_dtype, subtract, sum_squares)
+from ..engine.arrays import (as_dtype, DeviceState, empty, float64, host, is_numpy, like, matmul, namespace,
+                             numpy_dtype, subtract, sum_squares)
+from ..engine.backend import (Backend, document_parameters, NUMPY, PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS,
+                              qr_basis, symmetric_eigh)
 from ..engine import (RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, is_lazy_array, output_dtype,
                       pass_rng)
 from ._parallel import blocks as split_blocks, map_blocks, single_threaded_blas

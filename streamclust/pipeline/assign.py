@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from .. import stages
 from .._atomic import atomic_open

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..engine.backend import NUMPY, Backend
+from ..engine.backend import Backend, NUMPY
 
 __all__ = ["Phase", "pass_kind", "time_pass", "gmm_phases", "kmeans_phases", "select_k_phases"]
 

@@ -32,7 +32,6 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import zarr

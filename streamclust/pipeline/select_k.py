@@ -47,14 +47,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import zarr
 
 from .. import stages
 from .._atomic import write_bytes, write_json
 from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans
-from ..engine.backend import host
+from ..engine.arrays import host
 from ..engine import Checkpointer, CombinedPlan, RowSource, as_row_source, drive, fingerprint
 from ..models._gmm_stats import gmm_log_resp, n_parameters
 from ..integrity import verify_output

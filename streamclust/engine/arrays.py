@@ -1,0 +1,205 @@
+"""The array operations the passes' kernels share, for NumPy arrays and PyTorch tensors alike.
+
+The kernels take the namespace of their batch (``xp = namespace(X)``: NumPy or PyTorch
+through ``array-api-compat``) and write their maths once.  This module holds what the
+array API standard leaves out and the kernels need: moving arrays between the host and a
+device (:func:`host`, :func:`like`), one-hot products, bincounts and the largest entries,
+products into a given output, and :class:`DeviceState`, the sums of a pass that follow
+its batches to their device.  Which library and device a fit uses is
+:mod:`streamclust.engine.backend`'s business.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "namespace", "is_numpy", "host", "host_rows", "like", "float64", "as_dtype", "numpy_dtype", "empty",
+    "subtract", "matmul", "sum_squares", "bincount", "one_hot", "largest", "DeviceState",
+]
+
+
+def namespace(*arrays):
+    """The array-API namespace of the arrays (NumPy's for NumPy arrays and scalars)."""
+    from array_api_compat import array_namespace
+
+    return array_namespace(*arrays)
+
+
+def is_numpy(x) -> bool:
+    """True for NumPy arrays (and anything that is not a PyTorch tensor)."""
+    return not (type(x).__module__ or "").startswith("torch")
+
+
+def host(x, dtype=None):
+    """``x`` as a NumPy array (copied from its device when it is a tensor), optionally cast."""
+    if not is_numpy(x):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+
+
+def host_rows(X, idx) -> np.ndarray:
+    """``X[idx]`` as a NumPy array, for NumPy integer indices (only those rows leave the device)."""
+    if is_numpy(X):
+        return np.asarray(X[idx])
+    import torch
+
+    return host(X[torch.as_tensor(np.asarray(idx, dtype=np.int64), device=X.device)])
+
+
+def like(ref, a, dtype=None):
+    """``a`` (a NumPy array or scalar) on the device of ``ref``, in ``dtype`` (default ``ref``'s)."""
+    if is_numpy(ref):
+        return np.asarray(a, dtype=ref.dtype if dtype is None else dtype)
+    import torch
+
+    t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+    return t.to(device=ref.device, dtype=ref.dtype if dtype is None else dtype)
+
+
+def float64(ref):
+    """The float64 dtype of ``ref``'s namespace."""
+    return np.float64 if is_numpy(ref) else __import__("torch").float64
+
+
+# --------------------------------------------------------- what the standard leaves out
+def bincount(labels, k: int, weights=None):
+    """Per-label counts (``int64``; or float64 weight sums) of ``labels`` in ``0..k-1``."""
+    if is_numpy(labels):
+        if weights is None:
+            return np.bincount(labels, minlength=k).astype(np.int64)
+        return np.bincount(labels, weights=weights, minlength=k)
+    import torch
+
+    if weights is None:
+        return torch.bincount(labels, minlength=k).to(torch.int64)
+    return torch.bincount(labels, weights=like(labels, weights, torch.float64), minlength=k)
+
+
+def one_hot(labels, k: int, weights=None, *, like_array):
+    """The ``(k, n)`` one-hot matrix of ``labels`` (entries ``weights``), for ``R @ Y`` products.
+
+    NumPy: a CSR matrix (each cluster's rows in increasing order), so ``R @ Y`` is
+    ``O(n d)``; PyTorch: a dense matrix, so the product is one deterministic GEMM on the
+    device (no atomic scatter-adds, whose order would change the last bits run to run).
+    In the dtype of ``like_array``.
+    """
+    n = labels.shape[0]
+    if is_numpy(like_array):
+        from scipy import sparse
+
+        counts = np.bincount(labels, minlength=k)
+        indptr = np.zeros(k + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        order = np.argsort(labels, kind="stable")
+        dtype = like_array.dtype
+        data = np.ones(n, dtype=dtype) if weights is None else np.asarray(weights)[order].astype(dtype)
+        return sparse.csr_matrix((data, order, indptr), shape=(k, n))
+    import torch
+
+    R = torch.zeros((k, n), dtype=like_array.dtype, device=like_array.device)
+    values = (torch.ones(n, dtype=like_array.dtype, device=like_array.device) if weights is None
+              else like(like_array, weights))
+    R[labels.to(torch.int64), torch.arange(n, device=like_array.device)] = values
+    return R
+
+
+def sum_squares(X, axis=None, dtype=None):
+    """``sum(X * X)`` over ``axis``, accumulated in ``dtype`` (NumPy: one ``einsum``, no temporary)."""
+    if is_numpy(X):
+        spec = {None: "ij,ij->", 0: "ij,ij->j", 1: "ij,ij->i"}[axis]
+        return np.einsum(spec, X, X) if dtype is None else np.einsum(spec, X, X, dtype=dtype)
+    dtype = None if dtype is None else as_dtype(X, dtype)
+    return (X * X).sum(dtype=dtype) if axis is None else (X * X).sum(dim=axis, dtype=dtype)
+
+
+def as_dtype(ref, dtype):
+    """The NumPy ``dtype`` in ``ref``'s namespace (e.g. ``torch.float32``)."""
+    if is_numpy(ref):
+        return np.dtype(dtype)
+    import torch
+
+    return getattr(torch, np.dtype(dtype).name)
+
+
+def numpy_dtype(X) -> np.dtype:
+    """The NumPy dtype of an array or tensor."""
+    if is_numpy(X):
+        return np.dtype(X.dtype)
+    return np.dtype(str(X.dtype).removeprefix("torch."))
+
+
+def subtract(a, b, out):
+    """``out[...] = a - b`` without a temporary (NumPy's and PyTorch's own ``out=``)."""
+    if is_numpy(out):
+        return np.subtract(a, b, out=out)
+    import torch
+
+    return torch.subtract(a, b, out=out)
+
+
+def matmul(a, b, out):
+    """``out[...] = a @ b`` without a temporary."""
+    if is_numpy(out):
+        return np.matmul(a, b, out=out)
+    import torch
+
+    return torch.matmul(a, b, out=out)
+
+
+def largest(values, m: int):
+    """Indices of the ``m`` largest entries of a 1-d array (any order; all when fewer)."""
+    n = values.shape[0]
+    if is_numpy(values):
+        return np.arange(n) if n <= m else np.argpartition(-values, m - 1)[:m]
+    import torch
+
+    if n <= m:
+        return torch.arange(n, device=values.device)
+    return torch.topk(values, m, sorted=False).indices
+
+
+def empty(shape, like_array, dtype=None):
+    """An uninitialised array on ``like_array``'s device (its dtype unless ``dtype``)."""
+    if is_numpy(like_array):
+        return np.empty(shape, dtype=like_array.dtype if dtype is None else dtype)
+    import torch
+
+    return torch.empty(shape, dtype=like_array.dtype if dtype is None else dtype, device=like_array.device)
+
+
+class DeviceState:
+    """Accumulator state that follows the batches to their device and comes back for checkpoints.
+
+    The attributes named in ``_device_state`` (arrays, or Python numbers that become 0-d
+    tensors as tensors are added to them) are moved to the device of the first
+    PyTorch batch by :meth:`_follow` (dtypes kept: float64 sums stay float64), and back
+    to NumPy (floats for 0-d values) by :meth:`to_host`, which the engine calls before a
+    checkpoint and at the end of a pass.
+    """
+
+    _device_state: tuple[str, ...] = ()
+
+    def _follow(self, X) -> None:
+        if is_numpy(X):
+            return
+        import torch
+
+        def moved(value):
+            if isinstance(value, list):
+                return [moved(v) for v in value]
+            return torch.as_tensor(value, device=X.device) if isinstance(value, np.ndarray) else value
+
+        for name in self._device_state:
+            setattr(self, name, moved(getattr(self, name, None)))
+
+    def to_host(self) -> None:
+        def back(value):
+            if isinstance(value, list):
+                return [back(v) for v in value]
+            if value is None or is_numpy(value):
+                return value
+            return host(value).item() if value.ndim == 0 else host(value)
+
+        for name in self._device_state:
+            setattr(self, name, back(getattr(self, name, None)))

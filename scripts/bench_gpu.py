@@ -287,6 +287,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_gpu"))
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None, help="use only this many images of the zip (a quick check)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="write a cProfile of the first size's select-k (where the host's time goes) to this file")
     p.add_argument("--deadline", type=float, default=450.0, help="skip parts started after this many seconds")
     p.add_argument("--child", nargs=2, metavar=("RUN", "MAX_ITER"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -321,7 +323,19 @@ def main(argv=None) -> int:
         log(f"{name}: ingested in {t_ing:.1f} s")
         if backend.on_gpu:
             torch.cuda.reset_peak_memory_stats()
-        res = workload(run, gpu)
+        if args.profile and size == int(args.sizes.split(",")[0]):
+            import cProfile
+            import pstats
+
+            with cProfile.Profile() as prof:
+                res = workload(run, gpu)
+            with open(args.profile, "w") as fh:
+                stats = pstats.Stats(prof, stream=fh).sort_stats("tottime")
+                stats.print_stats(40)
+                stats.sort_stats("cumulative").print_stats(60)
+            res["profiled"] = True  # its times include the profiler's overhead
+        else:
+            res = workload(run, gpu)
         res["ingest_s"] = t_ing
         res["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if backend.on_gpu else None
         res["host_peak_rss_mib"] = peak_rss_mib()

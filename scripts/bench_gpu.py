@@ -373,15 +373,15 @@ def main(argv=None) -> int:
             same["gpu32_vs_cpu"] = guarded(compare_models, runs["cpu"], runs["gpu32"])
         log(f"same-work float32: {same.get('gpu32_vs_cpu', same['gpu32'])}")
         results["parts"]["same-work"] = same
-        # the 2-core estimate of each full GPU run: its stages times the measured ratios
-        for part in results["parts"].values():
-            if "wall" in part:
+        # the 2-core estimate of the full GPU run of that size: its stages times the measured ratios
+        for name, part in results["parts"].items():
+            if "wall" in part and name == f"gpu-{size}":
                 part["cpu2_estimate_s"] = {k: v * same["ratio"].get(k, float("nan")) for k, v in part["wall"].items()}
         log(f"same-work ratios {json.dumps({k: round(v, 1) for k, v in same['ratio'].items()})}")
         # and from the CPU's measured rows streamed per second: the full runs' rows at that rate
         cpu_rate = {k: d["rows_per_s"] for k, d in same["cpu"]["per_stage"].items() if d.get("rows_per_s")}
-        for part in results["parts"].values():
-            if "per_stage" in part:
+        for name, part in results["parts"].items():  # the rates hold for the size they were measured at
+            if "per_stage" in part and name == f"gpu-{size}":
                 part["cpu2_rate_estimate_s"] = {k: d["rows"] / cpu_rate[k] for k, d in part["per_stage"].items()
                                                 if k in cpu_rate}
     util.stop()

@@ -29,7 +29,7 @@ import functools
 import html
 import io
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -389,8 +389,9 @@ class Run:
             client=None, **settings) -> FitResult:
         """``streamclust fit RUN_DIR``; returns the summary and the fitted estimators.
 
-        ``settings`` are :class:`~streamclust.config.FitConfig`'s with its defaults (the
-        command's): ``pca_components`` (an int, or a fraction like 0.99), ``pca_method``,
+        ``settings`` are :class:`~streamclust.config.FitConfig`'s; those not given are the
+        run's saved settings (of its last ``fit``), else these defaults (the command's), so
+        ``run.fit()`` resumes or redoes (``overwrite=True``) the last fit as it was asked for: ``pca_components`` (an int, or a fraction like 0.99), ``pca_method``,
         ``pca_max_components``, ``clusters=100``, ``kmeans_method``, ``gmm_components=50``,
         ``covariance="diag"``, ``gmm_pca_components``, ``seed``, ``max_iter``,
         ``batch_size``, ``memory_limit`` (bytes or ``"1GB"``), ``drop_duplicates``,
@@ -402,7 +403,7 @@ class Run:
         A backend that cannot be used here is a :class:`~streamclust.engine.BackendError`,
         raised before anything is written.
         """
-        from .config import FitConfig, parse_bytes
+        from .config import FitConfig, load_run_config, parse_bytes
         from .pipeline.fit import fit_run
 
         settings = _kwargs_for(FitConfig, settings, "fit")
@@ -410,7 +411,10 @@ class Run:
             settings["cluster"] = tuple(x.strip() for x in settings["cluster"].split(",") if x.strip())
         if "memory_limit" in settings:
             settings["memory_limit"] = parse_bytes(settings["memory_limit"])
-        config = FitConfig(**settings)
+        saved = load_run_config(self.path).get("fit")
+        # the settings not given are the run's saved ones (else the defaults); where the passes run is not one
+        base = replace(FitConfig.from_dict(saved), backend="auto", device="auto") if saved else FitConfig()
+        config = replace(base, **settings)
         _check_backend(config.backend, config.device, config.precision, scheduler, client)
         with _client(client, scheduler, config.memory_limit) as c:
             summary = fit_run(self.path, config, overwrite=overwrite, progress=self._bars(progress), client=c)

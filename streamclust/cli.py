@@ -133,14 +133,15 @@ def _add_backend(p: argparse.ArgumentParser, *, decoder: bool = False) -> None:
     if decoder:
         device_help += "; also where a latents run's decoder runs (which also takes mps; the passes then use the CPU)"
     p.add_argument("--device", type=lambda t: _device(t, mps=decoder), default="auto", help=device_help)
-    p.add_argument("--precision", choices=("float64", "float32"), default="float64",
+    p.add_argument("--precision", choices=("float64", "float32"), default=None,
                    help="dtype of the k-means and mixture products on the PyTorch backend: float64 (default, NumPy's "
-                        "results to rounding) or float32 (products in float32, sums in float64), for GPUs with slow "
-                        "float64; changes the results, so it is part of a fit's settings")
+                        "results to rounding; for fit and run: the run's saved precision) or float32 (products in "
+                        "float32, sums in float64), for GPUs with slow float64; changes the results, so it is part "
+                        "of a fit's settings")
 
 
 def _backend_settings(args) -> dict:
-    return dict(backend=args.backend, device=args.device, precision=args.precision)
+    return dict(backend=args.backend, device=args.device, precision=args.precision or "float64")
 
 
 def _client(args):
@@ -409,7 +410,7 @@ def _cmd_run(args) -> int:
     fit_settings = _fit_settings(args)
     _fit_config(args)  # flags are checked before anything runs
     IngestConfig(source=args.source, **_ingest_settings(args))
-    stage_backend(args.backend, args.device, args.precision, client=args.scheduler)  # and the backend
+    stage_backend(args.backend, args.device, args.precision or "float64", client=args.scheduler)  # and the backend
     with run.lock("run"), _client(args) as client:  # no other writer between the stages
         summary = run.ingest(args.source, **_ingest_settings(args), overwrite=args.overwrite, progress=progress,
                              client=client)
@@ -457,47 +458,53 @@ def _memory(text: str) -> int:
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pca-components", type=_pca_components, default=None,
+    """The ``fit`` settings; a flag not given is absent from the parsed arguments, so that the run's
+    saved settings (else the defaults) fill it in (:meth:`streamclust.Run.fit`)."""
+    p.add_argument("--pca-components", type=_pca_components, default=argparse.SUPPRESS,
                    help="principal components, or a variance fraction like 0.99 (default: 256, or fewer for small data)")
-    p.add_argument("--pca-method", choices=("auto", "covariance", "randomized", "incremental"), default="auto",
+    p.add_argument("--pca-method", choices=("auto", "covariance", "randomized", "incremental"), default=argparse.SUPPRESS,
                    help="auto (default): the exact covariance method up to 64x64 RGB, else randomized")
-    p.add_argument("--pca-max-components", type=_positive_int, default=None,
+    p.add_argument("--pca-max-components", type=_positive_int, default=argparse.SUPPRESS,
                    help="with a fraction, keep at most this many components (default: as many as it needs)")
-    p.add_argument("--clusters", type=_nonneg_int, default=100, help="k-means clusters; 0 skips k-means (default 100)")
-    p.add_argument("--kmeans-method", choices=("lloyd", "minibatch"), default="lloyd")
-    p.add_argument("--gmm-components", type=_nonneg_int, default=50,
+    p.add_argument("--clusters", type=_nonneg_int, default=argparse.SUPPRESS, help="k-means clusters; 0 skips k-means (default 100)")
+    p.add_argument("--kmeans-method", choices=("lloyd", "minibatch"), default=argparse.SUPPRESS)
+    p.add_argument("--gmm-components", type=_nonneg_int, default=argparse.SUPPRESS,
                    help="mixture components; 0 skips the mixture (default 50)")
-    p.add_argument("--covariance", choices=("diag", "full", "tied", "spherical"), default="diag")
-    p.add_argument("--gmm-pca-components", type=_positive_int, default=None,
+    p.add_argument("--covariance", choices=("diag", "full", "tied", "spherical"), default=argparse.SUPPRESS)
+    p.add_argument("--gmm-pca-components", type=_positive_int, default=argparse.SUPPRESS,
                    help="fit the mixture on only this many leading components")
-    p.add_argument("--max-iter", type=_positive_int, default=100, help="Lloyd / EM passes at most (default 100)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="rows per batch (default: from --memory-limit)")
-    p.add_argument("--memory-limit", type=_memory, default=None, help="e.g. 1GB: choose batch sizes to stay under it")
-    p.add_argument("--keep-duplicates", action="store_true", help="fit on byte-identical duplicate images too")
-    p.add_argument("--reduce", choices=("pca", "kpca"), default="pca",
+    p.add_argument("--max-iter", type=_positive_int, default=argparse.SUPPRESS, help="Lloyd / EM passes at most (default 100)")
+    p.add_argument("--seed", type=_seed, default=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=_positive_int, default=argparse.SUPPRESS, help="rows per batch (default: from --memory-limit)")
+    p.add_argument("--memory-limit", type=_memory, default=argparse.SUPPRESS, help="e.g. 1GB: choose batch sizes to stay under it")
+    p.add_argument("--keep-duplicates", action="store_true", default=argparse.SUPPRESS, help="fit on byte-identical duplicate images too")
+    p.add_argument("--reduce", choices=("pca", "kpca"), default=argparse.SUPPRESS,
                    help="kpca: also fit a streaming RBF kernel PCA on the PCA features")
-    p.add_argument("--kpca-components", type=_positive_int, default=200)
-    p.add_argument("--embed", choices=("tsne",), default=None,
+    p.add_argument("--kpca-components", type=_positive_int, default=argparse.SUPPRESS)
+    p.add_argument("--embed", choices=("tsne",), default=argparse.SUPPRESS,
                    help="tsne: a t-SNE map of every image (embedding.zarr) and k-means on it")
-    p.add_argument("--cluster", default="kmeans,gmm", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+    p.add_argument("--cluster", default=argparse.SUPPRESS, type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
                    help="clusterings to fit, comma-separated: kmeans, gmm, agglomerative (default kmeans,gmm)")
-    p.add_argument("--features", choices=("pixels", "latents"), default="pixels",
+    p.add_argument("--features", choices=("pixels", "latents"), default=argparse.SUPPRESS,
                    help="fit on the pixels, or on a trained autoencoder's latents "
                         "(after `streamclust train` and `streamclust encode`)")
 
 
+#: ``fit`` flags (their ``argparse`` names) that are :class:`~streamclust.config.FitConfig` fields of the same name
+_FIT_FLAGS = ("pca_components", "pca_method", "pca_max_components", "clusters", "kmeans_method", "gmm_components",
+              "covariance", "gmm_pca_components", "seed", "max_iter", "batch_size", "memory_limit", "features",
+              "reduce", "kpca_components", "embed", "cluster")
+
+
 def _fit_settings(args) -> dict:
-    """The ``fit`` flags as :meth:`streamclust.Run.fit` settings (:class:`~streamclust.config.FitConfig` fields)."""
-    return dict(
-        pca_components=args.pca_components, pca_method=args.pca_method,
-        pca_max_components=args.pca_max_components, clusters=args.clusters,
-        kmeans_method=args.kmeans_method, gmm_components=args.gmm_components, covariance=args.covariance,
-        gmm_pca_components=args.gmm_pca_components, seed=args.seed, max_iter=args.max_iter,
-        batch_size=args.batch_size, memory_limit=args.memory_limit, drop_duplicates=not args.keep_duplicates,
-        features=args.features, reduce=args.reduce, kpca_components=args.kpca_components, embed=args.embed,
-        cluster=args.cluster, **_backend_settings(args),
-    )
+    """The ``fit`` flags given, as :meth:`streamclust.Run.fit` settings (:class:`~streamclust.config.FitConfig`
+    fields); the settings not given are the run's saved ones, else the defaults (``Run.fit`` fills them in)."""
+    settings = {name: getattr(args, name) for name in _FIT_FLAGS if hasattr(args, name)}
+    if hasattr(args, "keep_duplicates"):
+        settings["drop_duplicates"] = not args.keep_duplicates
+    if args.precision is not None:
+        settings["precision"] = args.precision
+    return dict(settings, backend=args.backend, device=args.device)
 
 
 def _fit_config(args):

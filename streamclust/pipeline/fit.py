@@ -177,8 +177,8 @@ def _check_config(layout: RunLayout, config: FitConfig, overwrite: bool) -> None
                 said = "; ".join(f"{k.replace('_', '-')} {_setting(saved_identity.get(k))} then, "
                                  f"{_setting(identity.get(k))} now" for k in diff)
                 raise ConfigMismatchError(
-                    f"{layout.root} was fitted with other settings ({said}); give the settings it was "
-                    "fitted with to resume or reuse it, or pass --overwrite to fit again with these"
+                    f"{layout.root} was fitted with other settings ({said}); leave those flags out to resume "
+                    "or reuse it (a setting not given is the run's own), or pass --overwrite to fit again with these"
                 )
             _reset_fit(layout)
     elif overwrite:

@@ -72,7 +72,8 @@ def test_the_flags_parse_on_every_command_with_their_defaults(command):
     parser = build_parser()
     head = [command, "SRC", "RUN"] if command == "run" else [command, "RUN", *SUBCOMMANDS[command]]
     args = parser.parse_args(head)
-    assert (args.backend, args.device, args.precision) == ("auto", "auto", "float64")
+    # no --precision: float64, or for fit and run the run's own (streamclust.cli._backend_settings, _fit_settings)
+    assert (args.backend, args.device, args.precision) == ("auto", "auto", None)
     args = parser.parse_args([*head, "--backend", "torch", "--device", "cuda:1", "--precision", "float32"])
     assert (args.backend, args.device, args.precision) == ("torch", "cuda:1", "float32")
 
@@ -226,7 +227,8 @@ def test_precision_is_part_of_what_a_fit_is(ingested, tmp_path, capsys):
     pytest.importorskip("torch")
     run = shutil.copytree(ingested, tmp_path / "run")
     assert main(["fit", str(run), *FIT, "--backend", "torch", "--device", "cpu", "--precision", "float32"]) == 0
-    assert main(["fit", str(run), *FIT]) == 2
+    assert main(["fit", str(run), *FIT]) == 0  # no --precision: the run's own, float32
+    assert main(["fit", str(run), *FIT, "--precision", "float64"]) == 2
     err = capsys.readouterr().err
     assert "precision float32 then, float64 now" in err and "--overwrite" in err
 
@@ -307,3 +309,24 @@ def test_a_gpu_out_of_memory_is_one_line_and_exit_75(monkeypatch, capsys, tmp_pa
                    "2.00 GiB); free it (other programs, "
                    "notebooks holding tensors) or run on the CPU with --device cpu; re-running resumes from the "
                    "last checkpoint")
+
+
+def test_fit_settings_not_given_are_the_runs_own(ingested, tmp_path):
+    """`fit RUN` alone resumes or reuses the run's fit; a flag given is compared with it (CLI and API alike)."""
+    from streamclust import Run
+
+    run = shutil.copytree(ingested, tmp_path / "run")
+    assert main(["fit", str(run), "--pca-components", "6", "--clusters", "4", "--gmm-components", "2",
+                 "--seed", "3", "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in (run / "model").iterdir()}
+    assert main(["fit", str(run), "--quiet"]) == 0  # not "other settings": nothing to do
+    assert main(["fit", str(run), "--seed", "3", "--quiet"]) == 0
+    assert main(["fit", str(run), "--clusters", "5", "--quiet"]) == 2  # a flag that differs is still refused
+    assert {p.name: p.read_bytes() for p in (run / "model").iterdir()} == before
+    saved = json.loads((run / "config.json").read_text())["fit"]
+    assert (saved["clusters"], saved["gmm_components"], saved["seed"], saved["pca_components"]) == (4, 2, 3, 6)
+    assert Run(run, progress=False).fit().kmeans.n_clusters == 4  # the Python API: the same
+    # --overwrite with one new flag: the others are still the run's own
+    assert main(["fit", str(run), "--clusters", "5", "--overwrite", "--quiet"]) == 0
+    saved = json.loads((run / "config.json").read_text())["fit"]
+    assert (saved["clusters"], saved["gmm_components"], saved["seed"]) == (5, 2, 3)

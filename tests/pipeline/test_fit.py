@@ -309,5 +309,5 @@ def test_a_fit_with_other_settings_is_refused_naming_each_then_and_now(ingested,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "clusters 5 then, 7 now; covariance diag then, spherical now" in err
-    assert "give the settings it was fitted with to resume" in err and "--overwrite" in err
+    assert "leave those flags out to resume or reuse it" in err and "--overwrite" in err
     assert (run / "config.json").read_text() == before

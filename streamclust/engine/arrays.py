@@ -59,7 +59,7 @@ def like(ref, a, dtype=None):
 
 def float64(ref):
     """The float64 dtype of ``ref``'s namespace."""
-    return np.float64 if is_numpy(ref) else __import__("torch").float64
+    return as_dtype(ref, np.float64)
 
 
 # --------------------------------------------------------- what the standard leaves out

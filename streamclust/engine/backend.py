@@ -235,15 +235,14 @@ def resolve_backend(backend: str = "auto", device: str = "auto", precision: str 
     elif device == "cpu":
         return Backend("numpy", "cpu", precision)
     else:  # auto, auto
-        gpu = False
+        gpu, cuda_build = False, False
         if _torch_available():
             import torch
 
-            gpu = torch.cuda.is_available()
+            gpu, cuda_build = torch.cuda.is_available(), bool(torch.version.cuda)
         chosen = Backend("torch", "cuda:0", precision) if gpu else Backend("numpy", "cpu", precision)
         if not gpu and log:
             # an info line where a GPU was to be expected (a CUDA build of PyTorch that sees none)
-            cuda_build = _torch_available() and getattr(__import__("torch").version, "cuda", None)
             logger.log(logging.INFO if cuda_build else logging.DEBUG,
                        "no GPU found (PyTorch %s): the passes run with NumPy on the CPU",
                        "sees none" if _torch_available() else "is not installed")

@@ -7,7 +7,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" ""
 cd "$ROOT"
 OUT="${1:-$ROOT/demo-run}"
 mkdir -p "$OUT"
-python -m streamclust.demo "$OUT/digits.zip" >/dev/null
+# made once: a re-run of the demo resumes (or reuses) the same run instead of meeting a new archive
+[ -f "$OUT/digits.zip.labels.csv" ] || python -m streamclust.demo "$OUT/digits.zip" >/dev/null
 streamclust run "$OUT/digits.zip" "$OUT/run" --size 8 --pca-components 20 --clusters 10 \
   --gmm-components 10 --covariance diag --labels "$OUT/digits.zip.labels.csv"
 streamclust sample "$OUT/run" -n 64 --quiet

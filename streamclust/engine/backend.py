@@ -203,15 +203,23 @@ def _cuda_device(device: str) -> str:
 
 @functools.lru_cache(maxsize=None)  # one info line per choice and process, not one per fit
 def resolve_backend(backend: str = "auto", device: str = "auto", precision: str = "float64", *,
-                    log: bool = True) -> Backend:
+                    log: bool = True, distributed: bool = False) -> Backend:
     """The concrete :class:`Backend` for the user's choices.
 
     ``backend="auto"`` is PyTorch when ``device`` is a GPU, or when ``device="auto"`` and
     PyTorch sees a GPU, and NumPy otherwise; ``device="auto"`` is the first GPU for the
     PyTorch backend when there is one, else the CPU.  A GPU asked for without PyTorch or
     without a GPU, or NumPy on a GPU, is a :class:`BackendError`.  With ``log`` the choice
-    made by ``auto`` is logged in one info line.
+    made by ``auto`` is logged in one info line.  ``distributed``: the passes run on dask
+    workers, with NumPy, so ``auto`` is NumPy and PyTorch or a GPU is refused.
     """
+    if distributed:
+        if backend == "torch" or str(device) not in ("auto", "cpu"):
+            what = "--backend torch" if backend == "torch" else f"--device {device}"
+            raise BackendError(f"{what} runs the passes in this process, but --scheduler runs them on the dask "
+                               f"workers, with NumPy: leave out {what} (auto is NumPy with a scheduler) "
+                               "or leave out --scheduler")
+        backend, device, log = "numpy", "cpu", False
     backend = _check_choice(backend, BACKENDS, "backend")
     precision = _check_choice(precision, PRECISIONS, "precision")
     device = str(device)

@@ -61,9 +61,7 @@ class StreamingMixin:
         name = getattr(self, "backend", "numpy")
         device = getattr(self, "device", "cpu")
         precision = getattr(self, self._precision_param, "float64")
-        if client is not None and name == "auto" and device in ("auto", "cpu"):
-            return Backend("numpy", "cpu", precision)
-        return resolve_backend(name, device, precision)
+        return resolve_backend(name, device, precision, distributed=client is not None)
 
     def _device_batches(self, source: RowSource, dtype=np.float64):
         """``(offset, batch)`` of ``source`` on the estimator's backend, for one pass of

@@ -42,7 +42,7 @@ from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
 from ..engine.backend import PLACEMENT_PARAMS
-from ..engine import Backend, BackendError, Checkpointer, RowSource, fingerprint, fit_streaming, resolve_backend
+from ..engine import Backend, Checkpointer, RowSource, fingerprint, fit_streaming, resolve_backend
 from ..models._parallel import blocks as split_blocks, map_blocks
 from ..models.io import load_model, save_model
 from .. import stages
@@ -79,14 +79,7 @@ def stage_backend(backend: str = "auto", device: str = "auto", precision: str = 
     :class:`~streamclust.engine.BackendError` (one line: what is wrong, and the fix)
     before anything is written.
     """
-    if client is not None:
-        if backend == "torch" or str(device) not in ("auto", "cpu"):
-            what = "--backend torch" if backend == "torch" else f"--device {device}"
-            raise BackendError(f"{what} runs the passes in this process, but --scheduler runs them on the dask "
-                               f"workers, with NumPy: leave out {what} (auto is NumPy with a scheduler) "
-                               "or leave out --scheduler")
-        return resolve_backend("numpy" if backend == "auto" else backend, "cpu", precision, log=False)
-    return resolve_backend(backend, device, precision)
+    return resolve_backend(backend, device, precision, distributed=client is not None)
 
 
 def on_backend(estimator, backend: Backend, *, precision: bool = True):

@@ -190,17 +190,21 @@ def test_pca_float32_products_on_torch_are_close():
 # ------------------------------------------------------------------------- resume
 
 
+def _interrupted_then_resumed(cls, params, X, first, then, stop_at, path):
+    """A fit on backend ``first`` killed at batch ``stop_at``, resumed from its checkpoint on ``then``."""
+    with pytest.raises(Interrupted):
+        fit_streaming(cls(**params, **first), X, checkpoint=Checkpointer(path, "k", every_seconds=0),
+                      progress=interrupt_after(stop_at))
+    return fit_streaming(cls(**params, **then), X, checkpoint=Checkpointer(path, "k", every_seconds=0))
+
+
 @pytest.mark.parametrize(("first", "then"), [(TORCH, NUMPY), (NUMPY, TORCH)])
 @pytest.mark.parametrize("stop_at", [2, 11, 23])
 def test_a_checkpoint_resumes_on_the_other_backend(tmp_path, blobs, first, then, stop_at):
     params = dict(n_components=4, covariance_type="full", batch_size=500, random_state=5, max_iter=10)
     full = StreamingGaussianMixture(**params, **NUMPY).fit(blobs)
-    path = tmp_path / "gmm.ckpt.npz"
-    with pytest.raises(Interrupted):
-        fit_streaming(StreamingGaussianMixture(**params, **first), blobs,
-                      checkpoint=Checkpointer(path, "k", every_seconds=0), progress=interrupt_after(stop_at))
-    resumed = fit_streaming(StreamingGaussianMixture(**params, **then), blobs,
-                            checkpoint=Checkpointer(path, "k", every_seconds=0))
+    resumed = _interrupted_then_resumed(StreamingGaussianMixture, params, blobs, first, then, stop_at,
+                                        tmp_path / "gmm.ckpt.npz")
     assert_same_gmm(resumed, full)
 
 
@@ -208,21 +212,13 @@ def test_a_checkpoint_resumes_on_the_other_backend(tmp_path, blobs, first, then,
 def test_kmeans_and_pca_checkpoints_resume_across_backends(tmp_path, blobs, first, then):
     km = dict(n_clusters=5, method="lloyd", batch_size=300, random_state=0)
     full = StreamingKMeans(**km, **NUMPY).fit(blobs)
-    with pytest.raises(Interrupted):
-        fit_streaming(StreamingKMeans(**km, **first), blobs, checkpoint=Checkpointer(tmp_path / "k", "k", every_seconds=0),
-                      progress=interrupt_after(13))
-    resumed = fit_streaming(StreamingKMeans(**km, **then), blobs,
-                            checkpoint=Checkpointer(tmp_path / "k", "k", every_seconds=0))
+    resumed = _interrupted_then_resumed(StreamingKMeans, km, blobs, first, then, 13, tmp_path / "k")
     _close(resumed.cluster_centers_, full.cluster_centers_)
     np.testing.assert_array_equal(resumed.labels_, full.labels_)
 
     pca = dict(n_components=3, method="randomized", batch_size=300, random_state=0, dtype="float64")
     full = StreamingPCA(**pca, **NUMPY).fit(blobs)
-    with pytest.raises(Interrupted):
-        fit_streaming(StreamingPCA(**pca, **first), blobs, checkpoint=Checkpointer(tmp_path / "p", "p", every_seconds=0),
-                      progress=interrupt_after(10))
-    resumed = fit_streaming(StreamingPCA(**pca, **then), blobs,
-                            checkpoint=Checkpointer(tmp_path / "p", "p", every_seconds=0))
+    resumed = _interrupted_then_resumed(StreamingPCA, pca, blobs, first, then, 10, tmp_path / "p")
     _close(resumed.components_, full.components_, rtol=1e-8, atol=1e-8)
 
 

@@ -104,17 +104,23 @@ class Backend:
 
         return torch.as_tensor(np.asarray(a), device=self.device).to(dtype)
 
-    def batch_rows(self, requested: int, n_features: int) -> int:
+    def batch_rows(self, requested: int, n_features: int, *, log: bool = True) -> int:
         """Rows per batch: ``requested``, or on a GPU at least what fills :data:`GPU_BATCH_BYTES`.
 
         A GPU computes a batch in microseconds; what costs is the launching of its many
         small kernels, once per batch: larger batches keep it busy.  Only for passes whose
         result does not depend on the batches but for rounding (not mini-batch k-means).
+        With ``log``, a batch larger than the one asked for is said in one info line.
         """
         if not self.on_gpu:
             return int(requested)
         itemsize = 8 if self.precision == "float64" else 4
-        return int(max(requested, min(GPU_BATCH_MAX_ROWS, GPU_BATCH_BYTES // (itemsize * max(1, int(n_features))))))
+        rows = int(max(requested, min(GPU_BATCH_MAX_ROWS, GPU_BATCH_BYTES // (itemsize * max(1, int(n_features))))))
+        if log and rows > requested:
+            logger.info("on %s a batch is %d rows (%.0f MiB in %s), not the %d asked for: a GPU needs larger "
+                        "batches to be busy (the same results, to rounding)", self.device, rows,
+                        rows * n_features * itemsize / 2**20, self.precision, requested)
+        return rows
 
     def describe(self) -> str:
         """One phrase for the log: what the passes run on."""

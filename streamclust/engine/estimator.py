@@ -70,7 +70,7 @@ class StreamingMixin:
         backend = self._resolved_backend()
         if not backend.is_numpy:
             backend = replace(backend, precision=np.dtype(dtype).name)
-        rows = backend.batch_rows(int(self.batch_size), source.n_features)
+        rows = backend.batch_rows(int(self.batch_size), source.n_features, log=False)
         feed = DeviceFeed(source, backend, cache_bytes=0)
         try:
             yield from feed.batches(rows, dtype=dtype)

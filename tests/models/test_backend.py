@@ -331,3 +331,12 @@ def test_the_seeding_lloyd_on_the_device_equals_the_cpu(blobs):
     for x, y in zip(a, b):
         assert isinstance(y, (np.ndarray, float))
         _close(x, y)
+
+
+def test_a_gpu_batch_larger_than_asked_is_said(caplog):
+    gpu = _DeviceLinalg("torch", "cuda:0")
+    with caplog.at_level(logging.INFO, logger="streamclust.engine.backend"):
+        rows = gpu.batch_rows(1024, 537)
+    assert rows == (128 << 20) // (8 * 537)
+    assert f"on cuda:0 a batch is {rows} rows (128 MiB in float64), not the 1024 asked for" in caplog.text
+    assert Backend("torch", "cpu").batch_rows(1024, 537) == 1024  # only a GPU's batches grow

@@ -89,9 +89,11 @@ class _Images:
         self.data: dict[str, list[bytes]] = {"RGB": [], "L": []}
         self.modes: list[str] = []
 
-    def add(self, im: Image.Image) -> None:
-        self.data[im.mode].append(im.tobytes())
-        self.modes.append(im.mode)
+    def add(self, im: Image.Image | np.ndarray) -> None:
+        """An image: a Pillow image ("RGB" or "L"), or its pixels (3-D RGB, 2-D grey)."""
+        mode = im.mode if isinstance(im, Image.Image) else "RGB" if im.ndim == 3 else "L"
+        self.data[mode].append(im.tobytes())
+        self.modes.append(mode)
 
     def __len__(self) -> int:
         return len(self.modes)

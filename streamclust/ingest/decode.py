@@ -17,6 +17,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from . import fastdecode
+
 __all__ = ["DecodeParams", "Decoded", "decode_image", "decode_members", "resample_filter", "STATUSES", "METADATA_NAMES"]
 
 #: every status a manifest row can carry, with what it means
@@ -92,7 +94,9 @@ class Decoded:
     status: str
     reason: str = ""
     pixels: np.ndarray | None = None  # (size, size, 3) uint8 when status == "ok" (decode_image)
-    image: Image.Image | None = None  # or the size x size image, mode "RGB" or "L" (decode_members)
+    #: or the size x size image (decode_members): a Pillow image of mode "RGB" or "L", or its
+    #: uint8 pixels, ``(size, size, 3)`` or ``(size, size)`` for grey
+    image: Image.Image | np.ndarray | None = None
     width: int | None = None
     height: int | None = None
     format: str = ""
@@ -179,7 +183,10 @@ def decode_image(data: bytes | None, name: str, params: DecodeParams) -> Decoded
         dec = _decode_safely(data, name, params)
     if dec.image is not None:
         im, dec.image = dec.image, None
-        dec.pixels = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+        if isinstance(im, Image.Image):
+            dec.pixels = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+        else:
+            dec.pixels = im if im.ndim == 3 else np.repeat(im[:, :, None], 3, axis=2)
     return dec
 
 
@@ -243,6 +250,9 @@ def _decode(data: bytes | None, name: str, params: DecodeParams) -> Decoded:
     if not data:
         return Decoded("empty", "the member is empty (0 bytes)")
     digest = hashlib.sha256(data).hexdigest()
+    plain = _decode_plain(data, params, digest)
+    if plain is not None:
+        return plain
     try:
         im = _open(data)
     except UnidentifiedImageError:
@@ -253,14 +263,9 @@ def _decode(data: bytes | None, name: str, params: DecodeParams) -> Decoded:
         return Decoded("not_image", "not a recognised image format", sha256=digest)
     w, h = im.size
     info = dict(width=w, height=h, format=im.format or "", mode=im.mode, sha256=digest)
-    if w <= 0 or h <= 0:
-        return Decoded("corrupt", f"invalid canvas {w}x{h}", **info)
-    if w * h > params.max_pixels:
-        return Decoded("bomb", f"canvas {w}x{h} = {w * h:,} pixels exceeds max_pixels={params.max_pixels:,}", **info)
-    if min(w, h) < params.min_side:
-        return Decoded("too_small", f"{w}x{h} has a side under min_side={params.min_side}", **info)
-    if max(w, h) > params.max_aspect * min(w, h):
-        return Decoded("bad_aspect", f"{w}x{h} is more elongated than max_aspect={params.max_aspect:g}", **info)
+    refused = _refusal(w, h, params)
+    if refused is not None:
+        return Decoded(*refused, **info)
     size = params.size
     if im.format == "JPEG" and min(w, h) >= 2 * size:
         # decode at a reduced DCT scale (1/2, 1/4, 1/8), still at least the target size:
@@ -273,16 +278,55 @@ def _decode(data: bytes | None, name: str, params: DecodeParams) -> Decoded:
             im = ImageOps.exif_transpose(im)
         except Exception as exc:  # noqa: BLE001 - a broken EXIF block only loses the orientation
             note = f"EXIF orientation ignored ({type(exc).__name__})"
-    im = _to_rgb_or_grey(im, params.background)
-    cw, ch = im.size
-    side = min(cw, ch)
-    if not cw == ch == side == size:  # (the same size: resize would only copy it)
-        left, top = (cw - side) // 2, (ch - side) // 2
-        im = im.resize((size, size), resample_filter(side, size), box=(left, top, left + side, top + side),
-                       reducing_gap=2.0)
+    im = _square(_to_rgb_or_grey(im, params.background), size)
     if im.size != (size, size) or im.mode not in ("RGB", "L"):  # pragma: no cover - defensive
         return Decoded("error", f"unexpected decoded image {im.mode} {im.size}", **info)
     return Decoded("ok", "", image=im, note=note, **info)
+
+
+def _refusal(w: int, h: int, params: DecodeParams) -> tuple[str, str] | None:
+    """``(status, reason)`` when a ``w x h`` canvas is refused before decoding, else None."""
+    if w <= 0 or h <= 0:
+        return "corrupt", f"invalid canvas {w}x{h}"
+    if w * h > params.max_pixels:
+        return "bomb", f"canvas {w}x{h} = {w * h:,} pixels exceeds max_pixels={params.max_pixels:,}"
+    if min(w, h) < params.min_side:
+        return "too_small", f"{w}x{h} has a side under min_side={params.min_side}"
+    if max(w, h) > params.max_aspect * min(w, h):
+        return "bad_aspect", f"{w}x{h} is more elongated than max_aspect={params.max_aspect:g}"
+    return None
+
+
+def _square(im: Image.Image, size: int) -> Image.Image:
+    """The centre square of ``im`` ("RGB" or "L") resized to ``size x size``."""
+    cw, ch = im.size
+    side = min(cw, ch)
+    if cw == ch == side == size:  # resize would only copy it
+        return im
+    left, top = (cw - side) // 2, (ch - side) // 2
+    return im.resize((size, size), resample_filter(side, size), box=(left, top, left + side, top + side),
+                     reducing_gap=2.0)
+
+
+def _decode_plain(data: bytes, params: DecodeParams, digest: str) -> Decoded | None:
+    """A member :mod:`.fastdecode` takes (a plain JPEG or PNG that Pillow would accept as it
+    is and decode at full scale), decoded without Pillow's open; None: Pillow decides."""
+    header = fastdecode.probe(data)
+    if header is None:
+        return None
+    w, h = header.width, header.height
+    limit = Image.MAX_IMAGE_PIXELS
+    if _refusal(w, h, params) is not None or (limit is not None and w * h > limit) \
+            or (header.format == "JPEG" and min(w, h) >= 2 * params.size):  # a refusal, a draft: Pillow's
+        return None
+    pixels = fastdecode.decode(data, header)
+    if pixels is None:
+        return None
+    size = params.size
+    # at the target size already (CIFAR, MNIST): the pixels as they are; Pillow's wrappers
+    # around them would cost as much as decoding them
+    image = pixels if w == h == size else _square(Image.frombytes(header.mode, (w, h), pixels.tobytes()), size)
+    return Decoded("ok", "", image=image, width=w, height=h, format=header.format, mode=header.mode, sha256=digest)
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -12,6 +12,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 import warnings
 from typing import Sequence
@@ -528,6 +529,15 @@ def _ingest_settings(args) -> dict:
 
 
 def _cmd_ingest(args) -> int:
+    from .config import default_workers
+
+    if "numpy" not in sys.modules:  # this command multiplies no matrices: no BLAS threads to spin
+        for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(key, "1")
+    if args.scheduler is None and (args.workers or default_workers()) > 1:
+        from .ingest._server import start_decoder_server
+
+        start_decoder_server()  # the decoders load on another core while this process imports the rest
     summary = _run(args).ingest(args.source, **_ingest_settings(args), overwrite=args.overwrite,
                                 progress=_progress(args), scheduler=args.scheduler)
     print(summary.line())

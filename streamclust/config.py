@@ -40,6 +40,11 @@ def check_seed(seed, flag: str = "--seed") -> int:
     return value
 
 
+def default_workers() -> int:
+    """Decoding processes when none are asked for: the cores this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def default_chunk_size(size: int) -> int:
     """Images per chunk: the largest power of two keeping a chunk under 16 MiB (16..4096)."""
     per_image = size * size * 3
@@ -130,7 +135,7 @@ class IngestConfig:
 
     @property
     def resolved_workers(self) -> int:
-        return self.workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return self.workers or default_workers()
 
     def identity(self) -> dict[str, Any]:
         """The settings that determine the output (what a resume must match)."""

@@ -31,6 +31,10 @@ _SERVER_PARENT = "STREAMCLUST_DECODER_SERVER_PARENT"
 
 _PR_SET_PDEATHSIG = 1
 
+#: the fork server's environment on top of this process's: decoders never multiply
+#: matrices, and a BLAS thread pool per process would only spin (0.1-0.2 s of a core each)
+_SERVER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 
 def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
     """Linux: have the kernel send ``sig`` to this process when ``parent`` (its parent) ends; elsewhere nothing.
@@ -74,13 +78,19 @@ def start_decoder_server() -> None:
         return
     from multiprocessing import forkserver
 
-    os.environ[_SERVER_PARENT] = str(os.getpid())
+    saved = {key: os.environ.get(key) for key in _SERVER_ENV}
+    os.environ.update(_SERVER_ENV, **{_SERVER_PARENT: str(os.getpid())})
     try:
         forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - the pool starts it later, or falls back to this process
         pass
     finally:
         del os.environ[_SERVER_PARENT]
+        for key, value in saved.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
     _stop_at_exit()
 
 

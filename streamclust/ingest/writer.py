@@ -260,6 +260,7 @@ class _Writer:
         self._rebuild_index()
         self.pairs: list = []
         self.buffer = self._new_buffer()
+        self._spare = None  # the buffer of the commit before the last: free again once that one ended
         self.buffer_row = self.state["rows_done"]  # store row of the buffer's first image
         self.filled = 0  # images in the buffer
         self.rows: list[tuple] = []
@@ -355,7 +356,10 @@ class _Writer:
         self.wait()
         self._pending = self._thread.submit(self._commit, self.buffer[:self.filled], self.rows, self.next_position)
         self.buffer_row += self.filled
-        self.buffer, self.filled, self.rows = self._new_buffer(), 0, []
+        # two buffers in turn (the one being written, the one being filled): a new one per
+        # chunk would cost its pages' first touch every time
+        spare = self._spare if self._spare is not None else self._new_buffer()
+        self.buffer, self._spare, self.filled, self.rows = spare, self.buffer, 0, []
 
     def wait(self) -> None:
         """Wait for the commit in progress; re-raises its error (a full disk, say)."""

@@ -42,13 +42,15 @@ The modules
 ``cluster``     :func:`run_passes_distributed`: the passes on dask.distributed, one task per block
                 of rows (the blocks, the client: :mod:`streamclust.distributed`)
 ``combined``    :class:`CombinedPlan`
-``estimator``   :class:`StreamingMixin` (what an estimator implements), :func:`fit_streaming`, :func:`draw_seed`
+``estimator``   :class:`StreamingMixin` (what an estimator implements), :func:`fit_streaming`, :func:`draw_seed`,
+                :func:`fit_batch_rows` (a fit's batch on its backend, within a memory limit's :class:`HostRoom`)
 ``backend``     :class:`Backend` (NumPy or PyTorch, device, precision), :func:`resolve_backend`, the
                 estimators' backend parameters, dense linear algebra on a GPU
 ``arrays``      what the kernels share for NumPy arrays and PyTorch tensors alike (the few operations the
                 array API standard lacks, host/device moves, :class:`DeviceState`); the kernels are written
                 once against the standard (``array-api-compat``) and run on either
-``transfer``    :class:`DeviceFeed`: batches read ahead on the CPU, copied to the device, cached there
+``transfer``    :class:`DeviceFeed`: batches read ahead on the CPU, copied to the device, cached there;
+                what the host holds for them (:func:`~streamclust.engine.transfer.read_ahead_bytes`)
 
 The engine imports nothing of :mod:`streamclust.models`; the models and the stages import
 it (``from streamclust.engine import ...``), never its modules' private names.
@@ -79,15 +81,15 @@ from .backend import BACKENDS, NUMPY, PRECISIONS, Backend, BackendError, resolve
 from .checkpoint import Checkpointer
 from .cluster import run_passes_distributed
 from .combined import CombinedAccumulator, CombinedPlan
-from .estimator import StreamingMixin, draw_seed, fit_streaming
+from .estimator import StreamingMixin, draw_seed, fit_batch_rows, fit_streaming
 from .execute import drive, run_passes, settle
 from .plan import Accumulator, Plan, ProgressFn, State, fingerprint, pass_rng
-from .transfer import DeviceFeed, FeedStats
+from .transfer import DeviceFeed, FeedStats, HostRoom
 from .rows import (RowSource, TransformedRows, as_row_source, check_sample_weight, is_lazy_array, output_dtype,
                    weight_slice)
 
 __all__ = ["Accumulator", "Plan", "State", "ProgressFn", "pass_rng", "fingerprint", "Checkpointer",
            "RowSource", "TransformedRows", "as_row_source", "is_lazy_array", "check_sample_weight", "weight_slice",
            "output_dtype", "run_passes", "run_passes_distributed", "drive", "CombinedPlan", "CombinedAccumulator",
-           "StreamingMixin", "fit_streaming", "draw_seed", "settle", "Backend", "BackendError", "NUMPY",
-           "BACKENDS", "PRECISIONS", "resolve_backend", "DeviceFeed", "FeedStats"]
+           "StreamingMixin", "fit_streaming", "fit_batch_rows", "draw_seed", "settle", "Backend", "BackendError",
+           "NUMPY", "BACKENDS", "PRECISIONS", "resolve_backend", "DeviceFeed", "FeedStats", "HostRoom"]

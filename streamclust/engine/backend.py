@@ -37,7 +37,8 @@ from sklearn.utils._param_validation import StrOptions
 from .arrays import host
 
 __all__ = [
-    "BACKENDS", "PRECISIONS", "PLACEMENT_PARAMS", "PARAMETER_CONSTRAINTS", "GPU_BATCH_BYTES", "Backend",
+    "BACKENDS", "PRECISIONS", "PLACEMENT_PARAMS", "PARAMETER_CONSTRAINTS", "GPU_BATCH_BYTES", "GPU_BATCH_MAX_ROWS",
+    "gpu_batch_rows", "Backend",
     "BackendError", "NUMPY", "resolve_backend", "document_parameters", "qr_basis", "symmetric_eigh",
 ]
 
@@ -104,22 +105,34 @@ class Backend:
 
         return torch.as_tensor(np.asarray(a), device=self.device).to(dtype)
 
-    def batch_rows(self, requested: int, n_features: int, *, log: bool = True) -> int:
+    def batch_rows(self, requested: int, n_features: int, *, log: bool = True, max_rows: int | None = None,
+                   limited_by: str | None = None) -> int:
         """Rows per batch: ``requested``, or on a GPU at least what fills :data:`GPU_BATCH_BYTES`.
 
         A GPU computes a batch in microseconds; what costs is the launching of its many
         small kernels, once per batch: larger batches keep it busy.  Only for passes whose
         result does not depend on the batches but for rounding (not mini-batch k-means).
-        With ``log``, a batch larger than the one asked for is said in one info line.
+        ``max_rows``: the most rows a memory limit leaves room for (the host's read-ahead
+        of them, :func:`~streamclust.engine.transfer.read_ahead_rows`), ``limited_by`` that
+        limit in words; a batch is never made smaller than ``requested``
+        (:func:`gpu_batch_rows`).  With ``log``, a batch larger than the one asked for, or
+        one the limit keeps smaller than a GPU needs, is said in one info line.
         """
         if not self.on_gpu:
             return int(requested)
         itemsize = 8 if self.precision == "float64" else 4
-        rows = int(max(requested, min(GPU_BATCH_MAX_ROWS, GPU_BATCH_BYTES // (itemsize * max(1, int(n_features))))))
-        if log and rows > requested:
+        wanted = gpu_batch_rows(requested, n_features, itemsize)
+        rows = gpu_batch_rows(requested, n_features, itemsize, max_rows=max_rows)
+        mib = rows * n_features * itemsize / 2**20
+        if log and rows < wanted:
+            logger.info("on %s a batch is %d rows (%.0f MiB in %s), not the %d rows (%.0f MiB) a GPU needs to be "
+                        "busy: %s leaves room for no more (the host holds the batches read ahead of the GPU)",
+                        self.device, rows, mib, self.precision, wanted, wanted * n_features * itemsize / 2**20,
+                        limited_by or "the memory limit")
+        elif log and rows > requested:
             logger.info("on %s a batch is %d rows (%.0f MiB in %s), not the %d asked for: a GPU needs larger "
-                        "batches to be busy (the same results, to rounding)", self.device, rows,
-                        rows * n_features * itemsize / 2**20, self.precision, requested)
+                        "batches to be busy (the same results, to rounding)", self.device, rows, mib,
+                        self.precision, requested)
         return rows
 
     def describe(self) -> str:
@@ -137,9 +150,22 @@ class Backend:
 #: the default: NumPy on the CPU, float64
 NUMPY = Backend()
 #: a batch on a GPU holds at least this many bytes in the compute dtype (:meth:`Backend.batch_rows`);
-#: in its stored dtype, read and copied ahead, a fraction of that in the host's memory
+#: in its stored dtype, read and copied ahead, a fraction of that in the host's memory (within
+#: what a memory limit leaves for it, :func:`~streamclust.engine.transfer.read_ahead_bytes`)
 GPU_BATCH_BYTES = 128 << 20
 GPU_BATCH_MAX_ROWS = 65536
+
+
+def gpu_batch_rows(requested: int, n_features: int, itemsize: int, *, max_rows: int | None = None) -> int:
+    """Rows per batch on a GPU: ``requested`` grown until the batch holds :data:`GPU_BATCH_BYTES`
+    of ``itemsize``-byte numbers (at most :data:`GPU_BATCH_MAX_ROWS` rows), and to no more
+    than ``max_rows`` (what a memory limit leaves room for; ``None``: no limit); never
+    fewer than ``requested``, the batch the stage's memory plan chose."""
+    rows = min(GPU_BATCH_MAX_ROWS, GPU_BATCH_BYTES // (int(itemsize) * max(1, int(n_features))))
+    if max_rows is not None:
+        rows = min(rows, int(max_rows))
+    return int(max(int(requested), rows))
+
 
 #: the estimators' parameters that say where a fit runs, not what it computes: not in model
 #: files nor in checkpoint keys (a fit checkpointed on a GPU resumes on a CPU; a model

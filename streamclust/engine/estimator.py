@@ -20,9 +20,9 @@ from .checkpoint import Checkpointer
 from .execute import drive
 from .plan import Plan, ProgressFn
 from .rows import RowSource, as_row_source, check_sample_weight
-from .transfer import DeviceFeed
+from .transfer import DeviceFeed, HostRoom, read_ahead_rows, wire_dtype
 
-__all__ = ["StreamingMixin", "fit_streaming", "draw_seed"]
+__all__ = ["StreamingMixin", "fit_streaming", "fit_batch_rows", "draw_seed"]
 
 
 def draw_seed(random_state) -> int:
@@ -78,6 +78,18 @@ class StreamingMixin:
             feed.close()
 
 
+def fit_batch_rows(backend: Backend, requested: int, source: RowSource, dtype=np.float64,
+                   host_room: HostRoom | None = None) -> int:
+    """Rows per batch of a fit's passes on ``backend`` (:meth:`~streamclust.engine.backend.Backend.batch_rows`):
+    on a GPU larger than ``requested``, but with a ``host_room`` (what a memory limit leaves)
+    no larger than the batches whose read-ahead fits in it (in ``source``'s stored dtype)."""
+    max_rows = limited_by = None
+    if host_room is not None:
+        max_rows = read_ahead_rows(host_room.bytes, source.n_features, wire_dtype(source, dtype))
+        limited_by = host_room.limit
+    return backend.batch_rows(requested, source.n_features, max_rows=max_rows, limited_by=limited_by)
+
+
 def fit_streaming(
     estimator: StreamingMixin,
     X,
@@ -87,6 +99,7 @@ def fit_streaming(
     checkpoint: Checkpointer | None = None,
     progress: ProgressFn | None = None,
     client=None,
+    host_room: HostRoom | None = None,
 ):
     """Fit ``estimator`` on ``X`` (NumPy, zarr or dask; optionally a subset of ``rows``).
 
@@ -97,6 +110,8 @@ def fit_streaming(
     ``rows`` is given) goes to the estimator's ``_make_plan(source, sample_weight=w)``;
     only estimators whose ``fit`` takes ``sample_weight`` accept it.  The weights are not
     part of a checkpoint: resume a weighted fit with the same weights.
+    ``host_room`` (a :class:`~streamclust.engine.transfer.HostRoom`: what a memory limit
+    leaves after the fit's own needs) caps a GPU's larger batches (:func:`fit_batch_rows`).
     Returns the fitted estimator.
     """
     source = as_row_source(estimator, X, reset=True, rows=rows)
@@ -109,7 +124,7 @@ def fit_streaming(
     backend = estimator._resolved_backend(client)
     rows = int(estimator.batch_size)
     if estimator._batches_may_grow():
-        rows = backend.batch_rows(rows, source.n_features)
+        rows = fit_batch_rows(backend, rows, source, estimator._batch_dtype, host_room)
     drive(plan, source, rows, dtype=estimator._batch_dtype, checkpoint=checkpoint, progress=progress, client=client,
           backend=backend)
     estimator._finish_plan(plan, source)

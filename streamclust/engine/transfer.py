@@ -11,6 +11,12 @@ On a GPU the copied batches are kept on the device while they fit in ``cache_byt
 (by default a quarter of the GPU's free memory when the feed starts): a plan's later
 passes (EM iterations, select-k's candidates) then read nothing.  The results do not
 depend on it.  :class:`FeedStats` says how long the passes waited for batches.
+
+The host holds the batches read ahead (:data:`PREFETCH` of them) twice: as read, and as
+the pinned copy the device copies from; :func:`read_ahead_bytes` counts it, and
+:func:`read_ahead_rows` is the largest batch whose read-ahead fits in a
+:class:`HostRoom`, what a memory limit leaves for it (:meth:`Backend.batch_rows
+<streamclust.engine.backend.Backend.batch_rows>` caps a GPU's larger batches with it).
 """
 
 from __future__ import annotations
@@ -27,12 +33,52 @@ import numpy as np
 from .backend import NUMPY, Backend
 from .rows import RowSource
 
-__all__ = ["DeviceFeed", "FeedStats", "wire_dtype"]
+__all__ = ["DeviceFeed", "FeedStats", "HostRoom", "PREFETCH", "read_ahead_bytes", "read_ahead_rows", "wire_dtype"]
 
 logger = logging.getLogger(__name__)
 
-#: batches read and copied ahead of the one being computed
+#: batches read and copied ahead of the one being computed (on a GPU the host holds each
+#: of them as read and as its pinned copy: :func:`read_ahead_bytes`)
 PREFETCH = 2
+
+
+def read_ahead_bytes(rows: int, n_features: int, wire) -> int:
+    """Bytes of host memory a GPU's feed holds for batches of ``rows x n_features`` read ahead in ``wire``.
+
+    Each of the :data:`PREFETCH` batches in flight is held twice: as read from the store,
+    in the dtype it travels in (:func:`wire_dtype`: the stored one), and as its pinned
+    copy, which PyTorch's pinned-memory allocator rounds up to a power of two bytes (and
+    keeps for the next batch).  A bound: the one reader thread holds a batch as read only
+    until it is pinned.
+    """
+    batch = int(rows) * int(n_features) * np.dtype(wire).itemsize
+    pinned = 1 << (batch - 1).bit_length() if batch > 0 else 0
+    return PREFETCH * (batch + pinned)
+
+
+def read_ahead_rows(room: int, n_features: int, wire) -> int:
+    """The most rows per batch whose :func:`read_ahead_bytes` fit in ``room`` bytes (0 when none does)."""
+    row = PREFETCH * max(1, int(n_features)) * np.dtype(wire).itemsize
+    lo, hi = 0, max(0, int(room)) // (2 * row)  # the pinned copy is at least the batch
+    while lo < hi:  # the largest fitting count: the bytes grow with the rows
+        mid = (lo + hi + 1) // 2
+        if read_ahead_bytes(mid, n_features, wire) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass(frozen=True)
+class HostRoom:
+    """Host memory a GPU's read-ahead may take: what a stage's memory plan leaves of the user's limit.
+
+    ``bytes``: the limit less the stage's own needs (its models, its planned batch);
+    ``limit``: that limit in words, for the log (``"--memory-limit 954 MiB"``).
+    """
+
+    bytes: int
+    limit: str
 
 
 @dataclass

@@ -48,7 +48,7 @@ from ..models.io import load_model, save_model
 from .. import stages
 from ..store import RunLayout, image_array, images_location, ok_rows
 from ..integrity import array_record, checksum_codecs, fit_damage, verify_images, verify_output
-from .memory import batch_rows, mixture_memory_check
+from .memory import batch_rows, host_room, mixture_memory_check
 from .pca_choice import DEFAULT_PCA_COMPONENTS, choose_pca, variance_note
 from .estimate import gmm_phases, kmeans_phases
 from .progress import PassBars
@@ -282,7 +282,8 @@ def fit_run(
             pca._projection_sink = sketch
         with warnings.catch_warnings():  # a shortfall is said in the summary (variance_note), not twice
             warnings.filterwarnings("ignore", message="asked for .* of the variance", category=UserWarning)
-            _fit_stage(layout, "pca", pca, data, data_rows, data_key, config, progress, client)
+            _fit_stage(layout, "pca", pca, data, data_rows, data_key, config, progress, client,
+                       room=choice.host_room)
         if hasattr(pca, "_sketch_basis"):
             sketch.save_basis(pca._sketch_basis, pca._sketch_shift)
         save_model(pca, pca_path)
@@ -308,16 +309,19 @@ def fit_run(
         if not layout.is_done("fit-kmeans"):
             t0 = time.perf_counter()
             k = config.clusters
-            bs = batch_rows("k-means", fixed=4 * k * n_feat * 8, per_row=n_feat * 16 + k * 24,
+            fixed, per_row = 4 * k * n_feat * 8, n_feat * 16 + k * 24
+            bs = batch_rows("k-means", fixed=fixed, per_row=per_row,
                             limit=config.memory_limit, requested=config.batch_size,
                             preferred=FEATURE_CHUNK_ROWS)
+            room = host_room(config.memory_limit, fixed=fixed, per_row=per_row, rows=bs)
             km = StreamingKMeans(n_clusters=k, method=config.kmeans_method, batch_size=bs,
                                  max_iter=config.max_iter, random_state=config.seed,
                                  backend=backend.name, device=backend.device, precision=backend.precision)
             with _small_products():
                 phases = kmeans_phases(features, features.shape[0], k, config.max_iter, config.kmeans_method,
                                        backend=backend)
-                _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress, client, phases)
+                _fit_stage(layout, "kmeans", km, features, None, data_key, config, progress, client, phases,
+                           room=room)
             save_model(km, layout.model("kmeans"))
             stages.complete(layout, "fit-kmeans")
             summary.seconds["kmeans"] = time.perf_counter() - t0
@@ -346,6 +350,7 @@ def fit_run(
             bs = batch_rows("the Gaussian mixture", fixed=fixed, per_row=per_row,
                             limit=config.memory_limit, requested=config.batch_size,
                             preferred=FEATURE_CHUNK_ROWS)
+            room = host_room(config.memory_limit, fixed=fixed, per_row=per_row, rows=bs)
             gmm = StreamingGaussianMixture(n_components=g, covariance_type=config.covariance,
                                            max_iter=config.max_iter, batch_size=bs,
                                            random_state=config.seed, backend=backend.name,
@@ -354,7 +359,8 @@ def fit_run(
             with _small_products():
                 phases = gmm_phases(features, features.shape[0], g, config.covariance, config.max_iter, columns=m,
                                     backend=backend)
-                _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress, client, phases)
+                _fit_stage(layout, "gmm", gmm, source, None, data_key, config, progress, client, phases,
+                           room=room)
             save_model(gmm, layout.model("gmm"), extra={"pca_components": m})
             stages.complete(layout, "fit-gmm")
             summary.seconds["gmm"] = time.perf_counter() - t0
@@ -466,9 +472,12 @@ def _small_products():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, client=None, phases=None) -> None:
+def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, client=None, phases=None, *,
+               room=None) -> None:
     """Fit ``estimator`` over ``X`` with a checkpoint; ``phases`` (its passes, timed
-    beforehand: :mod:`~streamclust.pipeline.estimate`) give the time it may take."""
+    beforehand: :mod:`~streamclust.pipeline.estimate`) give the time it may take;
+    ``room`` (:func:`~streamclust.pipeline.memory.host_room`: what the stage's memory plan
+    leaves of ``--memory-limit``) caps a GPU's larger batches."""
     ck = Checkpointer(layout.state_dir / f"fit-{stage}.ckpt.npz",
                       key=checkpoint_key(stage, estimator, data_key), every_seconds=CHECKPOINT_SECONDS)
     where = estimator._resolved_backend(client) if hasattr(estimator, "backend") else None
@@ -483,7 +492,7 @@ def _fit_stage(layout, stage, estimator, X, rows, data_key, config, progress, cl
             if done >= total:  # a pass is over: its batches' memory is free again
                 _release_free_memory()
 
-        fit_streaming(estimator, X, rows=rows, checkpoint=ck, progress=report, client=client)
+        fit_streaming(estimator, X, rows=rows, checkpoint=ck, progress=report, client=client, host_room=room)
     ck.clear()
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 
+from ..engine import HostRoom
 from ..errors import MemoryLimitError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["batch_rows", "fmt_bytes", "mixture_bytes", "mixture_memory_check", "BASELINE_BYTES", "DEFAULT_BUDGET"]
+__all__ = ["batch_rows", "host_room", "fmt_bytes", "mixture_bytes", "mixture_memory_check", "BASELINE_BYTES",
+           "DEFAULT_BUDGET"]
 
 #: resident memory of the interpreter with numpy, scipy, scikit-learn, zarr and dask imported
 BASELINE_BYTES = 350 * 2**20
@@ -58,6 +60,20 @@ def batch_rows(
             )
         return int(requested)
     return int(max(MIN_ROWS, min(MAX_ROWS, preferred, fit_rows)))
+
+
+def host_room(limit: int | None, *, fixed: int, per_row: int, rows: int) -> HostRoom | None:
+    """What a stage's plan (``fixed + per_row * rows`` bytes, as :func:`batch_rows` planned it)
+    leaves of ``limit`` for a GPU's read-ahead of larger batches; ``None`` without a limit.
+
+    On a GPU the batch's arithmetic runs on the device, but the host holds the batches read
+    ahead of it (:func:`~streamclust.engine.transfer.read_ahead_bytes`): a batch grows only
+    as far as they fit in this room (:func:`~streamclust.engine.fit_batch_rows`).
+    """
+    if limit is None:
+        return None
+    room = int(limit) - BASELINE_BYTES - int(fixed) - int(per_row) * int(rows)
+    return HostRoom(max(0, room), f"--memory-limit {fmt_bytes(limit)}")
 
 
 def _physical_memory() -> int | None:

@@ -14,7 +14,8 @@ from numbers import Integral
 from ..errors import MemoryLimitError, UsageError
 from ..models._scatter import scatter_bytes
 from ..models.pca import SPAN_ALL_MAX_SAMPLES, choose_method, randomized_bytes, randomized_max_components
-from .memory import BASELINE_BYTES, MIN_ROWS, batch_rows, fmt_bytes
+from ..engine import HostRoom
+from .memory import BASELINE_BYTES, MIN_ROWS, batch_rows, fmt_bytes, host_room
 
 __all__ = ["PcaChoice", "choose_pca", "variance_note", "DEFAULT_PCA_COMPONENTS"]
 
@@ -34,6 +35,8 @@ class PcaChoice:
     #: what caps a fraction below ``min(images, pixels)``: ``"--pca-max-components 256"``,
     #: ``"--memory-limit 1 GB"`` or ``None``
     limited_by: str | None = None
+    #: what the memory limit leaves of ``bytes_needed`` for a GPU's read-ahead (``None``: no limit)
+    host_room: HostRoom | None = None
 
     def describe(self, n_rows: int, n_pixels: int) -> str:
         what = {"covariance": "exact covariance method (one pass, then an eigendecomposition)",
@@ -111,7 +114,7 @@ def choose_pca(config, n_rows: int, n_pixels: int, chunk_rows: int, chunk_bytes:
         bs -= bs % chunk_rows  # whole chunks: a batch straddling two would decode both
     return PcaChoice(method=method, n_components=requested, max_components=cap if fraction else None,
                      batch_size=int(bs), bytes_needed=BASELINE_BYTES + fixed + bs * per_row,
-                     limited_by=limited_by)
+                     limited_by=limited_by, host_room=host_room(mem, fixed=fixed, per_row=per_row, rows=bs))
 
 
 def variance_note(requested, pca, limited_by: str | None) -> str | None:

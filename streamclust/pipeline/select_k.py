@@ -54,12 +54,12 @@ from ..config import FitConfig, load_run_config
 from ..errors import ConfigMismatchError, UsageError
 from ..models import StreamingGaussianMixture, StreamingKMeans
 from ..engine.arrays import host
-from ..engine import Checkpointer, CombinedPlan, RowSource, as_row_source, drive, fingerprint
+from ..engine import Checkpointer, CombinedPlan, HostRoom, RowSource, as_row_source, drive, fingerprint, fit_batch_rows
 from ..models._gmm_stats import gmm_log_resp, n_parameters
 from ..integrity import verify_output
 from ..store import RunLayout
 from . import fit as _fit
-from .memory import batch_rows, mixture_memory_check
+from .memory import batch_rows, host_room, mixture_memory_check
 from .estimate import select_k_phases
 from .progress import PassBars
 
@@ -200,6 +200,7 @@ def fit_candidates(
     checkpoint: Checkpointer | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     client=None,
+    host_room: HostRoom | None = None,
 ) -> CandidateFits:
     """Fit several streaming estimators on ``X`` sharing every read (one combined plan).
 
@@ -207,7 +208,8 @@ def fit_candidates(
     it with the same batch size (all estimators must share one ``batch_size``).  A
     candidate whose fit raises :class:`~streamclust.errors.ConvergenceError` is dropped
     and reported in ``failed``; warnings of the candidates (non-convergence) are
-    collected in ``warnings`` instead of being emitted.
+    collected in ``warnings`` instead of being emitted.  ``host_room`` caps a GPU's larger
+    batches as in :func:`~streamclust.engine.fit_streaming`.
     """
     estimators = list(estimators)
     if rows is not None and isinstance(X, RowSource):
@@ -232,7 +234,7 @@ def fit_candidates(
     plan = CombinedPlan(plans, labels)
     backend, rows = backends.pop(), sizes.pop()
     if all(e._batches_may_grow() for e in estimators):  # a GPU's batches are larger
-        rows = backend.batch_rows(rows, source.n_features)
+        rows = fit_batch_rows(backend, rows, source, estimators[0]._batch_dtype, host_room)
     drive(plan, source, rows, dtype=dtypes.pop(), checkpoint=checkpoint, progress=progress, client=client,
           backend=backend)
     result.passes = plan.pass_index
@@ -544,7 +546,9 @@ def _progress_fn(progress, phases: Callable[[], list]) -> tuple[Callable | None,
     return bars, bars
 
 
-def _batch_size(method: str, ks: list[int], d: int, covariance: str, fit_cfg: FitConfig, requested) -> int:
+def _batch_size(method: str, ks: list[int], d: int, covariance: str, fit_cfg: FitConfig,
+                requested) -> tuple[int, HostRoom | None]:
+    """Rows per batch under the fit's memory limit, and what that plan leaves of it for a GPU's read-ahead."""
     if method == "gmm":
         cov = d * d if covariance in ("full", "tied") else d
         fixed = sum(6 * k * cov * 8 + 6 * k * d * 8 for k in ks)
@@ -555,8 +559,9 @@ def _batch_size(method: str, ks: list[int], d: int, covariance: str, fit_cfg: Fi
     else:
         fixed = sum(4 * k * d * 8 for k in ks)
         per_row = max(d * 16 + k * 24 for k in ks)
-    return batch_rows("select-k", fixed=fixed, per_row=per_row, limit=fit_cfg.memory_limit, requested=requested,
+    rows = batch_rows("select-k", fixed=fixed, per_row=per_row, limit=fit_cfg.memory_limit, requested=requested,
                       preferred=4096)
+    return rows, host_room(fit_cfg.memory_limit, fixed=fixed, per_row=per_row, rows=rows)
 
 
 def _check_config(layout: RunLayout, identity: dict, overwrite: bool) -> None:
@@ -700,7 +705,7 @@ def select_k_run(
     if layout.is_done(STAGE):
         return _result(read_csv(layout.select_k_csv), method, layout, extra)
 
-    bs = _batch_size(method, ks, m, covariance, fit_cfg, batch_size)
+    bs, room = _batch_size(method, ks, m, covariance, fit_cfg, batch_size)
     key = fingerprint([STAGE, identity, fit_cfg.identity(), n, n_feat, m])
     fit_ck_path, score_ck_path = _checkpoint_paths(layout)
     estimators = [candidate_estimator(method, k, covariance=covariance, seed=seed, max_iter=max_iter, batch_size=bs,
@@ -712,7 +717,7 @@ def select_k_run(
         features, n, ks, method, covariance, int(max_iter), columns=m if m < n_feat else None, backend=where))
     try:
         fits = fit_candidates(estimators, fit_source, checkpoint=_checkpointer(fit_ck_path, key), progress=fn,
-                              client=client)
+                              client=client, host_room=room)
         rows = score_candidates(method, fits, score_source, bs, n_fit_rows=int(train.size),
                                 checkpoint=_checkpointer(score_ck_path, key), progress=fn, client=client)
     finally:

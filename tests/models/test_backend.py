@@ -17,6 +17,7 @@ from streamclust.engine import Checkpointer, CombinedPlan, RowSource, drive, fit
 from streamclust.engine.backend import Backend, BackendError, resolve_backend
 from streamclust.engine.transfer import DeviceFeed, wire_dtype
 from streamclust.models import StreamingGaussianMixture, StreamingKMeans, StreamingPCA
+from .gpu_batches import batches_sized_as_on_a_gpu
 from .interrupting import Interrupted, interrupt_after
 
 torch = pytest.importorskip("torch")
@@ -340,3 +341,76 @@ def test_a_gpu_batch_larger_than_asked_is_said(caplog):
     assert rows == (128 << 20) // (8 * 537)
     assert f"on cuda:0 a batch is {rows} rows (128 MiB in float64), not the 1024 asked for" in caplog.text
     assert Backend("torch", "cpu").batch_rows(1024, 537) == 1024  # only a GPU's batches grow
+
+
+# ------------------------------------------------------- a GPU's batches under a memory limit
+def test_the_read_ahead_and_the_batch_a_memory_limit_leaves_room_for():
+    from streamclust.engine.backend import gpu_batch_rows
+    from streamclust.engine.transfer import PREFETCH, read_ahead_bytes, read_ahead_rows
+
+    assert PREFETCH == 2
+    # each batch in flight as read (537,000 bytes) and pinned (rounded up to 2**20)
+    assert read_ahead_bytes(1000, 537, np.uint8) == 2 * (537_000 + 2**20) == 3_171_152
+    assert read_ahead_bytes(1024, 256, np.float32) == 2 * (2**20 + 2**20)  # a power of two already
+    assert read_ahead_bytes(0, 256, np.float32) == 0
+    assert read_ahead_rows(4 << 20, 256, np.float32) == 1024
+    assert read_ahead_rows((4 << 20) - 1, 256, np.float32) == 1023
+    assert read_ahead_rows(3_171_152, 537, np.uint8) == 1000
+    assert read_ahead_rows(100, 537, np.uint8) == 0 and read_ahead_rows(-5, 537, np.uint8) == 0
+    # 128 MiB of float64 rows of 537 numbers, at most 65,536 rows, capped, never below the plan's batch
+    assert gpu_batch_rows(1024, 537, 8) == (128 << 20) // (8 * 537) == 31242
+    assert gpu_batch_rows(1024, 537, 4) == 62484
+    assert gpu_batch_rows(1024, 6, 8) == 65536
+    assert gpu_batch_rows(1024, 537, 8, max_rows=5000) == 5000
+    assert gpu_batch_rows(1024, 537, 8, max_rows=100) == 1024
+    assert gpu_batch_rows(1024, 537, 8, max_rows=10**9) == 31242
+    assert gpu_batch_rows(40_000, 537, 8) == 40_000
+
+
+def test_a_memory_limit_caps_a_gpu_batch_and_says_so(caplog):
+    gpu = _DeviceLinalg("torch", "cuda:0")
+    limit = "--memory-limit 1.00 GiB"
+    with caplog.at_level(logging.INFO, logger="streamclust.engine.backend"):
+        assert gpu.batch_rows(1024, 537, max_rows=5000, limited_by=limit) == 5000
+    assert ("on cuda:0 a batch is 5000 rows (20 MiB in float64), not the 31242 rows (128 MiB) a GPU needs to be "
+            "busy: --memory-limit 1.00 GiB leaves room for no more") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="streamclust.engine.backend"):
+        assert gpu.batch_rows(1024, 537, max_rows=10, limited_by=limit) == 1024  # the plan's batch stays
+    assert "a batch is 1024 rows (4 MiB in float64), not the 31242 rows" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="streamclust.engine.backend"):
+        assert gpu.batch_rows(1024, 537, max_rows=10**6, limited_by=limit) == 31242  # room enough
+        assert gpu.batch_rows(1024, 537) == 31242  # no limit: as before
+    assert "--memory-limit" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="streamclust.engine.backend"):  # no GPU: nothing changes
+        assert Backend("torch", "cpu").batch_rows(1024, 537, max_rows=10, limited_by=limit) == 1024
+        assert Backend().batch_rows(1024, 537, max_rows=10**6, limited_by=limit) == 1024
+    assert caplog.text == ""
+
+
+def test_a_fit_under_a_memory_limit_on_a_gpu_reads_the_batches_it_has_room_for(blobs, monkeypatch, caplog):
+    from streamclust.engine import HostRoom
+    from streamclust.engine.transfer import read_ahead_bytes
+
+    sizes = batches_sized_as_on_a_gpu(monkeypatch)
+    kw = dict(covariance_type="diag", batch_size=100, random_state=0, max_iter=20)
+    ref = StreamingGaussianMixture(3, **kw, **NUMPY).fit(blobs)
+    assert sizes == [(6, 100, np.float64)]  # NumPy: the batch asked for
+    room = HostRoom(read_ahead_bytes(500, 6, np.float64), "--memory-limit 400 MiB")
+    with caplog.at_level(logging.INFO, logger="streamclust.engine.backend"):
+        capped = fit_streaming(StreamingGaussianMixture(3, **kw, **TORCH), blobs, host_room=room)
+    assert sizes[-1] == (6, 500, np.float64)  # 2 batches of 500 float64 rows, read and pinned, fill the room
+    assert read_ahead_bytes(501, 6, np.float64) > room.bytes
+    assert ("on cuda:0 a batch is 500 rows (0 MiB in float64), not the 65536 rows (3 MiB) a GPU needs to be busy: "
+            "--memory-limit 400 MiB leaves room for no more") in caplog.text
+    assert_same_gmm(capped, ref)
+    free = fit_streaming(StreamingGaussianMixture(3, **kw, **TORCH), blobs)
+    assert sizes[-1] == (6, 65536, np.float64)  # no limit: a GPU's batch, as before
+    assert_same_gmm(free, ref)
+    km = fit_streaming(StreamingKMeans(4, method="lloyd", batch_size=100, random_state=0, **TORCH),
+                       blobs.astype(np.float32), host_room=room)
+    assert sizes[-1] == (6, 1000, np.float32)  # stored float32: twice the rows in the same room
+    km_ref = StreamingKMeans(4, method="lloyd", batch_size=100, random_state=0, **NUMPY).fit(blobs.astype(np.float32))
+    _close(km.cluster_centers_, km_ref.cluster_centers_)

@@ -330,3 +330,84 @@ def test_fit_settings_not_given_are_the_runs_own(ingested, tmp_path):
     assert main(["fit", str(run), "--clusters", "5", "--overwrite", "--quiet"]) == 0
     saved = json.loads((run / "config.json").read_text())["fit"]
     assert (saved["clusters"], saved["gmm_components"], saved["seed"]) == (5, 2, 3)
+
+
+def test_a_memory_limit_keeps_the_read_ahead_of_a_gpus_batches_within_it(ingested, tmp_path, monkeypatch, capsys):
+    """On a backend sized as a GPU (on the CPU), ``--memory-limit`` caps each stage's batch to what its
+    plan leaves for the host's read-ahead, says so, and the models are NumPy's; without it, a GPU's batch."""
+    pytest.importorskip("torch")
+    import streamclust.pipeline.fit as fit_module
+    import streamclust.pipeline.select_k as select_k_module
+    from streamclust.engine.transfer import read_ahead_bytes, read_ahead_rows
+    from streamclust.pipeline.memory import BASELINE_BYTES
+    from streamclust.pipeline.pca_choice import choose_pca
+    from streamclust.store import image_array, ok_rows
+
+    from ..models.gpu_batches import batches_sized_as_on_a_gpu
+
+    sizes = batches_sized_as_on_a_gpu(monkeypatch)
+    rooms = []
+    for module, name in ((fit_module, "fit_streaming"), (select_k_module, "fit_candidates")):
+        def spy(*args, host_room=None, _real=getattr(module, name), **kw):
+            rooms.append(host_room)
+            return _real(*args, host_room=host_room, **kw)
+
+        monkeypatch.setattr(module, name, spy)
+    images = image_array(ingested)
+    d = int(np.prod(images.shape[1:]))
+    n = int(ok_rows(ingested).size)
+    pca = choose_pca(FitConfig(pca_components=6, pca_method="covariance", batch_size=40), n, d,
+                     int(images.chunks[0]), int(np.prod(images.chunks)) * images.dtype.itemsize)
+    limit = pca.bytes_needed + read_ahead_bytes(100, d, np.uint8)  # the PCA's plan leaves room for 100 rows
+
+    ref = shutil.copytree(ingested, tmp_path / "numpy")
+    assert main(["fit", str(ref), *FIT, "--backend", "numpy"]) == 0
+    assert main(["select-k", str(ref), "--k", "2:3", "--max-iter", "10", "--quiet", "--backend", "numpy"]) == 0
+    sizes.clear()
+    rooms.clear()
+    capsys.readouterr()
+    run = shutil.copytree(ingested, tmp_path / "limited")
+    torch_flags = ["--backend", "torch", "--device", "cpu"]
+    assert main(["fit", str(run), *FIT[:-1], *torch_flags, "--memory-limit", str(limit)]) == 0
+    assert main(["select-k", str(run), "--k", "2:3", "--max-iter", "10", *torch_flags]) == 0
+    err = capsys.readouterr().err
+    # the fit's stages: PCA on the pixels (stored uint8), k-means and the mixture on the float32 features
+    assert [(f, w) for f, _, w in sizes] == [(d, np.uint8), (6, np.float32), (6, np.float32)]
+    assert len(rooms) == 4 and all(r is not None and 0 <= r.bytes < limit - BASELINE_BYTES for r in rooms)
+    assert rooms[0].bytes == read_ahead_bytes(100, d, np.uint8)
+    assert sizes[0][1] == 100  # the PCA's pixels: 100 rows, not the 65,536 of a GPU
+    for (features, rows, wire), room in zip(sizes, rooms):  # the most rows whose read-ahead fits
+        assert 40 < rows < 65536
+        assert read_ahead_bytes(rows, features, wire) <= room.bytes < read_ahead_bytes(rows + 1, features, wire)
+    said = f"a GPU needs to be busy: --memory-limit {limit / 2**20:,.0f} MiB leaves room for no more"
+    assert "on cuda:0 a batch is 100 rows (0 MiB in float32), not the 65536 rows (48 MiB) " + said in err
+    assert f"on cuda:0 a batch is {sizes[1][1]} rows (0 MiB in float64), not the 65536 rows (3 MiB) " + said in err
+    # select-k: its plan leaves no room beyond its own batch, which it keeps (and says so)
+    planned, room = select_k_module._batch_size("gmm", [2, 3], 6, "diag", FitConfig(memory_limit=limit), None)
+    assert room == rooms[3] and read_ahead_rows(room.bytes, 6, np.float32) < planned
+    assert f"on cuda:0 a batch is {planned} rows (0 MiB in float64), not the 65536 rows (3 MiB) " + said in err
+    assert err.count(said) == 4
+    _assert_same_models(ref, run)
+    a, b = (list(csv.DictReader((r / "select_k.csv").read_text().splitlines())) for r in (ref, run))
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        for column in ("k", "bic", "aic", "heldout_loglik"):
+            np.testing.assert_allclose(float(x[column]), float(y[column]), rtol=1e-8, err_msg=column)
+
+    sizes.clear()
+    rooms.clear()
+    free = shutil.copytree(ingested, tmp_path / "free")
+    assert main(["fit", str(free), *FIT, *torch_flags]) == 0
+    assert rooms == [None, None, None] and [rows for _, rows, _ in sizes] == [65536] * 3  # no limit: as before
+    _assert_same_models(ref, free)
+
+
+def test_the_room_a_stages_plan_leaves_of_the_memory_limit():
+    from streamclust.engine import HostRoom
+    from streamclust.pipeline.memory import BASELINE_BYTES, host_room
+
+    assert host_room(None, fixed=1, per_row=1, rows=1) is None  # no limit: a GPU's batches as before
+    room = host_room(2**30, fixed=100 * 2**20, per_row=1000, rows=1024)
+    assert room == HostRoom(2**30 - BASELINE_BYTES - 100 * 2**20 - 1_024_000, "--memory-limit 1.00 GiB")
+    assert room.bytes == 600_858_624
+    assert host_room(400 * 2**20, fixed=100 * 2**20, per_row=1000, rows=1024).bytes == 0  # no room left

@@ -316,17 +316,26 @@ def _decode_plain(data: bytes, params: DecodeParams, digest: str) -> Decoded | N
         return None
     w, h = header.width, header.height
     limit = Image.MAX_IMAGE_PIXELS
-    if _refusal(w, h, params) is not None or (limit is not None and w * h > limit) \
-            or (header.format == "JPEG" and min(w, h) >= 2 * params.size):  # a refusal, a draft: Pillow's
-        return None
-    pixels = fastdecode.decode(data, header)
-    if pixels is None:
+    if _refusal(w, h, params) is not None or (limit is not None and w * h > limit):  # Pillow's to say
         return None
     size = params.size
+    scale = draft_scale(w, h, size) if header.format == "JPEG" and min(w, h) >= 2 * size else 1
+    pixels = fastdecode.decode(data, header, scale)
+    if pixels is None:
+        return None
     # at the target size already (CIFAR, MNIST): the pixels as they are; Pillow's wrappers
     # around them would cost as much as decoding them
-    image = pixels if w == h == size else _square(Image.frombytes(header.mode, (w, h), pixels.tobytes()), size)
+    dh, dw = pixels.shape[:2]
+    image = pixels if dw == dh == size else _square(Image.frombytes(header.mode, (dw, dh), pixels.tobytes()), size)
     return Decoded("ok", "", image=image, width=w, height=h, format=header.format, mode=header.mode, sha256=digest)
+
+
+def draft_scale(w: int, h: int, size: int) -> int:
+    """The DCT scale (1, 2, 4 or 8) Pillow's ``draft(mode, (size, size))`` picks for a
+    ``w x h`` JPEG: the largest that leaves both sides at least ``size``; the image is
+    then ``ceil(w / scale) x ceil(h / scale)``."""
+    most = min(w // size, h // size)
+    return next(s for s in (8, 4, 2, 1) if most >= s)
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -5,7 +5,8 @@ markers or chunks, then sets up a decoder per tile): 36 us for a 28x28 MNIST PNG
 libpng-style inflating is a fraction; 90 us for a 32x32 CIFAR JPEG, where libjpeg-turbo
 itself takes 15 (docs/benchmarks.md, "A decoder without Pillow's Python").  Here a member
 whose header leaves nothing for Pillow to interpret is decoded by the C library directly:
-``simplejpeg`` (libjpeg-turbo) for baseline or progressive 8-bit YCbCr and grey JPEGs,
+``simplejpeg`` (libjpeg-turbo) for baseline or progressive 8-bit YCbCr and grey JPEGs
+(large ones at the reduced DCT scale Pillow's ``draft()`` would pick),
 ``pyspng`` (libspng) for 8-bit grey and RGB PNGs.
 
 What "nothing to interpret" means, so that the pixels *and* the manifest row cannot
@@ -190,12 +191,20 @@ def probe(data: bytes) -> Header | None:
     return None
 
 
-def decode(data: bytes, header: Header) -> np.ndarray | None:
+def decode(data: bytes, header: Header, scale: int = 1) -> np.ndarray | None:
     """The pixels of a probed member, ``(height, width)`` for "L" and ``(height, width, 3)``
-    for "RGB", uint8; None where the library reports any problem (Pillow then decides)."""
+    for "RGB", uint8; None where the library reports any problem (Pillow then decides).
+
+    ``scale`` (a JPEG's: 1, 2, 4 or 8): decoded at that reduced DCT scale, as Pillow's
+    ``draft()`` does, to ``ceil(height / scale) x ceil(width / scale)``.
+    """
+    height, width = -(-header.height // scale), -(-header.width // scale)
     try:
         if header.format == "JPEG":
-            arr = simplejpeg.decode_jpeg(data, "RGB" if header.mode == "RGB" else "GRAY", strict=True)
+            arr = simplejpeg.decode_jpeg(data, "RGB" if header.mode == "RGB" else "GRAY", strict=True,
+                                         min_height=height, min_width=width, min_factor=scale)
+        elif scale != 1:
+            return None
         else:
             if not _whole_stream(data, header):
                 return None
@@ -206,5 +215,5 @@ def decode(data: bytes, header: Header) -> np.ndarray | None:
         return None
     if arr.ndim == 3 and header.mode == "L" and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    want = (header.height, header.width) + ((3,) if header.mode == "RGB" else ())
+    want = (height, width) + ((3,) if header.mode == "RGB" else ())
     return arr if arr.shape == want else None

@@ -41,8 +41,8 @@ def _both(data: bytes, size: int, monkeypatch, **kw) -> tuple[tuple, tuple, bool
     taken = []
     real = fastdecode.decode
 
-    def spy(data, header):
-        out = real(data, header)
+    def spy(data, header, *args):
+        out = real(data, header, *args)
         taken.append(out is not None)
         return out
 
@@ -100,6 +100,29 @@ def test_jpeg_with_restart_markers_comment_and_icc_profile_take_the_fast_path(mo
         assert fast == slow and taken and fast[0] == "ok"
 
 
+@pytest.mark.parametrize("w,h", [(400, 300), (257, 199), (129, 517), (1000, 700), (128, 128)])
+@pytest.mark.parametrize("kw", [dict(subsampling=0), dict(subsampling=2), dict(progressive=True), dict(grey=True)],
+                         ids=["444", "420", "progressive", "grey"])
+def test_large_jpegs_are_decoded_at_pillows_draft_scale(w, h, kw, monkeypatch):
+    kw = dict(kw)
+    im = _photo(w, h, seed=w)
+    if kw.pop("grey", False):
+        im = im.convert("L")
+    data = _jpeg(im, quality=90, **kw)
+    for size in (64, 50, 17, 32):  # scales 2..8, and an exact multiple
+        fast, slow, taken = _both(data, size, monkeypatch)
+        assert fast == slow
+        assert taken and fast[0] == "ok"
+
+
+def test_draft_scale_is_pillows():
+    for w, h, size in [(400, 300, 64), (257, 199, 50), (129, 517, 64), (1000, 700, 17), (128, 128, 64), (127, 300, 64)]:
+        im = Image.open(io.BytesIO(_jpeg(_photo(w, h))))
+        im.draft("RGB", (size, size))
+        s = decode_mod.draft_scale(w, h, size)
+        assert im.size == (-(-w // s), -(-h // s))
+
+
 def _exif_rotated() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90
@@ -109,8 +132,6 @@ def _exif_rotated() -> bytes:
 @pytest.mark.parametrize("make", [
     lambda: _exif_rotated(),                                            # orientation: Pillow applies it
     lambda: _jpeg(_photo().convert("CMYK")),                            # CMYK: Pillow's own conversion
-    lambda: _jpeg(_photo(), quality=90, dpi=(300, 300)) .replace(b"JFIF", b"JFXX", 1),  # an odd APP0
-    lambda: _jpeg(_photo(400, 300)),                                     # large: decoded at a reduced scale
     lambda: _png(_photo().convert("P")),                                 # palette
     lambda: _png(_photo().convert("RGBA")),                              # alpha
     lambda: _png(_photo().convert("LA")),
@@ -118,7 +139,7 @@ def _exif_rotated() -> bytes:
     lambda: _png(_photo().convert("L"), transparency=7),                 # tRNS
     lambda: _png(_photo(), pnginfo=_text_info()),                        # text chunks
     lambda: _png(_photo().convert("1")),                                 # 1-bit
-], ids=["exif", "cmyk", "app0", "large-jpeg", "palette", "rgba", "la", "16bit", "trns", "text", "1bit"])
+], ids=["exif", "cmyk", "palette", "rgba", "la", "16bit", "trns", "text", "1bit"])
 def test_members_pillow_must_interpret_are_left_to_pillow(make, monkeypatch):
     fast, slow, taken = _both(make(), 16, monkeypatch)
     assert fast == slow
@@ -219,11 +240,12 @@ def _mutants(data: bytes, rng: np.random.Generator, count: int, png: bool):
         yield out
 
 
-@pytest.mark.parametrize("fmt", ["jpeg-rgb", "jpeg-grey", "jpeg-progressive", "png-rgb", "png-grey"])
+@pytest.mark.parametrize("fmt", ["jpeg-rgb", "jpeg-grey", "jpeg-progressive", "jpeg-draft", "png-rgb", "png-grey"])
 def test_damaged_members_get_pillows_verdict(fmt, monkeypatch):
     im = _photo(24, 24, seed=3)
     data = {"jpeg-rgb": lambda: _jpeg(im, quality=90), "jpeg-grey": lambda: _jpeg(im.convert("L")),
             "jpeg-progressive": lambda: _jpeg(im, progressive=True),
+            "jpeg-draft": lambda: _jpeg(_photo(100, 80, seed=3)),  # decoded at half scale
             "png-rgb": lambda: _png(im), "png-grey": lambda: _png(im.convert("L"))}[fmt]()
     rng = np.random.default_rng(sum(map(ord, fmt)))
     taken_ok = 0

@@ -44,9 +44,10 @@ What it does
    (60,000 32 px JPEGs, to 32), MNIST (20,000 28 px grey PNGs, to 28), ``--n96`` CIFAR-10
    images upscaled to 96 px and saved as JPEG q95 (to 64), and the synthetic 256 px faces
    (``--n``, to 64).  Each case also reports the ceiling: streamclust's decoder alone
-   (CPU ms per image on one core, best of 3 over 2,000 members) times N, divided by the
+   (CPU ms per image on one core, best of 5 over 2,000 members) times N, divided by the
    cores; and how much of streamclust's wall time (less its fixed cost, a 16-member run)
-   that ceiling accounts for.
+   that ceiling accounts for.  The decoder is also timed with every member left to Pillow
+   (its fast decoders for plain JPEGs and PNGs switched off), in the same rounds.
 5. ``--filters``: cost and distance from Lanczos of each resize filter on small real
    sources (ORL 92x112 faces, CIFAR-10 upscaled to 96), to 64 px.
 6. ``--member-sweep 10000,1000000,10000000``: the main process's peak RSS against the
@@ -550,8 +551,11 @@ def small_cases(names: list[str], tmp: Path, n96: int, n256: int, seed: int) -> 
 
 def decoder_alone(zip_path: Path, size: int, sample: int = 2000, repeat: int = 5) -> dict:
     """CPU ms per image, one core, of streamclust's decoder alone (what a worker runs per
-    member: ``decode_members``) and of the naive loop's step; best of ``repeat`` rounds,
-    the two alternating so that neither always runs on a warmer machine."""
+    member: ``decode_members``), of the same with every member left to Pillow (the fast
+    decoders of ``streamclust.ingest.fastdecode`` switched off), and of the naive loop's
+    step; best of ``repeat`` rounds, the three alternating so that none always runs on a
+    warmer machine."""
+    from streamclust.ingest import fastdecode
     from streamclust.ingest.decode import DecodeParams, decode_members
 
     with zipfile.ZipFile(zip_path) as zf:
@@ -562,13 +566,21 @@ def decoder_alone(zip_path: Path, size: int, sample: int = 2000, repeat: int = 5
         for _ in decode_members(((d, "x") for d in datas), params):
             pass
 
+    def pillow_only():
+        probe = fastdecode.probe
+        fastdecode.probe = lambda data: None
+        try:
+            decoder()
+        finally:
+            fastdecode.probe = probe
+
     def naive():
         for d in datas:
             np.asarray(Image.open(io.BytesIO(d)).convert("RGB").resize((size, size)))
 
-    best = {"decoder_ms": float("inf"), "naive_step_ms": float("inf")}
+    best = {"decoder_ms": float("inf"), "decoder_pillow_ms": float("inf"), "naive_step_ms": float("inf")}
     for _ in range(repeat):
-        for key, fn in (("decoder_ms", decoder), ("naive_step_ms", naive)):
+        for key, fn in (("decoder_ms", decoder), ("decoder_pillow_ms", pillow_only), ("naive_step_ms", naive)):
             t0 = time.process_time()
             fn()
             best[key] = min(best[key], (time.process_time() - t0) / len(datas) * 1e3)
@@ -626,7 +638,8 @@ def small_table(rows: list[dict]) -> str:
             f"| **{r['ratio']:.2f}x** | {r['naive_cpu_s']:.2f} / {r['sc_cpu_s']:.2f} "
             f"| {r['n'] / r['naive_wall_s']:,.0f} | {r['n'] / r['sc_wall_s']:,.0f} "
             f"| {r['naive_ru_maxrss_mib']:.0f} / {r['sc_ru_maxrss_mib']:.0f} | {r['naive_pss_mib']:.0f} / {r['sc_pss_mib']:.0f} "
-            f"| {r['decoder_ms']:.3f} (naive step {r['naive_step_ms']:.3f}) | {r['ceiling_s']:.2f} "
+            f"| {r['decoder_ms']:.3f} (Pillow only {r.get('decoder_pillow_ms', float('nan')):.3f}; naive step "
+            f"{r['naive_step_ms']:.3f}) | {r['ceiling_s']:.2f} "
             f"| {r['sc_wall_s'] - r['sc_fixed_s']:.2f} | {r['ceiling_share']:.0%} |")
     busy = "; ".join(f"{r['name']}: naive {', '.join(f'{b:.2f}' for b in r['naive_busy'])} / streamclust "
                      f"{', '.join(f'{b:.2f}' for b in r['sc_busy'])}" for r in rows if "skipped" not in r)

@@ -293,7 +293,6 @@ def fit_run(
     _pca_outcome(summary, choice, pca)
 
     # -- 2. features --------------------------------------------------------------------
-    feat_path = layout.features
     if not layout.is_done("fit-features"):
         t0 = time.perf_counter()
         _write_features(layout, pca, data, rows, config, progress, _SketchScores(layout, int(rows.size)),

@@ -725,7 +725,6 @@ def select_k_run(
             bars.close()
     for i, msg in fits.failed.items():
         logger.warning("select-k: k=%d failed: %s", ks[i], msg)
-    picked = pick(rows, method)
     write_csv(layout.select_k_csv, rows)
     plot(layout.select_k_png, rows)
     stages.complete(layout, STAGE)

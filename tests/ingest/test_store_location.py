@@ -10,7 +10,6 @@ from streamclust.cli import main
 from streamclust.config import FitConfig, IngestConfig
 from streamclust.errors import ConfigMismatchError
 from streamclust.ingest import ingest
-from streamclust.models.io import load_model
 from streamclust.pipeline.assign import assign_run
 from streamclust.pipeline.fit import fit_run
 from streamclust.store import image_array, images_location

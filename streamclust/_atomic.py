@@ -7,7 +7,6 @@ zarr's ``LocalStore``.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import uuid

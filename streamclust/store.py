@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import RunDirError, StageNotDoneError
+from .errors import StageNotDoneError
 
 __all__ = ["RunLayout", "open_images", "image_array", "images_location", "open_zarr", "is_url",
            "storage_options", "store_exists", "remove_store", "ok_rows"]

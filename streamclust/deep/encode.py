@@ -160,7 +160,6 @@ def encode_run(
 def reconstruct(run_dir: str | os.PathLike, rows, *, model: str = "ae", device: str = "cpu"):
     """``(originals, reconstructions)``: two ``uint8 (n, s, s, 3)`` arrays for store ``rows``."""
     torch = require_torch()
-    import zarr
 
     from .data import to_float_tensor
     from .train import load_net, resolve_device

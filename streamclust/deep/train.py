@@ -397,7 +397,6 @@ def train_run(
                          device=device)
     layout = RunLayout.of(run_dir)
     layout.require("ingest", f"streamclust ingest SOURCE {run_dir}")
-    import zarr
 
     from .data import StoreLoader, to_float_tensor
 

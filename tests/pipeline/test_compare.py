@@ -129,7 +129,7 @@ def test_compare_runs_puts_the_runs_in_one_table(digits_run, tmp_path, capsys):
     # the command line takes several run directories
     assert main(["compare", str(run), str(other), "--sample", "300", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("run") and f"\nother " in out and f"\n{run.name} " in out
+    assert out.startswith("run") and "\nother " in out and f"\n{run.name} " in out
     with pytest.raises(UsageError, match="at least one"):
         compare_runs([])
 

@@ -22,7 +22,7 @@ from streamclust.models.io import load_model
 from streamclust.pipeline.fit import fit_run
 from streamclust.store import ok_rows
 
-from ..ingest.hostile import encode, noise, synthetic_jpegs, write_zip
+from ..ingest.hostile import synthetic_jpegs, write_zip
 
 
 @pytest.fixture(scope="module")

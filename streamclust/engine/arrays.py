@@ -15,7 +15,8 @@ import numpy as np
 
 __all__ = [
     "namespace", "is_numpy", "host", "host_rows", "like", "float64", "as_dtype", "numpy_dtype", "empty",
-    "subtract", "matmul", "sum_squares", "bincount", "one_hot", "largest", "DeviceState",
+    "subtract", "matmul", "sum_squares", "bincount", "one_hot", "largest", "DeviceState", "device_states",
+    "to_host_all",
 ]
 
 
@@ -194,12 +195,45 @@ class DeviceState:
             setattr(self, name, moved(getattr(self, name, None)))
 
     def to_host(self) -> None:
-        def back(value):
-            if isinstance(value, list):
-                return [back(v) for v in value]
-            if value is None or is_numpy(value):
-                return value
-            return host(value).item() if value.ndim == 0 else host(value)
+        to_host_all([self])
 
-        for name in self._device_state:
-            setattr(self, name, back(getattr(self, name, None)))
+
+def device_states(acc) -> list[DeviceState]:
+    """The :class:`DeviceState` objects of an accumulator: itself, or those of its
+    ``parts`` (a pass shared by several fits; nested)."""
+    if isinstance(acc, DeviceState):
+        return [acc]
+    return [state for part in getattr(acc, "parts", ()) for state in device_states(part)]
+
+
+def to_host_all(states) -> None:
+    """Bring the device state of every one of ``states`` back to NumPy (floats for 0-d values)
+    with one copy per device and dtype.
+
+    Each copy from a GPU waits for the work queued before it: a shared pass's candidates
+    brought back one array at a time (a few each) would stop the device as many times
+    at the end of every pass; here their arrays are joined on the device and cross once.
+    """
+    tensors = []  # where each device array sits: (state, name, index in a list or None, tensor)
+    for state in states:
+        for name in state._device_state:
+            value = getattr(state, name, None)
+            for i, v in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                if v is not None and not is_numpy(v):
+                    tensors.append((state, name, i, v))
+    groups: dict = {}
+    for entry in tensors:
+        groups.setdefault((entry[3].device, entry[3].dtype), []).append(entry)
+    for entries in groups.values():
+        import torch
+
+        flat = host(torch.cat([t.detach().reshape(-1) for *_, t in entries]))
+        at = 0
+        for state, name, i, t in entries:
+            part = flat[at:at + t.numel()].reshape(tuple(t.shape))
+            at += t.numel()
+            value = part.item() if t.ndim == 0 else part
+            if i is None:
+                setattr(state, name, value)
+            else:
+                getattr(state, name)[i] = value

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConvergenceError
+from .arrays import device_states, to_host_all
 from .plan import Accumulator, Plan
 
 __all__ = ["CombinedPlan", "CombinedAccumulator"]
@@ -66,9 +67,9 @@ class CombinedAccumulator:
             part.update(X, offset)
 
     def to_host(self) -> None:
-        """Bring every part's state back to NumPy (see :func:`streamclust.engine.execute.settle`)."""
-        for part in self.parts:
-            getattr(part, "to_host", lambda: None)()
+        """Bring every part's state back to NumPy, all in one copy per device and dtype (see
+        :func:`streamclust.engine.execute.settle`)."""
+        to_host_all(device_states(self))
 
     def state_dict(self) -> State:
         state: State = {"members": np.asarray(self.members, dtype=np.int64)}

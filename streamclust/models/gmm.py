@@ -26,9 +26,9 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..engine.arrays import host
+from ..engine.arrays import device_states, host, to_host_all
 from ..engine.backend import Backend, document_parameters, NUMPY, PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS
-from ..engine import RowSource, settle, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
+from ..engine import RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
 from ._gmm_stats import (
     GMMStatsAccumulator,
     GMMSuffStats,
@@ -95,8 +95,7 @@ class _MultiAccumulator:
             part.update(X, offset)
 
     def to_host(self) -> None:
-        for part in self.parts:
-            settle(part)
+        to_host_all(device_states(self))
 
     def merge(self, other: "_MultiAccumulator") -> "_MultiAccumulator":
         for a, b in zip(self.parts, other.parts):

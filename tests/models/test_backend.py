@@ -241,6 +241,69 @@ def test_candidates_sharing_passes_on_torch_equal_numpy(blobs):
         assert_same_gmm(a, b)
 
 
+def test_a_shared_pass_comes_back_from_the_device_in_one_copy_a_pass(blobs, monkeypatch):
+    """At the end of a pass the candidates' sums cross in one copy per dtype, not a few per candidate."""
+    import sys
+
+    from streamclust.engine import arrays, execute
+
+    copies, settles = [], []
+    real_host, real_settle = arrays.host, execute.settle
+
+    def host(x, dtype=None):  # the copies made to settle a pass (not the seeding's, say)
+        if not arrays.is_numpy(x) and sys._getframe(1).f_code.co_name == "to_host_all":
+            copies.append(x.dtype)
+        return real_host(x, dtype)
+
+    monkeypatch.setattr(arrays, "host", host)
+    def settle(acc):
+        before = len(copies)
+        real_settle(acc)
+        settles.append(len(copies) - before)
+
+    monkeypatch.setattr(execute, "settle", settle)
+    ests = [StreamingGaussianMixture(k, covariance_type=ct, batch_size=400, random_state=k, max_iter=4)
+            for k, ct in ((2, "diag"), (3, "full"), (5, "spherical"), (4, "tied"))]
+    plans = [e._make_plan(RowSource(blobs)) for e in ests]
+    drive(CombinedPlan(plans, ["a", "b", "c", "d"]), RowSource(blobs), 400, backend=Backend("torch", "cpu"))
+    # the EM passes: four candidates' sums (three to five arrays each), all float64: one copy a pass
+    assert max(settles) == 1 and sum(settles) >= len(settles) - 2 >= 5
+    assert set(map(str, copies)) == {"torch.float64"}
+
+
+def test_bringing_many_states_back_at_once_equals_one_at_a_time():
+    from streamclust.engine.arrays import DeviceState, to_host_all
+
+    class State(DeviceState):
+        _device_state = ("sums", "count", "total", "slabs", "absent", "already")
+
+    def made():
+        st = State()
+        st.sums = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+        st.count = torch.tensor([3, 1, 2])  # int64: a copy of its own
+        st.total = torch.tensor(2.5, dtype=torch.float64)
+        st.slabs = [torch.ones(2, 2, dtype=torch.float64), None, torch.zeros(0, dtype=torch.float64)]
+        st.absent, st.already = None, np.array([7.0])
+        return st
+
+    one, many = [made(), made()], [made(), made()]
+    for st in one:
+        for name in st._device_state:  # the reference: each value alone
+            value = getattr(st, name)
+            back = (lambda v: v if v is None or isinstance(v, np.ndarray) else
+                    (v.item() if v.ndim == 0 else v.cpu().numpy()))
+            setattr(st, name, [back(v) for v in value] if isinstance(value, list) else back(value))
+    to_host_all(many)
+    for a, b in zip(one, many):
+        for name in a._device_state:
+            va, vb = getattr(a, name), getattr(b, name)
+            for x, y in zip(va, vb) if isinstance(va, list) else [(va, vb)]:
+                assert type(x) is type(y)
+                if x is not None:
+                    assert np.array_equal(x, y) and np.asarray(x).dtype == np.asarray(y).dtype
+                    assert np.shape(x) == np.shape(y)
+
+
 # ------------------------------------------------------------------------ the feed
 def test_the_feed_sends_stored_bytes_and_converts_on_the_device():
     X = np.arange(5 * 12, dtype=np.uint8).reshape(5, 3, 4)

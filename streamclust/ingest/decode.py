@@ -209,14 +209,12 @@ def _decode_safely(data: bytes | None, name: str, params: DecodeParams) -> Decod
         return Decoded(status, reason, sha256=hashlib.sha256(data).hexdigest() if data else "")
 
 
-#: ``Image.info`` keys an orientation can come from (see ``Image.getexif``)
-_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
 def _may_be_oriented(im: Image.Image) -> bool:
     """False when ``ImageOps.exif_transpose`` would certainly leave ``im`` as it is."""
     return (getattr(im, "_exif", None) is not None or hasattr(im, "tag_v2")
-            or not im.info.keys().isdisjoint(_ORIENTATION_KEYS))
+            or not im.info.keys().isdisjoint(fastdecode.ORIENTATION_KEYS))
 
 
 #: a source side under this many times the target side is "small": resized with

@@ -18,7 +18,8 @@ and MNIST image, on encoder variants, and on thousands of damaged members):
   samples, and decoded strictly (any libjpeg warning, a truncated scan for one, is an
   error here);
 - PNG: every chunk's CRC correct, only the chunks of :data:`_PNG_CHUNKS` (no transparency,
-  palette, text or EXIF), 8-bit grey or RGB, an ``IEND``.
+  palette, compressed text or EXIF; plain text only under keywords the decoder does not
+  read), 8-bit grey or RGB, the zlib stream whole, an ``IEND``.
 
 Anything else, and every error, is left to Pillow, whose verdicts the manifest keeps: this
 module only ever says "these pixels" or "not mine".  Without the two packages (they are
@@ -33,6 +34,7 @@ import zlib
 from typing import NamedTuple
 
 import numpy as np
+from PIL.PngImagePlugin import MAX_TEXT_MEMORY
 
 try:
     import simplejpeg
@@ -106,8 +108,13 @@ def _jpeg(data: bytes) -> Header | None:
 # --------------------------------------------------------------------------- PNG
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: chunks allowed: the critical ones of a grey or RGB image, and ancillary chunks that
-#: Pillow only records (colour space, gamma, physical size, time)
-_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"pHYs", b"tIME"})
+#: Pillow only records (colour space, gamma, physical size, time; uncompressed text, such as
+#: the dates ImageMagick writes, unless its keyword is one an orientation is read from)
+_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"pHYs", b"tIME", b"tEXt"})
+#: ``Image.info`` keys an orientation can come from (``ImageOps.exif_transpose`` reads them)
+ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+#: the ``Image.info`` keys streamclust's decoder reads: a text chunk under one of them is Pillow's
+_READ_KEYS = frozenset((*ORIENTATION_KEYS, "transparency"))
 _PNG_MODES = {0: "L", 2: "RGB"}  # colour type -> Pillow's mode (at 8 bits)
 _CHUNK = struct.Struct(">I4s")
 
@@ -120,7 +127,7 @@ def _png(data: bytes) -> Header | None:
     mode = _PNG_MODES.get(colour)
     if mode is None or depth != 8 or compression or filtering or interlace > 1:
         return None
-    i, spans, data_ended = 8, [], False
+    i, spans, data_ended, text = 8, [], False, 0
     while True:
         if i + 12 > n:
             return None
@@ -130,6 +137,11 @@ def _png(data: bytes) -> Header | None:
             return None
         if zlib.crc32(data[i + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
             return None
+        if kind == b"tEXt":
+            key, _, value = data[i + 8:end - 4].partition(b"\0")
+            text += len(value)
+            if key.decode("latin-1") in _READ_KEYS or text > MAX_TEXT_MEMORY:  # Pillow's to read
+                return None
         if kind == b"IDAT":
             if data_ended:  # image data in two runs
                 return None

@@ -137,21 +137,31 @@ def _exif_rotated() -> bytes:
     lambda: _png(_photo().convert("LA")),
     lambda: _png(Image.fromarray((np.arange(45 * 37, dtype=np.uint16) * 20).reshape(37, 45))),  # 16-bit
     lambda: _png(_photo().convert("L"), transparency=7),                 # tRNS
-    lambda: _png(_photo(), pnginfo=_text_info()),                        # text chunks
+    lambda: _png(_photo(), pnginfo=_text_info("Raw profile type exif")),  # text an orientation is read from
+    lambda: _png(_photo().convert("L"), pnginfo=_text_info("transparency")),  # text the decoder reads
+    lambda: _png(_photo(), pnginfo=_text_info("Title", compressed=True)),  # compressed text
     lambda: _png(_photo().convert("1")),                                 # 1-bit
-], ids=["exif", "cmyk", "palette", "rgba", "la", "16bit", "trns", "text", "1bit"])
+], ids=["exif", "cmyk", "palette", "rgba", "la", "16bit", "trns", "exif-text", "transparency-text", "ztxt", "1bit"])
 def test_members_pillow_must_interpret_are_left_to_pillow(make, monkeypatch):
     fast, slow, taken = _both(make(), 16, monkeypatch)
     assert fast == slow
     assert not taken
 
 
-def _text_info():
+def _text_info(key: str = "Title", compressed: bool = False):
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text("Title", "x" * 50)
+    info.add_text(key, "x" * 50 if key != "transparency" else "7", zip=compressed)
     return info
+
+
+def test_png_with_plain_text_takes_the_fast_path(monkeypatch):
+    info = _text_info("date:create")
+    info.add_text("Software", "ImageMagick 7")
+    for im in (_photo(), _photo().convert("L")):
+        fast, slow, taken = _both(_png(im, pnginfo=info), 20, monkeypatch)
+        assert fast == slow and taken and fast[0] == "ok"
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
@@ -240,13 +250,15 @@ def _mutants(data: bytes, rng: np.random.Generator, count: int, png: bool):
         yield out
 
 
-@pytest.mark.parametrize("fmt", ["jpeg-rgb", "jpeg-grey", "jpeg-progressive", "jpeg-draft", "png-rgb", "png-grey"])
+@pytest.mark.parametrize("fmt", ["jpeg-rgb", "jpeg-grey", "jpeg-progressive", "jpeg-draft", "png-rgb", "png-grey",
+                                 "png-text"])
 def test_damaged_members_get_pillows_verdict(fmt, monkeypatch):
     im = _photo(24, 24, seed=3)
     data = {"jpeg-rgb": lambda: _jpeg(im, quality=90), "jpeg-grey": lambda: _jpeg(im.convert("L")),
             "jpeg-progressive": lambda: _jpeg(im, progressive=True),
             "jpeg-draft": lambda: _jpeg(_photo(100, 80, seed=3)),  # decoded at half scale
-            "png-rgb": lambda: _png(im), "png-grey": lambda: _png(im.convert("L"))}[fmt]()
+            "png-rgb": lambda: _png(im), "png-grey": lambda: _png(im.convert("L")),
+            "png-text": lambda: _png(im, pnginfo=_text_info("Comment"))}[fmt]()
     rng = np.random.default_rng(sum(map(ord, fmt)))
     taken_ok = 0
     for mutant in _mutants(data, rng, 400, png=fmt.startswith("png")):

@@ -206,9 +206,13 @@ def device_states(acc) -> list[DeviceState]:
     return [state for part in getattr(acc, "parts", ()) for state in device_states(part)]
 
 
+#: device arrays up to this size are joined into one copy by :func:`to_host_all`
+JOIN_BYTES = 4 << 20
+
+
 def to_host_all(states) -> None:
     """Bring the device state of every one of ``states`` back to NumPy (floats for 0-d values)
-    with one copy per device and dtype.
+    with one copy per device and dtype (arrays over :data:`JOIN_BYTES` one copy each).
 
     Each copy from a GPU waits for the work queued before it: a shared pass's candidates
     brought back one array at a time (a few each) would stop the device as many times
@@ -222,8 +226,11 @@ def to_host_all(states) -> None:
                 if v is not None and not is_numpy(v):
                     tensors.append((state, name, i, v))
     groups: dict = {}
-    for entry in tensors:
-        groups.setdefault((entry[3].device, entry[3].dtype), []).append(entry)
+    for n, entry in enumerate(tensors):
+        t = entry[3]
+        # a large array (a PCA's scatter slabs) crosses alone: joining it would double it on the device
+        alone = t.numel() * t.element_size() > JOIN_BYTES
+        groups.setdefault((t.device, t.dtype, n if alone else -1), []).append(entry)
     for entries in groups.values():
         import torch
 

@@ -16,7 +16,7 @@ import numpy as np
 __all__ = [
     "namespace", "is_numpy", "host", "host_rows", "like", "float64", "as_dtype", "numpy_dtype", "empty",
     "subtract", "matmul", "sum_squares", "bincount", "one_hot", "largest", "DeviceState", "device_states",
-    "to_host_all",
+    "to_host_all", "to_device_all", "leaves",
 ]
 
 
@@ -196,6 +196,54 @@ class DeviceState:
 
     def to_host(self) -> None:
         to_host_all([self])
+
+
+def leaves(acc) -> list:
+    """The accumulators that do the work in ``acc``: itself, or its ``parts`` (nested)."""
+    parts = getattr(acc, "parts", None)
+    return [acc] if parts is None else [leaf for part in parts for leaf in leaves(part)]
+
+
+def to_device_all(parts, X) -> None:
+    """Copy what ``parts`` need on the device of the batch ``X`` for a pass, in one copy per dtype.
+
+    A part says what through ``_device_inputs(X)`` (NumPy arrays, to become ``X``'s dtype;
+    an empty list: nothing) and takes the copies through ``_take_device_inputs(X, tensors)``;
+    the NumPy state of a :class:`DeviceState` part follows too (dtypes kept).  Without it
+    each part copies its own as its first batch arrives: a few copies per candidate of a
+    shared pass, each one waiting on the device.  Nothing happens for a NumPy batch.
+    """
+    if is_numpy(X):
+        return
+    inputs = [(part, [np.asarray(a) for a in part._device_inputs(X)]) for part in parts
+              if hasattr(part, "_device_inputs")]
+    states = [(state, name, getattr(state, name)) for state in parts if isinstance(state, DeviceState)
+              for name in state._device_state if isinstance(getattr(state, name, None), np.ndarray)]
+    arrays = [a for _, got in inputs for a in got] + [value for *_, value in states]
+    copied = iter(_copy_joined(arrays, X.device))
+    for part, got in inputs:
+        if got:
+            part._take_device_inputs(X, [next(copied).to(X.dtype) for _ in got])
+    for state, name, _ in states:
+        setattr(state, name, next(copied))
+
+
+def _copy_joined(arrays: list, device) -> list:
+    """``arrays`` (NumPy) on ``device``, dtypes kept: those up to :data:`JOIN_BYTES` joined
+    per dtype into one copy, larger ones one copy each."""
+    import torch
+
+    out: list = [None] * len(arrays)
+    groups: dict = {}
+    for n, a in enumerate(arrays):
+        groups.setdefault((a.dtype, n if a.nbytes > JOIN_BYTES else -1), []).append(n)
+    for members in groups.values():
+        flat = torch.as_tensor(np.concatenate([arrays[n].reshape(-1) for n in members])).to(device)
+        at = 0
+        for n in members:
+            out[n] = flat[at:at + arrays[n].size].reshape(arrays[n].shape)
+            at += arrays[n].size
+    return out
 
 
 def device_states(acc) -> list[DeviceState]:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConvergenceError
-from .arrays import device_states, to_host_all
+from .arrays import device_states, leaves, to_device_all, to_host_all
 from .plan import Accumulator, Plan
 
 __all__ = ["CombinedPlan", "CombinedAccumulator"]
@@ -63,6 +63,9 @@ class CombinedAccumulator:
         if isinstance(X, np.ndarray) and X.flags.writeable:
             X = X.view()
             X.flags.writeable = False
+        elif not isinstance(X, np.ndarray) and getattr(self, "_staged", None) != X.device:
+            to_device_all(leaves(self), X)  # the candidates' models and sums cross together
+            self._staged = X.device
         for part in self.parts:
             part.update(X, offset)
 

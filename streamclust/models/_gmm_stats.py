@@ -536,10 +536,18 @@ class GMMStatsAccumulator(GMMSuffStats):
         """The pass's model on the batch's device, in its dtype (converted once)."""
         if is_numpy(X):
             return self.weights, self.means, self.precisions_cholesky
-        key = (str(X.device), str(X.dtype))
-        if getattr(self, "_on_device", (None,))[0] != key:
-            self._on_device = (key, tuple(like(X, a) for a in (self.weights, self.means, self.precisions_cholesky)))
+        if self._device_inputs(X):
+            self._take_device_inputs(X, [like(X, a) for a in (self.weights, self.means, self.precisions_cholesky)])
         return self._on_device[1]
+
+    def _device_inputs(self, X) -> list:
+        """What the pass needs on the batch's device (none once there; see ``to_device_all``)."""
+        if getattr(self, "_on_device", (None,))[0] == (str(X.device), str(X.dtype)):
+            return []
+        return [self.weights, self.means, self.precisions_cholesky]
+
+    def _take_device_inputs(self, X, tensors) -> None:
+        self._on_device = ((str(X.device), str(X.dtype)), tuple(tensors))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -589,13 +597,23 @@ class HardAssignAccumulator(GMMSuffStats):
         if is_numpy(X):
             centres = (self.centres, self._c2)
         else:  # copied to the device once a pass
-            if getattr(self, "_dev", None) is None or self._dev[0].device != X.device:
-                self._dev = (like(X, self.centres), like(X, self._c2))
+            if self._device_inputs(X):
+                self._take_device_inputs(X, [like(X, self.centres), like(X, self._c2)])
             centres = self._dev
         labels, mind = nearest_centre(X, *centres)
         w = weight_slice(self.sample_weight, offset, X.shape[0])
         self.inertia = self.inertia + (namespace(mind).sum(mind) if w is None else mind @ like(mind, w))
         self.accumulate_hard(X, labels, sample_weight=w)
+
+    def _device_inputs(self, X) -> list:
+        """The centres and their squared norms on the batch's device, once a pass (see ``to_device_all``)."""
+        dev = getattr(self, "_dev", None)
+        if dev is not None and dev[0].device == X.device and dev[0].dtype == X.dtype:
+            return []
+        return [self.centres, self._c2]
+
+    def _take_device_inputs(self, X, tensors) -> None:
+        self._dev = tuple(tensors)
 
     def merge(self, other):
         super().merge(other)

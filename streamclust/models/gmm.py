@@ -26,7 +26,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..engine.arrays import device_states, host, to_host_all
+from ..engine.arrays import device_states, host, leaves, to_device_all, to_host_all
 from ..engine.backend import Backend, document_parameters, NUMPY, PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS
 from ..engine import RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
 from ._gmm_stats import (
@@ -91,6 +91,9 @@ class _MultiAccumulator:
         self.name = name
 
     def update(self, X: np.ndarray, offset: int) -> None:
+        if not isinstance(X, np.ndarray) and getattr(self, "_staged", None) != X.device:
+            to_device_all(leaves(self), X)
+            self._staged = X.device
         for part in self.parts:
             part.update(X, offset)
 

@@ -271,6 +271,34 @@ def test_a_shared_pass_comes_back_from_the_device_in_one_copy_a_pass(blobs, monk
     assert set(map(str, copies)) == {"torch.float64"}
 
 
+def test_a_shared_pass_copies_its_candidates_models_and_sums_to_the_device_together(blobs, monkeypatch):
+    """At the start of a pass the candidates' models and zeroed sums cross in one copy a dtype."""
+    from streamclust.engine import execute
+
+    copies, per_pass = [0], []
+    real_as_tensor, real_settle = torch.as_tensor, execute.settle
+
+    def as_tensor(data, *args, **kw):
+        copies[0] += isinstance(data, np.ndarray)
+        return real_as_tensor(data, *args, **kw)
+
+    def settle(acc):
+        real_settle(acc)
+        per_pass.append(copies[0])
+        copies[0] = 0
+
+    monkeypatch.setattr(torch, "as_tensor", as_tensor)
+    monkeypatch.setattr(execute, "settle", settle)
+    ests = [StreamingGaussianMixture(k, covariance_type=ct, batch_size=2400, random_state=k, max_iter=4, tol=0)
+            for k, ct in ((2, "diag"), (3, "full"), (5, "spherical"), (4, "tied"))]
+    plans = [e._make_plan(RowSource(blobs)) for e in ests]
+    drive(CombinedPlan(plans, ["a", "b", "c", "d"]), RowSource(blobs), 2400, backend=Backend("torch", "cpu"))
+    # one batch a pass: the batch itself, the models joined, the sums joined (the first EM pass
+    # also copies each candidate's shift, computed from its first batch); 4 x 6 copies before
+    em = per_pass[-4:]
+    assert max(em) <= 3, per_pass
+
+
 def test_bringing_many_states_back_at_once_equals_one_at_a_time():
     from streamclust.engine.arrays import DeviceState, to_host_all
 

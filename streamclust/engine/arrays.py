@@ -16,7 +16,7 @@ import numpy as np
 __all__ = [
     "namespace", "is_numpy", "host", "host_rows", "like", "float64", "as_dtype", "numpy_dtype", "empty",
     "subtract", "matmul", "sum_squares", "bincount", "one_hot", "largest", "DeviceState", "device_states",
-    "to_host_all", "to_device_all", "leaves",
+    "to_host_all", "to_device_all", "leaves", "SharedPassParts",
 ]
 
 
@@ -244,6 +244,22 @@ def _copy_joined(arrays: list, device) -> list:
             out[n] = flat[at:at + arrays[n].size].reshape(arrays[n].shape)
             at += arrays[n].size
     return out
+
+
+class SharedPassParts:
+    """For an accumulator whose ``parts`` are fed the same batches (a shared pass): what they
+    need on the batches' device is copied there together, once a pass (:func:`to_device_all`),
+    and their sums come back together (:func:`to_host_all`).  Call :meth:`_stage` in ``update``."""
+
+    parts: list
+
+    def _stage(self, X) -> None:
+        if not is_numpy(X) and getattr(self, "_staged", None) != X.device:
+            to_device_all(leaves(self), X)
+            self._staged = X.device
+
+    def to_host(self) -> None:
+        to_host_all(device_states(self))
 
 
 def device_states(acc) -> list[DeviceState]:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConvergenceError
-from .arrays import device_states, leaves, to_device_all, to_host_all
+from .arrays import SharedPassParts
 from .plan import Accumulator, Plan
 
 __all__ = ["CombinedPlan", "CombinedAccumulator"]
@@ -40,7 +40,7 @@ def _sub(state: State, prefix: str) -> State:
     return {k[n:]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-class CombinedAccumulator:
+class CombinedAccumulator(SharedPassParts):
     """Forwards every batch to the accumulators of the candidates active in this pass.
 
     The batch is made read-only before it is forwarded, so a candidate that would modify
@@ -63,16 +63,9 @@ class CombinedAccumulator:
         if isinstance(X, np.ndarray) and X.flags.writeable:
             X = X.view()
             X.flags.writeable = False
-        elif not isinstance(X, np.ndarray) and getattr(self, "_staged", None) != X.device:
-            to_device_all(leaves(self), X)  # the candidates' models and sums cross together
-            self._staged = X.device
+        self._stage(X)  # on a device: the candidates' models and sums cross together
         for part in self.parts:
             part.update(X, offset)
-
-    def to_host(self) -> None:
-        """Bring every part's state back to NumPy, all in one copy per device and dtype (see
-        :func:`streamclust.engine.execute.settle`)."""
-        to_host_all(device_states(self))
 
     def state_dict(self) -> State:
         state: State = {"members": np.asarray(self.members, dtype=np.int64)}

@@ -209,8 +209,6 @@ def _decode_safely(data: bytes | None, name: str, params: DecodeParams) -> Decod
         return Decoded(status, reason, sha256=hashlib.sha256(data).hexdigest() if data else "")
 
 
-
-
 def _may_be_oriented(im: Image.Image) -> bool:
     """False when ``ImageOps.exif_transpose`` would certainly leave ``im`` as it is."""
     return (getattr(im, "_exif", None) is not None or hasattr(im, "tag_v2")

@@ -26,7 +26,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..engine.arrays import device_states, host, leaves, to_device_all, to_host_all
+from ..engine.arrays import SharedPassParts, host
 from ..engine.backend import Backend, document_parameters, NUMPY, PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS
 from ..engine import RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
 from ._gmm_stats import (
@@ -83,7 +83,7 @@ def init_sample_size(n_samples: int, n_components: int) -> int:
 # helper accumulators
 
 
-class _MultiAccumulator:
+class _MultiAccumulator(SharedPassParts):
     """Several accumulators fed the same batches (the ``n_init`` models share passes)."""
 
     def __init__(self, parts: list, name: str):
@@ -91,14 +91,9 @@ class _MultiAccumulator:
         self.name = name
 
     def update(self, X: np.ndarray, offset: int) -> None:
-        if not isinstance(X, np.ndarray) and getattr(self, "_staged", None) != X.device:
-            to_device_all(leaves(self), X)
-            self._staged = X.device
+        self._stage(X)
         for part in self.parts:
             part.update(X, offset)
-
-    def to_host(self) -> None:
-        to_host_all(device_states(self))
 
     def merge(self, other: "_MultiAccumulator") -> "_MultiAccumulator":
         for a, b in zip(self.parts, other.parts):

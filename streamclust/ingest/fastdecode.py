@@ -109,7 +109,7 @@ def _jpeg(data: bytes) -> Header | None:
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: chunks allowed: the critical ones of a grey or RGB image, and ancillary chunks that
 #: Pillow only records (colour space, gamma, physical size, time; uncompressed text, such as
-#: the dates ImageMagick writes, unless its keyword is one an orientation is read from)
+#: the dates ImageMagick writes, unless its keyword is one the decoder reads: :data:`_READ_KEYS`)
 _PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"pHYs", b"tIME", b"tEXt"})
 #: ``Image.info`` keys an orientation can come from (``ImageOps.exif_transpose`` reads them)
 ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")

@@ -530,13 +530,12 @@ def _ingest_settings(args) -> dict:
 
 def _cmd_ingest(args) -> int:
     from .config import default_workers
+    from .ingest._server import NO_BLAS_THREADS, start_decoder_server
 
     if "numpy" not in sys.modules:  # this command multiplies no matrices: no BLAS threads to spin
-        for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(key, "1")
+        for key, value in NO_BLAS_THREADS.items():
+            os.environ.setdefault(key, value)
     if args.scheduler is None and (args.workers or default_workers()) > 1:
-        from .ingest._server import start_decoder_server
-
         start_decoder_server()  # the decoders load on another core while this process imports the rest
     summary = _run(args).ingest(args.source, **_ingest_settings(args), overwrite=args.overwrite,
                                 progress=_progress(args), scheduler=args.scheduler)

@@ -21,7 +21,8 @@ import multiprocessing as mp
 import os
 import signal
 
-__all__ = ["decoder_context", "start_decoder_server", "stop_decoder_server", "decoder_server_pid", "die_with_parent"]
+__all__ = ["decoder_context", "start_decoder_server", "stop_decoder_server", "decoder_server_pid", "die_with_parent",
+           "NO_BLAS_THREADS"]
 
 # this module first: importing it in the fork server arms the fork server's death signal
 _PRELOAD = ["streamclust.ingest._server", "streamclust.ingest.pool"]  # the decode task, readers, decoder
@@ -31,9 +32,10 @@ _SERVER_PARENT = "STREAMCLUST_DECODER_SERVER_PARENT"
 
 _PR_SET_PDEATHSIG = 1
 
-#: the fork server's environment on top of this process's: decoders never multiply
-#: matrices, and a BLAS thread pool per process would only spin (0.1-0.2 s of a core each)
-_SERVER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: the environment of a process that multiplies no matrices (the fork server, and through it
+#: the decoders; ``streamclust ingest`` itself): a BLAS thread pool would only spin, 0.1-0.2 s
+#: of a core in each process
+NO_BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
@@ -78,8 +80,8 @@ def start_decoder_server() -> None:
         return
     from multiprocessing import forkserver
 
-    saved = {key: os.environ.get(key) for key in _SERVER_ENV}
-    os.environ.update(_SERVER_ENV, **{_SERVER_PARENT: str(os.getpid())})
+    saved = {key: os.environ.get(key) for key in NO_BLAS_THREADS}
+    os.environ.update(NO_BLAS_THREADS, **{_SERVER_PARENT: str(os.getpid())})
     try:
         forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - the pool starts it later, or falls back to this process

@@ -7,7 +7,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from streamclust.ingest._server import _SERVER_ENV, decoder_context, start_decoder_server, stop_decoder_server
+from streamclust.ingest._server import NO_BLAS_THREADS, decoder_context, start_decoder_server, stop_decoder_server
 
 pytestmark = pytest.mark.skipif(decoder_context() is None, reason="no forkserver start method here")
 
@@ -21,7 +21,7 @@ def test_decoders_run_without_blas_threads_and_the_callers_environment_is_unchan
     try:
         assert dict(os.environ) == before
         with ProcessPoolExecutor(1, mp_context=decoder_context()) as ex:
-            seen = {key: ex.submit(os.getenv, key).result() for key in _SERVER_ENV}
-        assert seen == _SERVER_ENV
+            seen = {key: ex.submit(os.getenv, key).result() for key in NO_BLAS_THREADS}
+        assert seen == NO_BLAS_THREADS
     finally:
         stop_decoder_server()

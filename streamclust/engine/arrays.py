@@ -182,17 +182,8 @@ class DeviceState:
     _device_state: tuple[str, ...] = ()
 
     def _follow(self, X) -> None:
-        if is_numpy(X):
-            return
-        import torch
-
-        def moved(value):
-            if isinstance(value, list):
-                return [moved(v) for v in value]
-            return torch.as_tensor(value, device=X.device) if isinstance(value, np.ndarray) else value
-
-        for name in self._device_state:
-            setattr(self, name, moved(getattr(self, name, None)))
+        if not is_numpy(X):
+            _state_to_device([self], X.device)
 
     def to_host(self) -> None:
         to_host_all([self])
@@ -217,15 +208,46 @@ def to_device_all(parts, X) -> None:
         return
     inputs = [(part, [np.asarray(a) for a in part._device_inputs(X)]) for part in parts
               if hasattr(part, "_device_inputs")]
-    states = [(state, name, getattr(state, name)) for state in parts if isinstance(state, DeviceState)
-              for name in state._device_state if isinstance(getattr(state, name, None), np.ndarray)]
-    arrays = [a for _, got in inputs for a in got] + [value for *_, value in states]
-    copied = iter(_copy_joined(arrays, X.device))
+    slots = list(_slots([p for p in parts if isinstance(p, DeviceState)], _on_host))
+    copied = iter(_copy_joined([a for _, got in inputs for a in got] + [v for *_, v in slots], X.device))
     for part, got in inputs:
         if got:
             part._take_device_inputs(X, [next(copied).to(X.dtype) for _ in got])
-    for state, name, _ in states:
-        setattr(state, name, next(copied))
+    for slot in slots:
+        _put(*slot[:3], next(copied))
+
+
+def _on_host(value) -> bool:
+    return isinstance(value, np.ndarray)
+
+
+def _on_device(value) -> bool:
+    return not is_numpy(value)
+
+
+def _slots(states, where):
+    """``(state, name, index in a list or None, value)`` of the values of the states'
+    ``_device_state`` attributes (and of their lists' items) for which ``where(value)``."""
+    for state in states:
+        for name in state._device_state:
+            value = getattr(state, name, None)
+            for i, v in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                if v is not None and where(v):
+                    yield state, name, i, v
+
+
+def _put(state, name: str, i, value) -> None:
+    if i is None:
+        setattr(state, name, value)
+    else:
+        getattr(state, name)[i] = value
+
+
+def _state_to_device(states, device) -> None:
+    """The NumPy state of ``states`` on ``device``, dtypes kept (float64 sums stay float64)."""
+    slots = list(_slots(states, _on_host))
+    for slot, tensor in zip(slots, _copy_joined([v for *_, v in slots], device)):
+        _put(*slot[:3], tensor)
 
 
 def _copy_joined(arrays: list, device) -> list:
@@ -270,7 +292,7 @@ def device_states(acc) -> list[DeviceState]:
     return [state for part in getattr(acc, "parts", ()) for state in device_states(part)]
 
 
-#: device arrays up to this size are joined into one copy by :func:`to_host_all`
+#: arrays up to this size are joined into one copy by :func:`to_host_all` and :func:`to_device_all`
 JOIN_BYTES = 4 << 20
 
 
@@ -282,13 +304,7 @@ def to_host_all(states) -> None:
     brought back one array at a time (a few each) would stop the device as many times
     at the end of every pass; here their arrays are joined on the device and cross once.
     """
-    tensors = []  # where each device array sits: (state, name, index in a list or None, tensor)
-    for state in states:
-        for name in state._device_state:
-            value = getattr(state, name, None)
-            for i, v in enumerate(value) if isinstance(value, list) else [(None, value)]:
-                if v is not None and not is_numpy(v):
-                    tensors.append((state, name, i, v))
+    tensors = list(_slots(states, _on_device))
     groups: dict = {}
     for n, entry in enumerate(tensors):
         t = entry[3]
@@ -303,8 +319,4 @@ def to_host_all(states) -> None:
         for state, name, i, t in entries:
             part = flat[at:at + t.numel()].reshape(tuple(t.shape))
             at += t.numel()
-            value = part.item() if t.ndim == 0 else part
-            if i is None:
-                setattr(state, name, value)
-            else:
-                getattr(state, name)[i] = value
+            _put(state, name, i, part.item() if t.ndim == 0 else part)

@@ -21,13 +21,17 @@ when the run is past ``--deadline`` seconds):
     difference of the models, labels equal, BIC pick).  ``float32`` products on the GPU
     are compared too.
 
-The 2-core time of the whole workload is **estimated**: each stage's full GPU time times
-that stage's measured CPU/GPU ratio on the capped work (said in the output).
+In the same run the 2-core time of the whole workload is only **estimated**: each stage's
+full GPU time times that stage's measured CPU/GPU ratio on the capped work (said in the
+output). ``--cpu-reference`` measures it instead, without a GPU: the whole workload (no cap)
+with NumPy in a child pinned to 2 cores (tens of minutes; on a 2-core machine like the
+founding user's, for the ratio against a GPU run of the same sizes).
 
 Usage (from the repository root, on a machine with a GPU)::
 
     python scripts/bench_gpu.py --json gpu.json
     python scripts/bench_gpu.py --zip cifar40k.zip --sizes 32,64 --json gpu.json --deadline 420
+    python scripts/bench_gpu.py --cpu-reference --zip cifar40k.zip --sizes 32,64 --json cpu2.json
 """
 
 from __future__ import annotations
@@ -276,6 +280,27 @@ def run_cpu(run: Path, max_iter: int) -> dict:
     raise RuntimeError(f"the CPU child failed:\n{proc.stderr[-3000:]}")
 
 
+def cpu_reference(args) -> int:
+    """The whole founding workload, as the GPU parts run it, with NumPy in a child pinned to 2 cores."""
+    results: dict = {"device": "cpu, NumPy, 2 cores, 2 BLAS threads", "zip": str(args.zip),
+                     "data": "real (CIFAR-10 JPEGs)", "cpu_count": os.cpu_count(), "parts": {}}
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.limit:
+        args.zip = subset_zip(args.zip, args.work / f"limit-{args.limit}.zip", args.limit)
+    for size in [int(s) for s in args.sizes.split(",")]:
+        run = args.work / f"run-{size}"
+        t_ing = ingest(args.zip, run, size)
+        res = run_cpu(run, 100)
+        res["ingest_s"] = t_ing
+        results["parts"][f"cpu2-{size}"] = res
+        log(f"cpu2-{size}: {json.dumps({k: round(v, 2) for k, v in res['wall'].items()})} total "
+            f"{res['total']:.1f} s, {res['pca_components']} components, picked {res['picked']}")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1, default=str))
+    print(json.dumps(results, indent=1, default=str))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -290,11 +315,16 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=Path, default=None,
                    help="write a cProfile of the first size's select-k (where the host's time goes) to this file")
     p.add_argument("--deadline", type=float, default=450.0, help="skip parts started after this many seconds")
+    p.add_argument("--cpu-reference", action="store_true",
+                   help="run the whole workload (no cap) with NumPy on 2 cores instead, no GPU needed: the "
+                        "measured 2-core side of the comparison (tens of minutes)")
     p.add_argument("--child", nargs=2, metavar=("RUN", "MAX_ITER"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child_cpu(*args.child)
         return 0
+    if args.cpu_reference:
+        return cpu_reference(args)
 
     import torch
 

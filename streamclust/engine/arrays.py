@@ -15,8 +15,8 @@ import numpy as np
 
 __all__ = [
     "namespace", "is_numpy", "host", "host_rows", "like", "float64", "as_dtype", "numpy_dtype", "empty",
-    "subtract", "matmul", "sum_squares", "bincount", "one_hot", "largest", "DeviceState", "device_states",
-    "to_host_all", "to_device_all", "leaves", "SharedPassParts",
+    "subtract", "multiply", "matmul", "exp_", "finite_or_zero", "sum_squares", "bincount", "one_hot", "largest",
+    "DeviceState", "device_states", "to_host_all", "to_device_all", "leaves", "SharedPassParts", "joint_steps",
 ]
 
 
@@ -139,6 +139,15 @@ def subtract(a, b, out):
     return torch.subtract(a, b, out=out)
 
 
+def multiply(a, b, out):
+    """``out[...] = a * b`` without a temporary."""
+    if is_numpy(out):
+        return np.multiply(a, b, out=out)
+    import torch
+
+    return torch.mul(a, b, out=out)
+
+
 def matmul(a, b, out):
     """``out[...] = a @ b`` without a temporary."""
     if is_numpy(out):
@@ -146,6 +155,22 @@ def matmul(a, b, out):
     import torch
 
     return torch.matmul(a, b, out=out)
+
+
+def finite_or_zero(a):
+    """``a`` with its infinite and NaN entries 0 (one operation)."""
+    if is_numpy(a):
+        return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    import torch
+
+    return torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def exp_(a):
+    """``a[...] = exp(a)`` in place (a view writes through to its base)."""
+    if is_numpy(a):
+        return np.exp(a, out=a)
+    return a.exp_()
 
 
 def largest(values, m: int):
@@ -269,19 +294,72 @@ def _copy_joined(arrays: list, device) -> list:
 
 
 class SharedPassParts:
-    """For an accumulator whose ``parts`` are fed the same batches (a shared pass): what they
-    need on the batches' device is copied there together, once a pass (:func:`to_device_all`),
-    and their sums come back together (:func:`to_host_all`).  Call :meth:`_stage` in ``update``."""
+    """For an accumulator whose ``parts`` are fed the same batches (a shared pass).
+
+    :meth:`_feed` gives each batch to the parts (through nested shared passes), those that
+    can do a batch's work together as one step (:func:`joint_steps`: the diagonal mixtures' E-steps,
+    say); on a device, what they need there is copied together, once a pass
+    (:func:`to_device_all`), and their sums come back together (:func:`to_host_all`).
+    """
 
     parts: list
 
-    def _stage(self, X) -> None:
+    def _steps(self) -> list:
+        steps = self.__dict__.get("_joint")
+        if steps is None:
+            steps = self._joint = joint_steps(self._forwarded())
+        return steps
+
+    def _forwarded(self) -> list:
+        """The accumulators this one feeds: its parts, and those of parts that are themselves
+        shared passes (which only forward their batches), nested."""
+        return [leaf for part in self.parts
+                for leaf in (part._forwarded() if isinstance(part, SharedPassParts) else [part])]
+
+    def _feed(self, X, offset: int) -> None:
+        """Feed the batch ``X`` (rows ``offset:``) to every leaf, through the joint steps."""
+        steps = self._steps()
         if not is_numpy(X) and getattr(self, "_staged", None) != X.device:
-            to_device_all(leaves(self), X)
+            mine = leaves(self)
+            ids = {id(leaf) for leaf in mine}
+            to_device_all(mine + [s for s in steps if id(s) not in ids], X)
             self._staged = X.device
+        for step in steps:
+            step.update(X, offset)
 
     def to_host(self) -> None:
         to_host_all(device_states(self))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for cached in ("_joint", "_staged"):  # rebuilt where the accumulator is fed (a dask worker)
+            state.pop(cached, None)
+        return state
+
+
+def joint_steps(parts: list) -> list:
+    """``parts`` in order, those that can share a batch's work grouped into one step each.
+
+    A part that can says so through ``_joint_step()``: ``(key, make)``, where two or more
+    parts with equal keys are fed together by ``make(those parts)`` (an object with ``update(X, offset)``
+    that gives each part what its own ``update`` would add; and, if it needs inputs on a
+    device, ``_device_inputs``/``_take_device_inputs``), placed where the first of them was.
+    """
+    groups: dict = {}
+    order: list = []
+    for part in parts:
+        joint = getattr(part, "_joint_step", None)
+        how = joint() if joint is not None else None
+        if how is None:
+            order.append(part)
+            continue
+        key, make = how
+        if key not in groups:
+            groups[key] = (make, [])
+            order.append(groups[key])
+        groups[key][1].append(part)
+    return [(item[0](item[1]) if len(item[1]) > 1 else item[1][0]) if isinstance(item, tuple) else item
+            for item in order]
 
 
 def device_states(acc) -> list[DeviceState]:

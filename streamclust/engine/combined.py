@@ -9,7 +9,10 @@ of the following passes; the stream stops when none is left.
 
 Each candidate sees exactly the batches (same rows, same offsets, same dtype) that
 :func:`~streamclust.engine.execute.run_passes` would feed it alone, so with the same
-seed and batch size it ends bit-for-bit where a separate fit ends.
+seed and batch size it ends where a separate fit ends: bit for bit, unless its
+accumulators do a batch's work together with other candidates' (a ``_joint_step``, see
+:func:`~streamclust.engine.arrays.joint_steps`), which adds the same terms in another
+order (to rounding).
 
 The state of the combined plan (and of the combined accumulator) is the union of the
 candidates' states, each key prefixed by the candidate's label (``"k=10/means"``), plus
@@ -63,9 +66,7 @@ class CombinedAccumulator(SharedPassParts):
         if isinstance(X, np.ndarray) and X.flags.writeable:
             X = X.view()
             X.flags.writeable = False
-        self._stage(X)  # on a device: the candidates' models and sums cross together
-        for part in self.parts:
-            part.update(X, offset)
+        self._feed(X, offset)  # on a device the candidates' models and sums cross together
 
     def state_dict(self) -> State:
         state: State = {"members": np.asarray(self.members, dtype=np.int64)}

@@ -39,6 +39,7 @@ from ..engine import pass_rng, weight_slice
 from ..engine.arrays import bincount, DeviceState, empty, host, is_numpy, like, namespace, one_hot, sum_squares
 from ._parallel import blocks as split_blocks, map_blocks
 from ..errors import ConvergenceError
+from ._gmm_estep import DIAGONAL, DiagEStep
 from .kmeans import nearest_centre
 
 __all__ = [
@@ -541,20 +542,32 @@ class GMMStatsAccumulator(GMMSuffStats):
         return self._on_device[1]
 
     def _device_inputs(self, X) -> list:
-        """What the pass needs on the batch's device (none once there; see ``to_device_all``)."""
-        if getattr(self, "_on_device", (None,))[0] == (str(X.device), str(X.dtype)):
+        """What the pass needs on the batch's device (none once there, see ``to_device_all``;
+        none in a :class:`~._gmm_estep.DiagEStep`, which copies the stacked models)."""
+        if getattr(self, "_in_joint_step", False) or \
+                getattr(self, "_on_device", (None,))[0] == (str(X.device), str(X.dtype)):
             return []
         return [self.weights, self.means, self.precisions_cholesky]
 
     def _take_device_inputs(self, X, tensors) -> None:
         self._on_device = ((str(X.device), str(X.dtype)), tuple(tensors))
 
+    def _joint_step(self):
+        """Diagonal and spherical mixtures fed the same rows with the same weights take a batch's
+        E-step together (:class:`~._gmm_estep.DiagEStep`; see :func:`~streamclust.engine.arrays.joint_steps`);
+        alone, a mixture takes its own (:meth:`update`: on two cores faster for one)."""
+        if self.covariance_type in DIAGONAL:
+            return ("diagonal E-step", id(self.sample_weight)), DiagEStep
+        return None
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.pop("_on_device", None)  # a cache of device copies, never shipped
+        for cached in ("_on_device", "_in_joint_step"):  # a cache of device copies; the pass's grouping
+            state.pop(cached, None)
         return state
 
     def update(self, X, offset: int = 0) -> None:
+        """The E-step of this mixture alone (among others a :class:`~._gmm_estep.DiagEStep` takes it)."""
         if is_numpy(X):
             X = np.asarray(X, dtype=np.float64)
         xp = namespace(X)
@@ -567,7 +580,7 @@ class GMMStatsAccumulator(GMMSuffStats):
             with np.errstate(under="ignore"):
                 resp[lo:hi] = xp.exp(log_resp)
 
-        diag = self.covariance_type in ("diag", "spherical")
+        diag = self.covariance_type in DIAGONAL
         map_blocks(rows, split_blocks(n, 4.0 * n * X.shape[1] * k) if diag and is_numpy(X) else [(0, n)])
         self.accumulate(X, resp, log_norm, weight_slice(self.sample_weight, offset, X.shape[0]))
 

@@ -70,6 +70,8 @@ _KMEANS_MAX_PASSES = 5
 _KMEANS_SAMPLE_ITER = 30
 #: relative tolerance of the k-means initialisation (as sklearn.cluster.KMeans' tol)
 _KMEANS_TOL = 1e-4
+#: final lower bounds of two initialisations this close (relative) are a tie: the first is kept
+TIE_RTOL = 1e-10
 
 _PHASE_SAMPLE, _PHASE_HARD, _PHASE_RANDOM, _PHASE_EM, _PHASE_DONE = range(5)
 
@@ -91,9 +93,7 @@ class _MultiAccumulator(SharedPassParts):
         self.name = name
 
     def update(self, X: np.ndarray, offset: int) -> None:
-        self._stage(X)
-        for part in self.parts:
-            part.update(X, offset)
+        self._feed(X, offset)
 
     def merge(self, other: "_MultiAccumulator") -> "_MultiAccumulator":
         for a, b in zip(self.parts, other.parts):
@@ -398,13 +398,20 @@ class GMMPlan:
             self.phase = _PHASE_DONE
 
     def best(self) -> int:
-        """Index of the initialisation kept (scikit-learn's rule: first largest lower bound)."""
+        """Index of the initialisation kept: scikit-learn's rule (the first largest lower
+        bound), with lower bounds equal to rounding (:data:`TIE_RTOL`) counted as equal.
+
+        Initialisations that end in the same solution (its components in another order)
+        have lower bounds that differ in their last bits only, which the backend's and the
+        batches' rounding decides: the first of them is kept whatever that rounding.
+        """
         if self.max_iter == 0:
             return self.n_init - 1
         best, best_lb = 0, -np.inf
         for i in range(self.n_init):
-            if self.lower_bound[i] > best_lb or best_lb == -np.inf:
-                best, best_lb = i, self.lower_bound[i]
+            lb = self.lower_bound[i]
+            if best_lb == -np.inf or lb - best_lb > TIE_RTOL * abs(best_lb):
+                best, best_lb = i, lb
         return best
 
     # -- state ------------------------------------------------------------------------

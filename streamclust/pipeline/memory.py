@@ -10,7 +10,7 @@ from ..errors import MemoryLimitError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["batch_rows", "host_room", "fmt_bytes", "mixture_bytes", "mixture_memory_check", "BASELINE_BYTES",
+__all__ = ["batch_rows", "host_room", "fmt_bytes", "mixture_bytes", "mixture_pass_bytes", "mixture_memory_check", "BASELINE_BYTES",
            "DEFAULT_BUDGET"]
 
 #: resident memory of the interpreter with numpy, scipy, scikit-learn, zarr and dask imported
@@ -92,6 +92,26 @@ def mixture_bytes(ks, d: int, covariance: str) -> int:
         cov = {"full": k * d * d, "tied": d * d, "diag": k * d, "spherical": k}[covariance]
         total += 6 * cov * 8 + 6 * k * d * 8
     return total
+
+
+def mixture_pass_bytes(ks, d: int, covariance: str) -> tuple[int, int]:
+    """``(fixed, per_row)``: the working bytes of an EM pass feeding each batch of ``d``
+    columns to mixtures with ``ks`` components (besides their models, :func:`mixture_bytes`).
+
+    Full and tied covariances loop over the components with ``(rows, d)`` temporaries, one
+    mixture after the other; so does a lone diagonal or spherical mixture, with a few
+    ``(rows, d)`` and ``(rows, k)`` arrays.  Several diagonal and spherical mixtures take a
+    batch together (:class:`~streamclust.models._gmm_estep.DiagEStep`): per row ``[y, y²]``,
+    every component's responsibility, each mixture's log-likelihood and a few copies of the
+    row; fixed, their stacked model and moments.
+    """
+    d, ks = int(d), [int(k) for k in ks]
+    if covariance in ("full", "tied"):
+        return 0, max(k * d * 16 + k * 32 + d * 16 for k in ks)
+    if len(ks) == 1:
+        return 0, 6 * d * 8 + 8 * ks[0] * 8
+    K = sum(ks)
+    return 6 * K * d * 8, (K + len(ks) + 6 * d) * 8
 
 
 def mixture_memory_check(what: str, ks, d: int, covariance: str, limit: int | None) -> None:

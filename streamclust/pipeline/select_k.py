@@ -4,7 +4,10 @@ The candidates are fitted on the PCA features of a finished ``fit`` (``features.
 by one :class:`~streamclust.engine.CombinedPlan`: every batch read feeds the
 accumulators of every candidate still fitting, so a sweep over 20 values of k reads the
 data as often as the slowest candidate needs, not 20 times as often.  Each candidate
-ends exactly where a separate fit (same seed, batch size and rows) of that k ends.
+ends where a separate fit (same seed, batch size and rows) of that k ends: exactly for
+k-means and full or tied mixtures; diagonal and spherical mixtures take each batch's
+E-step together (:class:`~streamclust.models._gmm_estep.DiagEStep`: the same terms summed
+in another order), so they agree with a separate fit to rounding.
 
 Mixtures (``method="gmm"``)
     Fitted with :class:`StreamingGaussianMixture` on the leading ``gmm_pca_components``
@@ -59,7 +62,7 @@ from ..models._gmm_stats import gmm_log_resp, n_parameters
 from ..integrity import verify_output
 from ..store import RunLayout
 from . import fit as _fit
-from .memory import batch_rows, host_room, mixture_memory_check
+from .memory import batch_rows, host_room, mixture_bytes, mixture_memory_check, mixture_pass_bytes
 from .estimate import select_k_phases
 from .progress import PassBars
 
@@ -550,12 +553,8 @@ def _batch_size(method: str, ks: list[int], d: int, covariance: str, fit_cfg: Fi
                 requested) -> tuple[int, HostRoom | None]:
     """Rows per batch under the fit's memory limit, and what that plan leaves of it for a GPU's read-ahead."""
     if method == "gmm":
-        cov = d * d if covariance in ("full", "tied") else d
-        fixed = sum(6 * k * cov * 8 + 6 * k * d * 8 for k in ks)
-        # full / tied loop over the components with (rows, d) temporaries; diag / spherical
-        # take their moments with matrix products: a few (rows, d) and (rows, k) arrays
-        per_row = max(k * d * 16 + k * 32 + d * 16 if covariance in ("full", "tied") else 6 * d * 8 + 8 * k * 8
-                      for k in ks)
+        fixed, per_row = mixture_pass_bytes(ks, d, covariance)
+        fixed += mixture_bytes(ks, d, covariance)
     else:
         fixed = sum(4 * k * d * 8 for k in ks)
         per_row = max(d * 16 + k * 24 for k in ks)

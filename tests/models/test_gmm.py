@@ -14,7 +14,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.mixture._gaussian_mixture import _estimate_log_gaussian_prob
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from streamclust.engine import Checkpointer, fit_streaming
+from streamclust.engine import Checkpointer, RowSource, fit_streaming
 from streamclust.errors import ConvergenceError
 from streamclust.models import gmm as gmm_module
 from streamclust.models._gmm_stats import (
@@ -637,3 +637,16 @@ def test_weighted_fits_on_a_dask_cluster_equal_in_process():
     assert_allclose(dist_k.cluster_centers_, local_k.cluster_centers_, rtol=1e-10)
     assert_array_equal(dist_k.labels_, local_k.labels_)
     assert dist_k.inertia_ == pytest.approx(local_k.inertia_, rel=1e-10)
+
+
+def test_initialisations_tied_to_rounding_keep_the_first():
+    """Two initialisations that end in one solution (its components swapped) tie whatever
+    the last bits of their lower bounds, which the backend's rounding decides."""
+    plan = StreamingGaussianMixture(3, n_init=3, random_state=0)._make_plan(RowSource(_blobs()))
+    lb = -10.44594035
+    plan.lower_bound = np.array([lb, lb * (1 - 1e-13), lb - 1.0])
+    assert plan.best() == 0
+    plan.lower_bound = np.array([lb, lb * (1 - 1e-6), lb * (1 - 1e-13)])
+    assert plan.best() == 1  # better by more than rounding: as scikit-learn
+    plan.lower_bound = np.array([-np.inf, lb - 1.0, lb])
+    assert plan.best() == 2

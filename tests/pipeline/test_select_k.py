@@ -84,11 +84,11 @@ def test_heldout_split_is_every_tenth_row():
 
 
 # --------------------------------------------------------------------------------------
-# shared passes == separate fits, exactly
+# shared passes == separate fits (exactly, or to rounding where the E-steps are taken together)
 
 
 @pytest.mark.parametrize("method,cov", [("gmm", "diag"), ("gmm", "full"), ("kmeans", None)])
-def test_shared_passes_equal_separate_fits_exactly(method, cov):
+def test_shared_passes_equal_separate_fits(method, cov):
     X = _blobs(seed=1, spread=1.5)
     Z = _zarr(X)
     rows = heldout_split(len(X))[0] if method == "gmm" else None
@@ -107,7 +107,12 @@ def test_shared_passes_equal_separate_fits_exactly(method, cov):
         with _no_raise():
             fit_streaming(ref, Z, rows=rows)
         for attr in attrs:
-            assert_array_equal(getattr(est, attr), getattr(ref, attr), err_msg=f"k={k} {attr}")
+            if cov == "diag" and np.asarray(getattr(est, attr)).dtype.kind == "f":
+                # the candidates' E-steps are taken together: the same sums in another order
+                assert_allclose(getattr(est, attr), getattr(ref, attr), rtol=1e-9, atol=1e-12, err_msg=f"k={k} {attr}")
+            else:
+                assert_array_equal(getattr(est, attr), getattr(ref, attr), err_msg=f"k={k} {attr}")
+        assert est.n_iter_ == ref.n_iter_
         n_iters.append(est.n_iter_)
     assert len(set(n_iters)) > 1  # candidates dropped out at different passes
 

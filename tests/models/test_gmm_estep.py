@@ -1,0 +1,161 @@
+"""The E-step of all the diagonal and spherical mixtures of a pass together (models._gmm_estep)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from streamclust.engine import CombinedPlan, RowSource, drive
+from streamclust.engine.arrays import joint_steps
+from streamclust.engine.backend import Backend
+from streamclust.engine.combined import CombinedAccumulator
+from streamclust.models._gmm_estep import DiagEStep
+from streamclust.models._gmm_stats import GMMStatsAccumulator, GMMSuffStats, gmm_log_resp, m_step
+from streamclust.models.gmm import StreamingGaussianMixture
+
+torch = pytest.importorskip("torch")
+
+
+def _model(rng, k, d, ct):
+    w = rng.uniform(0.2, 1.0, k)
+    means = rng.normal(size=(k, d)) * 2
+    pc = rng.uniform(0.5, 2.0, (k, d)) if ct == "diag" else rng.uniform(0.5, 2.0, k)
+    return w / w.sum(), means, pc
+
+
+def _reference(X, w, means, pc, ct, sample_weight=None):
+    """One mixture's sums from the per-mixture formulas (gmm_log_resp, GMMSuffStats.accumulate)."""
+    stats = GMMSuffStats(means.shape[0], X.shape[1], ct, means)
+    log_norm, log_resp = gmm_log_resp(X, w, means, pc, ct)
+    stats.accumulate(X, np.exp(log_resp), log_norm, sample_weight)
+    return stats
+
+
+def _parts(rng, d, spec, sample_weight=None):
+    return [GMMStatsAccumulator(*_model(rng, k, d, ct), ct, sample_weight=sample_weight) for k, ct in spec]
+
+
+SPEC = [(1, "diag"), (3, "spherical"), (7, "diag"), (2, "diag"), (12, "spherical")]
+
+
+def _twins(seed, d):
+    """Two lists of the same mixtures' parts, to feed by two routes."""
+    return _parts(np.random.default_rng(seed), d, SPEC), _parts(np.random.default_rng(seed), d, SPEC)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mixtures_stepped_together_get_their_own_sums(weighted):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 6)) * [1, 2, 3, 1, 0.5, 4] + 1.5
+    sw = rng.uniform(0.1, 3.0, 500) if weighted else None
+    parts = _parts(rng, 6, SPEC, sw)
+    step = DiagEStep(parts)
+    step.update(X[:200], 0)
+    step.update(X[200:], 200)
+    for part in parts:
+        ref = _reference(X, part.weights, part.means, part.precisions_cholesky, part.covariance_type, sw)
+        for name in ("nk", "sx", "sxx"):
+            assert_allclose(getattr(part, name), getattr(ref, name), rtol=1e-11, atol=1e-9, err_msg=name)
+        assert part.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-12)
+        assert part.n_rows == 500 and part.weight_sum == pytest.approx(ref.weight_sum)
+
+
+def test_mixtures_stepped_together_on_torch_equal_numpy():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 5))
+    cpu, dev = _twins(2, 5)
+    DiagEStep(cpu).update(X, 0)
+    DiagEStep(dev).update(torch.as_tensor(X), 0)
+    for a, b in zip(cpu, dev):
+        b.to_host()
+        for name in ("nk", "sx", "sxx"):
+            assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-12, atol=1e-10)
+        assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=1e-13)
+
+
+def test_a_mixture_alone_gets_the_same_sums_to_rounding():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 4))
+    together, alone = _twins(4, 4)
+    DiagEStep(together).update(X, 0)
+    for part in alone:
+        part.update(X, 0)
+    for a, b in zip(together, alone):
+        assert_allclose(b.sxx, a.sxx, rtol=1e-12)
+        p_a, p_b = m_step(a, 1e-6), m_step(b, 1e-6)
+        for x, y in zip(p_a, p_b):
+            assert_allclose(y, x, rtol=1e-11)
+
+
+def test_joint_steps_group_by_key_in_order():
+    rng = np.random.default_rng(5)
+    sw = np.ones(10)
+    diag = _parts(rng, 3, [(2, "diag"), (3, "spherical")])
+    full = GMMStatsAccumulator(np.ones(2) / 2, np.zeros((2, 3)), np.stack([np.eye(3)] * 2), "full")
+    weighted = _parts(rng, 3, [(2, "diag")], sw)
+    steps = joint_steps([full, diag[0], weighted[0], diag[1]])
+    assert steps[0] is full
+    assert isinstance(steps[1], DiagEStep) and steps[1].parts == diag
+    assert steps[2] is weighted[0]  # other weights, and alone: its own update
+
+
+def test_a_shared_pass_ships_without_its_steps():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(50, 3))
+    parts = _parts(rng, 3, [(2, "diag"), (3, "diag")])
+    acc = CombinedAccumulator([0, 1], ["a", "b"], parts, "pass")
+    acc.update(X, 0)
+    assert "_joint" in acc.__dict__
+    copy = pickle.loads(pickle.dumps(acc))
+    assert "_joint" not in copy.__dict__
+    assert all("_in_joint_step" not in p.__dict__ for p in copy.parts)
+    copy.update(X, 50)  # rebuilt where it is fed
+    assert copy.parts[0].n_rows == 100
+
+
+def _aten_ops_per_batch(n_candidates: int) -> int:
+    """PyTorch operations one batch of a shared EM pass of ``n_candidates`` diagonal mixtures costs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    rng = np.random.default_rng(7)
+    X = torch.as_tensor(rng.normal(size=(256, 8)))
+    parts = _parts(rng, 8, [(5 + i, "diag") for i in range(n_candidates)])
+    acc = CombinedAccumulator(list(range(n_candidates)), [str(i) for i in range(n_candidates)], parts, "pass")
+    acc.update(X[:128], 0)  # the pass's inputs cross to the device with the first batch
+    with Count():
+        acc.update(X[128:], 128)
+    return Count.n
+
+
+def test_a_shared_pass_launches_a_few_operations_per_mixture():
+    """The products and the batch's squares are shared: a pass of twenty mixtures costs a
+    fraction of twenty mixtures' own steps (some seventy operations each)."""
+    one, twenty = _aten_ops_per_batch(1), _aten_ops_per_batch(20)
+    assert twenty < 0.4 * 20 * one, (one, twenty)
+
+
+def test_select_k_style_candidates_equal_separate_fits_to_rounding():
+    rng = np.random.default_rng(8)
+    X = np.vstack([rng.normal(size=(200, 4)) + c for c in (0, 4, -4)])
+    rng.shuffle(X)
+    kw = dict(covariance_type="diag", batch_size=100, random_state=0, max_iter=200)
+    ests = [StreamingGaussianMixture(k, **kw) for k in (2, 3, 4)]
+    plans = [e._make_plan(RowSource(X)) for e in ests]
+    combined = drive(CombinedPlan(plans, ["2", "3", "4"]), RowSource(X), 100, backend=Backend("numpy"))
+    for est, plan in zip(ests, combined.plans):
+        est._finish_plan(plan, RowSource(X))
+        ref = StreamingGaussianMixture(est.n_components, **kw).fit(X)
+        assert est.n_iter_ == ref.n_iter_
+        assert_allclose(est.means_, ref.means_, rtol=1e-10, atol=1e-12)
+        assert_allclose(est.covariances_, ref.covariances_, rtol=1e-10)
+        assert np.array_equal(est.predict(X), ref.predict(X))

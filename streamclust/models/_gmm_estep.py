@@ -87,6 +87,7 @@ class DiagEStep:
         self._dev = None
         self._work = None
         self._centred_W = None
+        self._shift = None
 
     # -- the stacked model on the batch's device, once a pass ----------------------------
     def _device_inputs(self, X) -> list:
@@ -132,6 +133,13 @@ class DiagEStep:
         multiply(bottom, 2.0 * g[:, None], centred[:d])
         centred[:d] += top
         return centred, c + g @ top + (g * g) @ bottom
+
+    def _shifts(self, xp):
+        """The parts' shifts stacked (float64, where their sums are), once a pass and device."""
+        first = self.parts[0].shift
+        if self._shift is None or getattr(self._shift, "device", None) != getattr(first, "device", None):
+            self._shift = xp.concat([p.shift for p in self.parts])
+        return self._shift
 
     # -- one batch -----------------------------------------------------------------------
     def update(self, X, offset: int = 0) -> None:
@@ -180,7 +188,7 @@ class DiagEStep:
             matmul(R[:, lo:hi].T, XX, M[lo:hi])
 
         map_blocks(moments, split_blocks(K, 4.0 * n * d * K) if numpy else [(0, K)])
-        shift = self.parts[0].shift if len(self.parts) == 1 else xp.concat([p.shift for p in self.parts])
+        shift = self._shifts(xp)
         a = shift - like(shift, g)  # each component's shift from the batch mean, float64
         RY, RY2 = M[:, :d], M[:, d:]
         dsx = RY - nk[:, None] * a

@@ -16,7 +16,7 @@ import numpy as np
 __all__ = [
     "namespace", "is_numpy", "host", "host_rows", "like", "float64", "as_dtype", "numpy_dtype", "empty",
     "subtract", "multiply", "matmul", "exp_", "finite_or_zero", "sum_squares", "bincount", "one_hot", "largest",
-    "DeviceState", "device_states", "to_host_all", "to_device_all", "leaves", "SharedPassParts", "joint_steps",
+    "DeviceState", "to_host_all", "to_device_all", "SharedPassParts", "joint_steps",
 ]
 
 
@@ -214,12 +214,6 @@ class DeviceState:
         to_host_all([self])
 
 
-def leaves(acc) -> list:
-    """The accumulators that do the work in ``acc``: itself, or its ``parts`` (nested)."""
-    parts = getattr(acc, "parts", None)
-    return [acc] if parts is None else [leaf for part in parts for leaf in leaves(part)]
-
-
 def to_device_all(parts, X) -> None:
     """Copy what ``parts`` need on the device of the batch ``X`` for a pass, in one copy per dtype.
 
@@ -304,31 +298,32 @@ class SharedPassParts:
 
     parts: list
 
-    def _steps(self) -> list:
-        steps = self.__dict__.get("_joint")
-        if steps is None:
-            steps = self._joint = joint_steps(self._forwarded())
-        return steps
-
     def _forwarded(self) -> list:
         """The accumulators this one feeds: its parts, and those of parts that are themselves
         shared passes (which only forward their batches), nested."""
         return [leaf for part in self.parts
                 for leaf in (part._forwarded() if isinstance(part, SharedPassParts) else [part])]
 
+    def _steps(self) -> tuple[list, list]:
+        """``(fed, steps)``: :meth:`_forwarded`, and what takes the batches (:func:`joint_steps`)."""
+        cached = self.__dict__.get("_joint")
+        if cached is None:
+            fed = self._forwarded()
+            cached = self._joint = (fed, joint_steps(fed))
+        return cached
+
     def _feed(self, X, offset: int) -> None:
-        """Feed the batch ``X`` (rows ``offset:``) to every leaf, through the joint steps."""
-        steps = self._steps()
+        """Feed the batch ``X`` (rows ``offset:``) to every accumulator, through the joint steps."""
+        fed, steps = self._steps()
         if not is_numpy(X) and getattr(self, "_staged", None) != X.device:
-            mine = leaves(self)
-            ids = {id(leaf) for leaf in mine}
-            to_device_all(mine + [s for s in steps if id(s) not in ids], X)
+            ids = {id(part) for part in fed}
+            to_device_all(fed + [s for s in steps if id(s) not in ids], X)
             self._staged = X.device
         for step in steps:
             step.update(X, offset)
 
     def to_host(self) -> None:
-        to_host_all(device_states(self))
+        to_host_all([part for part in self._forwarded() if isinstance(part, DeviceState)])
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -360,14 +355,6 @@ def joint_steps(parts: list) -> list:
         groups[key][1].append(part)
     return [(item[0](item[1]) if len(item[1]) > 1 else item[1][0]) if isinstance(item, tuple) else item
             for item in order]
-
-
-def device_states(acc) -> list[DeviceState]:
-    """The :class:`DeviceState` objects of an accumulator: itself, or those of its
-    ``parts`` (a pass shared by several fits; nested)."""
-    if isinstance(acc, DeviceState):
-        return [acc]
-    return [state for part in getattr(acc, "parts", ()) for state in device_states(part)]
 
 
 #: arrays up to this size are joined into one copy by :func:`to_host_all` and :func:`to_device_all`

@@ -10,8 +10,8 @@ from ..errors import MemoryLimitError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["batch_rows", "host_room", "fmt_bytes", "mixture_bytes", "mixture_pass_bytes", "mixture_memory_check", "BASELINE_BYTES",
-           "DEFAULT_BUDGET"]
+__all__ = ["batch_rows", "host_room", "fmt_bytes", "mixture_bytes", "mixture_pass_bytes", "mixture_memory_check",
+           "BASELINE_BYTES", "DEFAULT_BUDGET"]
 
 #: resident memory of the interpreter with numpy, scipy, scikit-learn, zarr and dask imported
 BASELINE_BYTES = 350 * 2**20

@@ -102,6 +102,7 @@ def main(argv=None) -> int:
         acc = CombinedAccumulator(list(range(len(ps))), [str(k) for k in ks], ps, "pass")
         for b, X in enumerate(batches):
             acc.update(X, b * args.rows)
+        acc.to_host()  # as the engine settles a pass: the joint step's sums split back into the parts
         return ps
 
     def one_by_one():  # each mixture's own E-step (GMMStatsAccumulator.update): what shared passes did before

@@ -82,8 +82,8 @@ from .checkpoint import Checkpointer
 from .cluster import run_passes_distributed
 from .combined import CombinedAccumulator, CombinedPlan
 from .estimator import StreamingMixin, draw_seed, fit_batch_rows, fit_streaming
-from .execute import drive, run_passes, settle
-from .plan import Accumulator, Plan, ProgressFn, State, fingerprint, pass_rng
+from .execute import drive, run_passes
+from .plan import Accumulator, Plan, ProgressFn, State, fingerprint, pass_rng, settle
 from .transfer import DeviceFeed, FeedStats, HostRoom
 from .rows import (RowSource, TransformedRows, as_row_source, check_sample_weight, is_lazy_array, output_dtype,
                    weight_slice)

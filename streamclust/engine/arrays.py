@@ -15,8 +15,8 @@ import numpy as np
 
 __all__ = [
     "namespace", "is_numpy", "host", "host_rows", "like", "float64", "as_dtype", "numpy_dtype", "empty",
-    "subtract", "multiply", "matmul", "exp_", "finite_or_zero", "sum_squares", "bincount", "one_hot", "largest",
-    "DeviceState", "to_host_all", "to_device_all", "SharedPassParts", "joint_steps",
+    "subtract", "multiply", "matmul", "sum_squares", "bincount", "one_hot", "largest",
+    "Segments", "DeviceState", "to_host_all", "to_device_all", "SharedPassParts", "joint_steps",
 ]
 
 
@@ -157,22 +157,6 @@ def matmul(a, b, out):
     return torch.matmul(a, b, out=out)
 
 
-def finite_or_zero(a):
-    """``a`` with its infinite and NaN entries 0 (one operation)."""
-    if is_numpy(a):
-        return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-    import torch
-
-    return torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def exp_(a):
-    """``a[...] = exp(a)`` in place (a view writes through to its base)."""
-    if is_numpy(a):
-        return np.exp(a, out=a)
-    return a.exp_()
-
-
 def largest(values, m: int):
     """Indices of the ``m`` largest entries of a 1-d array (any order; all when fewer)."""
     n = values.shape[0]
@@ -194,6 +178,66 @@ def empty(shape, like_array, dtype=None):
     return torch.empty(shape, dtype=like_array.dtype if dtype is None else dtype, device=like_array.device)
 
 
+class Segments:
+    """Consecutive column ranges of a matrix (each mixture's components among a shared
+    pass's), with a softmax of each range (:meth:`softmax_`) in a few operations whatever
+    the number of ranges on PyTorch."""
+
+    def __init__(self, sizes):
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if sizes.ndim != 1 or sizes.size == 0 or np.any(sizes < 1):
+            raise ValueError("segments need one size >= 1 per range")
+        ends = np.cumsum(sizes)
+        self.starts = ends - sizes
+        self.bounds = [(int(a), int(b)) for a, b in zip(self.starts, ends)]
+        self.ids = np.repeat(np.arange(sizes.size), sizes)  # the range of each column
+        self._dev: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def _on(self, A) -> tuple:
+        """The column ranges (``int64``) and the one-hot ``(K, ranges)`` matrix on ``A``'s device, in its dtype."""
+        key = (str(A.device), str(A.dtype))
+        if key not in self._dev:
+            import torch
+
+            ids = torch.as_tensor(self.ids, device=A.device)
+            S = torch.zeros((self.ids.size, len(self)), dtype=A.dtype, device=A.device)
+            S[torch.arange(self.ids.size, device=A.device), ids] = 1
+            self._dev[key] = (ids, S)
+        return self._dev[key]
+
+    def softmax_(self, A, tops, totals) -> None:
+        """Each range of ``A``'s columns turned, row by row, into its softmax in place:
+        ``tops[:, j]`` gets the range's largest entry (0 where that is not finite),
+        ``A[:, range j]`` its ``exp(a - top)`` over their sum, ``totals[:, j]`` that sum; so
+        ``log(totals) + tops`` is each range's log-sum-exp.
+
+        NumPy: range by range (each range's block stays in the cache for its five steps);
+        PyTorch: a handful of operations over all the ranges.
+        """
+        if is_numpy(A):
+            for j, (a, b) in enumerate(self.bounds):
+                seg = A[:, a:b]
+                top = np.nan_to_num(np.max(seg, axis=1, keepdims=True), nan=0.0, posinf=0.0, neginf=0.0)
+                seg -= top
+                np.exp(seg, out=seg)
+                total = np.sum(seg, axis=1, keepdims=True)
+                seg /= total
+                tops[:, j:j + 1] = top
+                totals[:, j:j + 1] = total
+            return
+        import torch
+
+        ids, S = self._on(A)
+        tops.fill_(-float("inf")).scatter_reduce_(1, ids.expand(A.shape[0], -1), A, "amax")
+        torch.nan_to_num(tops, nan=0.0, posinf=0.0, neginf=0.0, out=tops)
+        A.sub_(tops.index_select(1, ids)).exp_()
+        torch.matmul(A, S, out=totals)  # a product with the one-hot matrix: summed deterministically
+        A.div_(totals.index_select(1, ids))
+
+
 class DeviceState:
     """Accumulator state that follows the batches to their device and comes back for checkpoints.
 
@@ -213,12 +257,16 @@ class DeviceState:
     def to_host(self) -> None:
         to_host_all([self])
 
+    def _settled(self) -> None:
+        """Called by :func:`to_host_all` once the state is NumPy again (a joint step splits
+        its stacked sums back into its parts here)."""
+
 
 def to_device_all(parts, X) -> None:
     """Copy what ``parts`` need on the device of the batch ``X`` for a pass, in one copy per dtype.
 
-    A part says what through ``_device_inputs(X)`` (NumPy arrays, to become ``X``'s dtype;
-    an empty list: nothing) and takes the copies through ``_take_device_inputs(X, tensors)``;
+    A part says what through ``_device_inputs(X)`` (NumPy arrays, to become ``X``'s dtype
+    unless the part's ``_inputs_keep_dtype`` is true; an empty list: nothing) and takes the copies through ``_take_device_inputs(X, tensors)``;
     the NumPy state of a :class:`DeviceState` part follows too (dtypes kept).  Without it
     each part copies its own as its first batch arrives: a few copies per candidate of a
     shared pass, each one waiting on the device.  Nothing happens for a NumPy batch.
@@ -231,7 +279,8 @@ def to_device_all(parts, X) -> None:
     copied = iter(_copy_joined([a for _, got in inputs for a in got] + [v for *_, v in slots], X.device))
     for part, got in inputs:
         if got:
-            part._take_device_inputs(X, [next(copied).to(X.dtype) for _ in got])
+            keep = getattr(part, "_inputs_keep_dtype", False)
+            part._take_device_inputs(X, [next(copied) if keep else next(copied).to(X.dtype) for _ in got])
     for slot in slots:
         _put(*slot[:3], next(copied))
 
@@ -279,7 +328,9 @@ def _copy_joined(arrays: list, device) -> list:
     for n, a in enumerate(arrays):
         groups.setdefault((a.dtype, n if a.nbytes > JOIN_BYTES else -1), []).append(n)
     for members in groups.values():
-        flat = torch.as_tensor(np.concatenate([arrays[n].reshape(-1) for n in members])).to(device)
+        joined = np.ascontiguousarray(arrays[members[0]]).reshape(-1) if len(members) == 1 else \
+            np.concatenate([arrays[n].reshape(-1) for n in members])  # one array: copied once, not twice
+        flat = torch.as_tensor(joined).to(device)
         at = 0
         for n in members:
             out[n] = flat[at:at + arrays[n].size].reshape(arrays[n].shape)
@@ -313,19 +364,24 @@ class SharedPassParts:
         return cached
 
     def _feed(self, X, offset: int) -> None:
-        """Feed the batch ``X`` (rows ``offset:``) to every accumulator, through the joint steps."""
-        fed, steps = self._steps()
+        """Feed the batch ``X`` (rows ``offset:``) to every accumulator, through the joint steps
+        (which hold the state of their parts while they are fed)."""
+        _, steps = self._steps()
         if not is_numpy(X) and getattr(self, "_staged", None) != X.device:
-            ids = {id(part) for part in fed}
-            to_device_all(fed + [s for s in steps if id(s) not in ids], X)
+            to_device_all(steps, X)
             self._staged = X.device
         for step in steps:
             step.update(X, offset)
 
     def to_host(self) -> None:
-        to_host_all([part for part in self._forwarded() if isinstance(part, DeviceState)])
+        """The state of every accumulator fed back in NumPy, in its own attributes (a joint
+        step's sums split back into its parts), with one copy per device and dtype."""
+        cached = self.__dict__.get("_joint")
+        held = cached[1] if cached is not None else self._forwarded()
+        to_host_all([s for s in held if isinstance(s, DeviceState)])
 
     def __getstate__(self) -> dict:
+        self.to_host()  # what was fed is in the parts (a dask task returns its accumulator)
         state = self.__dict__.copy()
         for cached in ("_joint", "_staged"):  # rebuilt where the accumulator is fed (a dask worker)
             state.pop(cached, None)
@@ -363,7 +419,8 @@ JOIN_BYTES = 4 << 20
 
 def to_host_all(states) -> None:
     """Bring the device state of every one of ``states`` back to NumPy (floats for 0-d values)
-    with one copy per device and dtype (arrays over :data:`JOIN_BYTES` one copy each).
+    with one copy per device and dtype (arrays over :data:`JOIN_BYTES` one copy each), then
+    call each state's ``_settled()``.
 
     Each copy from a GPU waits for the work queued before it: a shared pass's candidates
     brought back one array at a time (a few each) would stop the device as many times
@@ -385,3 +442,5 @@ def to_host_all(states) -> None:
             part = flat[at:at + t.numel()].reshape(tuple(t.shape))
             at += t.numel()
             _put(state, name, i, part.item() if t.ndim == 0 else part)
+    for state in states:
+        state._settled()

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..distributed import block_ranges, put
 from .checkpoint import Checkpointer
-from .plan import Plan, ProgressFn
+from .plan import Plan, ProgressFn, settle
 from .rows import RowSource
 
 __all__ = ["run_passes_distributed"]
@@ -37,10 +37,13 @@ def _accumulate(template, source: RowSource, lo: int, hi: int, batch_size: int, 
     for start in range(lo, hi, batch_size):
         stop = min(start + batch_size, hi)
         acc.update(source.read(start, stop, dtype=dtype), start)
+    settle(acc)
     return acc
 
 
 def _merge(a, b):
+    settle(a)
+    settle(b)
     a.merge(b)
     return a
 
@@ -108,6 +111,7 @@ def run_passes_distributed(
             total = _tree_reduce(client, parts)
             wait(total)
             acc = total.result()
+        settle(acc)
         plan.end_pass(acc)
         pass_index += 1
         if checkpoint is not None:

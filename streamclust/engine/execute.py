@@ -16,11 +16,11 @@ import numpy as np
 from .backend import NUMPY, Backend, BackendError
 from .checkpoint import Checkpointer
 from .cluster import run_passes_distributed
-from .plan import Accumulator, Plan, ProgressFn
+from .plan import Accumulator, Plan, ProgressFn, settle
 from .rows import RowSource
 from .transfer import DeviceFeed
 
-__all__ = ["run_passes", "drive", "settle"]
+__all__ = ["run_passes", "drive"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +107,6 @@ def _run(plan, source, batch_size, dtype, checkpoint, progress, feed) -> Plan:
         if checkpoint is not None and checkpoint.due():
             checkpoint.save(plan, None, pass_index, 0)
     return plan
-
-
-def settle(acc) -> None:
-    """Bring an accumulator's state from the device to NumPy (its ``to_host()``, if it has one)."""
-    to_host = getattr(acc, "to_host", None)
-    if to_host is not None:
-        to_host()
 
 
 def drive(plan: Plan, source: RowSource, batch_size: int, *, dtype=np.float64, checkpoint: Checkpointer | None = None,

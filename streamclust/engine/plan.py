@@ -12,7 +12,8 @@ the same result as an unbroken fit.  Random numbers are drawn from :func:`pass_r
 (a seed stored in the plan's state and the pass number), never from a global generator.
 
 Exact-pass accumulators also implement ``merge`` so that per-chunk partial sums can be
-reduced in a tree (dask.distributed).
+reduced in a tree (dask.distributed).  An accumulator may hold its sums elsewhere while it
+is fed (on a device, stacked with others'): :func:`settle` brings them home.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-__all__ = ["Accumulator", "Plan", "State", "ProgressFn", "pass_rng", "fingerprint"]
+__all__ = ["Accumulator", "Plan", "State", "ProgressFn", "settle", "pass_rng", "fingerprint"]
 
 State = dict[str, Any]
 
@@ -45,6 +46,19 @@ class Accumulator(Protocol):
 
     def load_state_dict(self, state: State) -> None:
         """Restore a state produced by :meth:`state_dict`."""
+
+
+def settle(acc) -> None:
+    """Bring an accumulator's whole state into its own attributes as NumPy (its
+    ``to_host()``, if it has one: the sums a pass kept on a device or in a joint step).
+
+    The engine settles an accumulator before it checkpoints it, before the plan's
+    ``end_pass`` and before merging it with another (dask); ``state_dict`` and ``merge``
+    may assume it.
+    """
+    to_host = getattr(acc, "to_host", None)
+    if to_host is not None:
+        to_host()
 
 
 class Plan(Protocol):

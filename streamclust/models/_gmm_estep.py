@@ -11,20 +11,26 @@ batch centred on its mean):
   column ``k`` of ``W`` is ``mu_k p_k`` over ``-p_k / 2``, ``p_k`` the component's
   precisions, and ``c`` holds the terms without ``x``:
   ``-(d log 2 pi + sum mu_k² p_k) / 2 + log det + log w_k``; :meth:`DiagEStep._centred`
-  moves both to ``Y``), turned in place, mixture by mixture, into responsibilities and
-  the log-likelihood of each row;
+  moves both to ``Y``), turned in place, mixture by mixture (:class:`~streamclust.engine.arrays.Segments`),
+  into responsibilities and the log-likelihood of each row;
 * ``Rᵀ [Y, Y²]``, of shape ``(K, 2 d)``: the first and second moments of every component,
   re-centred on each component's shift.
 
 Each mixture's part of the pass keeps its own sums (:class:`~._gmm_stats.GMMStatsAccumulator`);
-:class:`DiagEStep` only computes them together.  The terms are those of
-:func:`~._gmm_stats.gmm_log_prob` and :meth:`~._gmm_stats.GMMSuffStats.accumulate`, added
-in another order: a mixture fitted alone and the same mixture among others agree to
-rounding.  What it gains (docs/benchmarks.md, "the diagonal mixtures' E-steps taken
-together"): two wide products instead of four narrow ones per mixture and the batch
-centred and squared once; on PyTorch about twenty operations a batch per mixture instead
-of seventy.  A mixture alone keeps its own step (``GMMStatsAccumulator.update``), which
-on two cores is faster for one: the wide products are what pays.
+while the pass feeds them, :class:`DiagEStep` holds them stacked (each batch adds to all of
+them in a few operations) and splits them back into the parts when the engine settles the
+pass (:func:`~streamclust.engine.settle`: before a checkpoint, a merge or the M-step).  The
+terms are those of :func:`~._gmm_stats.gmm_log_prob` and
+:meth:`~._gmm_stats.GMMSuffStats.accumulate`, added in another order: a mixture fitted
+alone and the same mixture among others agree to rounding.  What it gains
+(docs/benchmarks.md, "the diagonal mixtures' E-steps taken together"): two wide products
+instead of four narrow ones per mixture and the batch centred and squared once; on
+PyTorch about seventy operations a batch whatever the number of mixtures (each mixture's
+own step: about seventy each), the log-sum-exps of all of them in a few
+(:meth:`~streamclust.engine.arrays.Segments.softmax_`), and the model made on the device
+from the stacked parameters.  A mixture alone keeps its own step
+(``GMMStatsAccumulator.update``), which on two cores is faster for one: the wide products
+are what pays.
 """
 
 from __future__ import annotations
@@ -34,76 +40,131 @@ import math
 import numpy as np
 
 from ..engine import weight_slice
-from ..engine.arrays import empty, exp_, finite_or_zero, is_numpy, like, matmul, multiply, namespace, subtract
+from ..engine.arrays import (DeviceState, Segments, empty, float64, is_numpy, like, matmul, multiply, namespace,
+                             subtract)
 from ._parallel import blocks as split_blocks, map_blocks
 
-__all__ = ["DIAGONAL", "DiagEStep", "stacked_model"]
+__all__ = ["DIAGONAL", "DiagEStep", "stacked_parameters", "stacked_model"]
 
 #: the covariance types whose E-step and moments :class:`DiagEStep` computes
 DIAGONAL = ("diag", "spherical")
 
 
-def stacked_model(parts) -> tuple[np.ndarray, np.ndarray]:
-    """``(W, c)`` of the module's docstring for the models of ``parts`` (float64, NumPy).
+def stacked_parameters(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(log_weights (K,), means (K, d), precisions_cholesky (K, d))`` of ``parts`` stacked
+    (float64, NumPy; a spherical component's one value repeated over the ``d`` features).
 
     ``parts`` have ``weights``, ``means``, ``precisions_cholesky`` and a ``covariance_type``
-    in :data:`DIAGONAL`; ``W`` is ``(2 d, K)``, ``c`` is ``(K,)``, components in the parts' order.
+    in :data:`DIAGONAL`; components in the parts' order.
     """
     d = parts[0].means.shape[1]
-    columns, consts = [], []
-    for part in parts:
-        pc = part.precisions_cholesky
-        if part.covariance_type == "spherical":
-            log_det = d * np.log(pc)
-            prec = np.repeat((pc**2)[:, None], d, axis=1)
-        else:
-            log_det = np.sum(np.log(pc), axis=1)
-            prec = pc**2
-        with np.errstate(divide="ignore"):
-            log_w = np.log(part.weights)
-        columns.append(np.concatenate([(part.means * prec).T, -0.5 * prec.T]))
-        consts.append(-0.5 * (d * math.log(2 * math.pi) + np.sum(part.means**2 * prec, axis=1)) + log_det + log_w)
-    return np.ascontiguousarray(np.concatenate(columns, axis=1)), np.concatenate(consts)
+    with np.errstate(divide="ignore"):
+        log_w = np.log(np.concatenate([p.weights for p in parts]))
+    pcs = [np.broadcast_to(p.precisions_cholesky[:, None], (p.n_components, d)) if p.covariance_type == "spherical"
+           else p.precisions_cholesky for p in parts]
+    return log_w, np.concatenate([p.means for p in parts]), np.concatenate(pcs)
 
 
-class DiagEStep:
+def stacked_model(log_w, means, pc) -> tuple:
+    """``(W, c)`` of the module's docstring from :func:`stacked_parameters` (NumPy arrays or
+    tensors of one device, float64): ``W`` is ``(2 d, K)``, ``c`` is ``(K,)``."""
+    xp = namespace(means)
+    d = means.shape[1]
+    prec = pc * pc
+    top = means * prec
+    W = xp.concat([top.T, -0.5 * prec.T])
+    if is_numpy(W):
+        W = np.ascontiguousarray(W)
+    log_det = xp.sum(xp.log(pc), axis=1)
+    c = -0.5 * (d * math.log(2 * math.pi) + xp.sum(top * means, axis=1)) + log_det + log_w
+    return W, c
+
+
+class DiagEStep(DeviceState):
     """The E-step of a batch for ``parts`` together (diagonal or spherical
     :class:`~._gmm_stats.GMMStatsAccumulator` fed the same rows with the same
     ``sample_weight``); each part's sums get what its own ``update`` would add.
 
-    The stacked model is built once (on the host, float64) and copied to a batch's device
-    once a pass, with the pass's other inputs (``_device_inputs``, see
+    The parts' sums are gathered into stacked arrays (``(K,)``, ``(K, d)`` twice, and a
+    log-likelihood per mixture, float64) that take each batch in a few operations whatever
+    the number of mixtures, and are split back into the parts by :meth:`to_host` (which
+    the engine calls before a checkpoint and at the end of the pass): each element is
+    summed in the order of the parts' own sums, so where the split happens changes nothing.
+    The stacked model is built once (on the host, float64); on a device it and the stacked
+    sums cross once a pass, with the pass's other inputs (``_device_inputs``, see
     :func:`~streamclust.engine.arrays.to_device_all`).
     """
+
+    _device_state = ("_nk", "_sx", "_sxx", "_ll")
+    _inputs_keep_dtype = True  # the model is made in float64 on the device, then cast to the batches' dtype
 
     def __init__(self, parts):
         self.parts = list(parts)
         for part in self.parts:
-            part._in_joint_step = True  # its model crosses to a device stacked with the others'
+            part._in_joint_step = True  # its model and sums cross to a device stacked with the others'
         self.sample_weight = self.parts[0].sample_weight
-        ends = np.cumsum([0] + [p.n_components for p in self.parts])
-        self.bounds = [(int(lo), int(hi)) for lo, hi in zip(ends[:-1], ends[1:])]
-        self._model_host = stacked_model(self.parts)
+        self.segments = Segments([p.n_components for p in self.parts])
+        self.bounds = self.segments.bounds
+        self._params = stacked_parameters(self.parts)
+        self._model_host = None
+        self._nk = self._sx = self._sxx = self._ll = None
         self._dev = None
         self._work = None
         self._centred_W = None
         self._shift = None
 
-    # -- the stacked model on the batch's device, once a pass ----------------------------
+    # -- the stacked sums: gathered from the parts, split back into them ------------------
+    def _gather(self, X) -> None:
+        """The parts' sums stacked: zeros made where ``X`` is when no part has any yet (the
+        start of a pass), else the parts' (NumPy: no part in a joint step holds its own on a
+        device) joined."""
+        if self._nk is not None:
+            return
+        if all(p.n_rows == 0 and float(p.log_likelihood) == 0.0 for p in self.parts):
+            K, d, C = int(self._params[0].shape[0]), self.parts[0].n_features, len(self.parts)
+            f64 = float64(X)
+            self._nk, self._sx, self._sxx, self._ll = (empty(shape, X, f64) for shape in ((K,), (K, d), (K, d), (C,)))
+            for a in (self._nk, self._sx, self._sxx, self._ll):
+                a[...] = 0.0
+            return
+        self._nk = np.concatenate([p.nk for p in self.parts])
+        self._sx = np.concatenate([p.sx for p in self.parts])
+        self._sxx = np.concatenate([p.sxx for p in self.parts])
+        self._ll = np.array([float(p.log_likelihood) for p in self.parts])
+
+    def _settled(self) -> None:
+        """Split the stacked sums (brought to NumPy by :meth:`to_host`) back into the parts
+        (views: the step lets go of them); they are gathered again when a batch follows."""
+        if self._nk is None:
+            return
+        for j, (part, (lo, hi)) in enumerate(zip(self.parts, self.bounds)):
+            part.nk, part.sx, part.sxx = self._nk[lo:hi], self._sx[lo:hi], self._sxx[lo:hi]
+            part.log_likelihood = float(self._ll[j])
+        self._nk = self._sx = self._sxx = self._ll = None
+
+    # -- the stacked model where the batches are, once a pass -----------------------------
     def _device_inputs(self, X) -> list:
+        """The stacked parameters, once a pass and device (:func:`stacked_model` makes the
+        model of them there); the stacked sums are gathered first, and being this step's
+        state :func:`~streamclust.engine.arrays.to_device_all` moves them in the same copy."""
+        self._gather(X)
         if self._dev is not None and self._dev[0] == (str(X.device), str(X.dtype)):
             return []
-        return list(self._model_host)
+        return list(self._params)
 
     def _take_device_inputs(self, X, tensors) -> None:
-        self._dev = ((str(X.device), str(X.dtype)), tuple(tensors))
+        log_w, means, pc = tensors  # float64: the model is made in it, the means are the sums' shifts
+        W, c = stacked_model(log_w, means, pc)
+        self._dev = ((str(X.device), str(X.dtype)), (like(X, W), like(X, c)), means)
 
     def _model(self, X) -> tuple:
         if is_numpy(X):
+            if self._model_host is None:
+                self._model_host = stacked_model(*self._params)
             return self._model_host
         needed = self._device_inputs(X)
         if needed:  # not staged with a shared pass's other inputs
-            self._take_device_inputs(X, [like(X, a) for a in needed])
+            self._take_device_inputs(X, [like(X, a, float64(X)) for a in needed])
         return self._dev[1]
 
     def _buffers(self, X, K: int) -> list:
@@ -135,10 +196,15 @@ class DiagEStep:
         return centred, c + g @ top + (g * g) @ bottom
 
     def _shifts(self, xp):
-        """The parts' shifts stacked (float64, where their sums are), once a pass and device."""
-        first = self.parts[0].shift
-        if self._shift is None or getattr(self._shift, "device", None) != getattr(first, "device", None):
-            self._shift = xp.concat([p.shift for p in self.parts])
+        """The parts' shifts stacked (float64, where the sums are), once a pass and device:
+        the stacked means when every part's moments are centred on its means (an EM pass)."""
+        numpy = is_numpy(self._nk)
+        if self._shift is None or is_numpy(self._shift) != numpy or \
+                (not numpy and self._shift.device != self._nk.device):
+            if all(getattr(p, "shift_is_means", False) for p in self.parts):
+                self._shift = self._params[1] if numpy else self._dev[2]
+            else:
+                self._shift = like(self._nk, np.concatenate([p.shift for p in self.parts]))
         return self._shift
 
     # -- one batch -----------------------------------------------------------------------
@@ -148,14 +214,15 @@ class DiagEStep:
         n, d = X.shape
         if n == 0:
             return
-        for part in self.parts:
-            part._begin(X)  # the sums (and shifts) on the batch's device
+        self._gather(X)
+        self._follow(X)  # the stacked sums on the batch's device (once; a no-op for NumPy)
         xp = namespace(X)
         g = xp.mean(X, axis=0)
         W, c = self._centred(X, g)
         K = W.shape[1]
         R, XX, tops, totals = self._buffers(X, K)  # R: log-densities, then responsibilities
         numpy = is_numpy(X)
+        seg = self.segments
 
         def e_step(lo: int, hi: int) -> None:  # rows lo:hi (the thread pool's blocks)
             Y = XX[lo:hi, :d]
@@ -165,19 +232,11 @@ class DiagEStep:
             matmul(XX[lo:hi], W, Rb)
             Rb += c
             with np.errstate(under="ignore", divide="ignore"):
-                for j, (a, b) in enumerate(self.bounds):  # a log-sum-exp per mixture
-                    seg = Rb[:, a:b]
-                    top = finite_or_zero(xp.max(seg, axis=1, keepdims=True))
-                    seg -= top
-                    exp_(seg)
-                    total = xp.sum(seg, axis=1, keepdims=True)
-                    seg /= total
-                    tops[lo:hi, j:j + 1] = top
-                    totals[lo:hi, j:j + 1] = total
+                seg.softmax_(Rb, tops[lo:hi], totals[lo:hi])  # a log-sum-exp per mixture
 
         map_blocks(e_step, split_blocks(n, 4.0 * n * d * K) if numpy else [(0, n)])
         with np.errstate(divide="ignore"):
-            log_norm = xp.log(totals) + tops  # log p(x_i) under each mixture
+            log_norm = xp.log(totals) + tops  # log p(x_i) under each mixture, (n, mixtures)
         w = weight_slice(self.sample_weight, offset, n)
         if w is not None:
             R *= like(R, w)[:, None]
@@ -188,13 +247,13 @@ class DiagEStep:
             matmul(R[:, lo:hi].T, XX, M[lo:hi])
 
         map_blocks(moments, split_blocks(K, 4.0 * n * d * K) if numpy else [(0, K)])
-        shift = self._shifts(xp)
-        a = shift - like(shift, g)  # each component's shift from the batch mean, float64
+        a = self._shifts(xp) - like(self._nk, g)  # each component's shift from the batch mean
         RY, RY2 = M[:, :d], M[:, d:]
-        dsx = RY - nk[:, None] * a
-        dsxx = RY2 - 2.0 * a * RY + nk[:, None] * a**2
-        for j, (part, (lo, hi)) in enumerate(zip(self.parts, self.bounds)):
-            part.nk += nk[lo:hi]
-            part.sx += dsx[lo:hi]
-            part.sxx += dsxx[lo:hi]
-            part._count(X, log_norm[:, j], w)
+        self._nk += nk
+        self._sx += RY - nk[:, None] * a
+        self._sxx += RY2 - 2.0 * a * RY + nk[:, None] * a**2
+        self._ll += xp.sum(log_norm, axis=0) if w is None else like(log_norm, w) @ log_norm
+        rows, weight = int(n), float(n) if w is None else float(np.sum(w))
+        for part in self.parts:
+            part.n_rows += rows
+            part.weight_sum += weight

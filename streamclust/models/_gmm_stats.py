@@ -417,6 +417,7 @@ class GMMSuffStats(DeviceState):
         if self.shift is None:
             self.shift = new_shift
             return
+        self.shift_is_means = False
         delta = self.shift - new_shift  # x - new = (x - old) + delta
         sx_old = self.sx
         ct = self.covariance_type
@@ -496,6 +497,7 @@ class GMMSuffStats(DeviceState):
         if self.sxx is not None:
             self.sxx = np.array(state["sxx"], dtype=np.float64)
         self.shift = np.array(state["shift"], dtype=np.float64) if "shift" in state else None
+        self.shift_is_means = False  # a shift loaded is its own array
         self.n_rows = int(state["n_rows"])
         # checkpoints written before the weights existed are unweighted
         self.weight_sum = float(state.get("weight_sum", self.n_rows))
@@ -529,6 +531,7 @@ class GMMStatsAccumulator(GMMSuffStats):
         super().__init__(means.shape[0], means.shape[1], covariance_type, means if shift is None else shift)
         self.weights = np.asarray(weights, dtype=np.float64)
         self.means = means
+        self.shift_is_means = shift is None  # the moments are centred on the means (a joint step shares them)
         self.precisions_cholesky = np.asarray(precisions_cholesky, dtype=np.float64)
         self.name = name
         self.sample_weight = sample_weight

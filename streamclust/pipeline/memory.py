@@ -103,7 +103,9 @@ def mixture_pass_bytes(ks, d: int, covariance: str) -> tuple[int, int]:
     ``(rows, d)`` and ``(rows, k)`` arrays.  Several diagonal and spherical mixtures take a
     batch together (:class:`~streamclust.models._gmm_estep.DiagEStep`): per row ``[y, y²]``,
     every component's responsibility, each mixture's log-likelihood and a few copies of the
-    row; fixed, their stacked model and moments.
+    row; fixed, ``(K, d)`` arrays for all ``K`` components: their stacked parameters (two),
+    model (two, and its copy centred on the batch), moments (two), running sums (two) and
+    the sums' updates (two).
     """
     d, ks = int(d), [int(k) for k in ks]
     if covariance in ("full", "tied"):
@@ -111,7 +113,7 @@ def mixture_pass_bytes(ks, d: int, covariance: str) -> tuple[int, int]:
     if len(ks) == 1:
         return 0, 6 * d * 8 + 8 * ks[0] * 8
     K = sum(ks)
-    return 6 * K * d * 8, (K + len(ks) + 6 * d) * 8
+    return 12 * K * d * 8, (K + 2 * len(ks) + 6 * d) * 8
 
 
 def mixture_memory_check(what: str, ks, d: int, covariance: str, limit: int | None) -> None:

@@ -257,10 +257,6 @@ class DeviceState:
     def to_host(self) -> None:
         to_host_all([self])
 
-    def _settled(self) -> None:
-        """Called by :func:`to_host_all` once the state is NumPy again (a joint step splits
-        its stacked sums back into its parts here)."""
-
 
 def to_device_all(parts, X) -> None:
     """Copy what ``parts`` need on the device of the batch ``X`` for a pass, in one copy per dtype.
@@ -374,11 +370,15 @@ class SharedPassParts:
             step.update(X, offset)
 
     def to_host(self) -> None:
-        """The state of every accumulator fed back in NumPy, in its own attributes (a joint
-        step's sums split back into its parts), with one copy per device and dtype."""
+        """The state of every accumulator fed back in its own attributes: as NumPy, with one
+        copy per device and dtype; a joint step's sums split back into its parts (its
+        ``to_host``: on a device they stay there)."""
         cached = self.__dict__.get("_joint")
         held = cached[1] if cached is not None else self._forwarded()
         to_host_all([s for s in held if isinstance(s, DeviceState)])
+        for step in held:
+            if not isinstance(step, DeviceState) and hasattr(step, "to_host"):
+                step.to_host()
 
     def __getstate__(self) -> dict:
         self.to_host()  # what was fed is in the parts (a dask task returns its accumulator)
@@ -419,8 +419,7 @@ JOIN_BYTES = 4 << 20
 
 def to_host_all(states) -> None:
     """Bring the device state of every one of ``states`` back to NumPy (floats for 0-d values)
-    with one copy per device and dtype (arrays over :data:`JOIN_BYTES` one copy each), then
-    call each state's ``_settled()``.
+    with one copy per device and dtype (arrays over :data:`JOIN_BYTES` one copy each).
 
     Each copy from a GPU waits for the work queued before it: a shared pass's candidates
     brought back one array at a time (a few each) would stop the device as many times
@@ -442,5 +441,3 @@ def to_host_all(states) -> None:
             part = flat[at:at + t.numel()].reshape(tuple(t.shape))
             at += t.numel()
             _put(state, name, i, part.item() if t.ndim == 0 else part)
-    for state in states:
-        state._settled()

@@ -35,12 +35,13 @@ are what pays.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from ..engine import weight_slice
-from ..engine.arrays import (DeviceState, Segments, empty, float64, is_numpy, like, matmul, multiply, namespace,
+from ..engine.arrays import (Segments, empty, float64, host, is_numpy, like, matmul, multiply, namespace,
                              subtract)
 from ._parallel import blocks as split_blocks, map_blocks
 
@@ -50,19 +51,26 @@ __all__ = ["DIAGONAL", "DiagEStep", "stacked_parameters", "stacked_model"]
 DIAGONAL = ("diag", "spherical")
 
 
-def stacked_parameters(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stacked_parameters(parts) -> tuple:
     """``(log_weights (K,), means (K, d), precisions_cholesky (K, d))`` of ``parts`` stacked
-    (float64, NumPy; a spherical component's one value repeated over the ``d`` features).
+    (float64; a spherical component's one value repeated over the ``d`` features), where the
+    parts' models are: NumPy, or tensors of the device their last M-step ran on.
 
     ``parts`` have ``weights``, ``means``, ``precisions_cholesky`` and a ``covariance_type``
     in :data:`DIAGONAL`; components in the parts' order.
     """
+    on = next((p.means for p in parts if not is_numpy(p.means)), None)  # a device's, if any part's is there
+    xp = namespace(parts[0].means if on is None else on)
+
+    def where(a):
+        return a if on is None or not is_numpy(a) else like(on, a)
+
     d = parts[0].means.shape[1]
     with np.errstate(divide="ignore"):
-        log_w = np.log(np.concatenate([p.weights for p in parts]))
-    pcs = [np.broadcast_to(p.precisions_cholesky[:, None], (p.n_components, d)) if p.covariance_type == "spherical"
-           else p.precisions_cholesky for p in parts]
-    return log_w, np.concatenate([p.means for p in parts]), np.concatenate(pcs)
+        log_w = xp.log(xp.concat([where(p.weights) for p in parts]))
+    pcs = [xp.broadcast_to(where(p.precisions_cholesky)[:, None], (p.n_components, d))
+           if p.covariance_type == "spherical" else where(p.precisions_cholesky) for p in parts]
+    return log_w, xp.concat([where(p.means) for p in parts]), xp.concat(pcs)
 
 
 def stacked_model(log_w, means, pc) -> tuple:
@@ -80,22 +88,31 @@ def stacked_model(log_w, means, pc) -> tuple:
     return W, c
 
 
-class DiagEStep(DeviceState):
+@functools.lru_cache(maxsize=16)
+def _segments(sizes: tuple) -> Segments:
+    """One :class:`Segments` per set of mixture sizes: a sweep's passes share its device indices."""
+    return Segments(sizes)
+
+
+class DiagEStep:
     """The E-step of a batch for ``parts`` together (diagonal or spherical
     :class:`~._gmm_stats.GMMStatsAccumulator` fed the same rows with the same
     ``sample_weight``); each part's sums get what its own ``update`` would add.
 
     The parts' sums are gathered into stacked arrays (``(K,)``, ``(K, d)`` twice, and a
-    log-likelihood per mixture, float64) that take each batch in a few operations whatever
-    the number of mixtures, and are split back into the parts by :meth:`to_host` (which
-    the engine calls before a checkpoint and at the end of the pass): each element is
-    summed in the order of the parts' own sums, so where the split happens changes nothing.
-    The stacked model is built once (on the host, float64); on a device it and the stacked
-    sums cross once a pass, with the pass's other inputs (``_device_inputs``, see
-    :func:`~streamclust.engine.arrays.to_device_all`).
+    log-likelihood per mixture, float64, where the batches are) that take each batch in a
+    few operations whatever the number of mixtures, and are split back into the parts by
+    :meth:`to_host` (which the engine calls before a checkpoint and at the end of the pass,
+    :func:`~streamclust.engine.settle`): each element is summed in the order of the parts'
+    own sums, so where the split happens changes nothing.  On a device the parts keep their
+    sums there, as views (their ``state_dict`` copies them to NumPy; the M-step of diagonal
+    sums runs where they are, :func:`~._gmm_stats.m_step`), and their log-likelihoods come
+    back in one copy.  The stacked model is made where the batches are, in float64, from the
+    parts' stacked parameters (copied there once a pass with the pass's other inputs,
+    ``_device_inputs``, see :func:`~streamclust.engine.arrays.to_device_all`; not copied
+    when the last M-step left them there).
     """
 
-    _device_state = ("_nk", "_sx", "_sxx", "_ll")
     _inputs_keep_dtype = True  # the model is made in float64 on the device, then cast to the batches' dtype
 
     def __init__(self, parts):
@@ -103,7 +120,7 @@ class DiagEStep(DeviceState):
         for part in self.parts:
             part._in_joint_step = True  # its model and sums cross to a device stacked with the others'
         self.sample_weight = self.parts[0].sample_weight
-        self.segments = Segments([p.n_components for p in self.parts])
+        self.segments = _segments(tuple(p.n_components for p in self.parts))
         self.bounds = self.segments.bounds
         self._params = stacked_parameters(self.parts)
         self._model_host = None
@@ -115,9 +132,8 @@ class DiagEStep(DeviceState):
 
     # -- the stacked sums: gathered from the parts, split back into them ------------------
     def _gather(self, X) -> None:
-        """The parts' sums stacked: zeros made where ``X`` is when no part has any yet (the
-        start of a pass), else the parts' (NumPy: no part in a joint step holds its own on a
-        device) joined."""
+        """The parts' sums stacked where ``X`` is: zeros made there when no part has any yet
+        (the start of a pass), else the parts' joined (and copied there if they are not)."""
         if self._nk is not None:
             return
         if all(p.n_rows == 0 and float(p.log_likelihood) == 0.0 for p in self.parts):
@@ -127,28 +143,34 @@ class DiagEStep(DeviceState):
             for a in (self._nk, self._sx, self._sxx, self._ll):
                 a[...] = 0.0
             return
-        self._nk = np.concatenate([p.nk for p in self.parts])
-        self._sx = np.concatenate([p.sx for p in self.parts])
-        self._sxx = np.concatenate([p.sxx for p in self.parts])
-        self._ll = np.array([float(p.log_likelihood) for p in self.parts])
+        xp = namespace(self.parts[0].nk)
+        sums = [xp.concat([getattr(p, name) for p in self.parts]) for name in ("nk", "sx", "sxx")]
+        lls = np.array([float(p.log_likelihood) for p in self.parts])
+        self._nk, self._sx, self._sxx, self._ll = (like(X, a, float64(X)) for a in (*sums, lls))
 
-    def _settled(self) -> None:
-        """Split the stacked sums (brought to NumPy by :meth:`to_host`) back into the parts
-        (views: the step lets go of them); they are gathered again when a batch follows."""
+    def to_host(self) -> None:
+        """Split the stacked sums back into the parts (views: the step lets go of them; on a
+        device they stay there) with their log-likelihoods as floats (one copy); they are
+        gathered again when a batch follows."""
         if self._nk is None:
             return
+        lls = host(self._ll)
+        shifts = None if is_numpy(self._nk) else self._shifts(None)
         for j, (part, (lo, hi)) in enumerate(zip(self.parts, self.bounds)):
             part.nk, part.sx, part.sxx = self._nk[lo:hi], self._sx[lo:hi], self._sxx[lo:hi]
-            part.log_likelihood = float(self._ll[j])
+            part.log_likelihood = float(lls[j])
+            if shifts is not None and is_numpy(part.shift):
+                part.shift = shifts[lo:hi]  # the same values, where the sums are (the M-step runs there)
         self._nk = self._sx = self._sxx = self._ll = None
 
     # -- the stacked model where the batches are, once a pass -----------------------------
     def _device_inputs(self, X) -> list:
         """The stacked parameters, once a pass and device (:func:`stacked_model` makes the
-        model of them there); the stacked sums are gathered first, and being this step's
-        state :func:`~streamclust.engine.arrays.to_device_all` moves them in the same copy."""
-        self._gather(X)
+        model of them there), unless they are there already (then taken at once)."""
         if self._dev is not None and self._dev[0] == (str(X.device), str(X.dtype)):
+            return []
+        if not is_numpy(self._params[1]):  # left on the device by the last M-step
+            self._take_device_inputs(X, [like(X, a, float64(X)) for a in self._params])
             return []
         return list(self._params)
 
@@ -195,7 +217,7 @@ class DiagEStep(DeviceState):
         centred[:d] += top
         return centred, c + g @ top + (g * g) @ bottom
 
-    def _shifts(self, xp):
+    def _shifts(self, xp=None):
         """The parts' shifts stacked (float64, where the sums are), once a pass and device:
         the stacked means when every part's moments are centred on its means (an EM pass)."""
         numpy = is_numpy(self._nk)
@@ -215,7 +237,6 @@ class DiagEStep(DeviceState):
         if n == 0:
             return
         self._gather(X)
-        self._follow(X)  # the stacked sums on the batch's device (once; a no-op for NumPy)
         xp = namespace(X)
         g = xp.mean(X, axis=0)
         W, c = self._centred(X, g)

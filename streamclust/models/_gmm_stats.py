@@ -62,6 +62,8 @@ __all__ = [
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 _EPS10 = 10 * np.finfo(np.float64).eps
+_DEGENERATE_MSG = ("the mixture degenerated (non-finite means or weights); check the input for "
+                   "extreme values, scale the data, or reduce n_components")
 
 
 class IllDefinedCovarianceError(ConvergenceError, ValueError):
@@ -103,6 +105,11 @@ def precisions_cholesky_from_covariances(covariances: np.ndarray, covariance_typ
     IllDefinedCovarianceError
         When a covariance is not positive definite.
     """
+    if covariance_type in DIAGONAL and not is_numpy(covariances):  # on the device of an M-step
+        xp = namespace(covariances)
+        if bool(xp.all(covariances > 0.0)):  # False for NaN too; one synchronisation
+            return 1.0 / xp.sqrt(covariances)
+        covariances = host(covariances)  # the error's details, below
     cov = np.asarray(covariances, dtype=np.float64)
     if not np.all(np.isfinite(cov)):
         raise IllDefinedCovarianceError(_ILL_DEFINED_MSG.format(where=" The covariance is not finite."))
@@ -478,17 +485,18 @@ class GMMSuffStats(DeviceState):
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        # NumPy copies (a joint step's parts keep their sums on its device after it settles)
         state = {
-            "nk": self.nk.copy(),
-            "sx": self.sx.copy(),
+            "nk": np.array(host(self.nk)),
+            "sx": np.array(host(self.sx)),
             "n_rows": np.int64(self.n_rows),
             "weight_sum": np.float64(self.weight_sum),
             "log_likelihood": np.float64(self.log_likelihood),
         }
         if self.sxx is not None:
-            state["sxx"] = self.sxx.copy()
+            state["sxx"] = np.array(host(self.sxx))
         if self.shift is not None:
-            state["shift"] = self.shift.copy()
+            state["shift"] = np.array(host(self.shift))
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -527,12 +535,17 @@ class GMMStatsAccumulator(GMMSuffStats):
 
     def __init__(self, weights, means, precisions_cholesky, covariance_type, *, shift=None, name="EM pass",
                  sample_weight=None):
-        means = np.asarray(means, dtype=np.float64)
-        super().__init__(means.shape[0], means.shape[1], covariance_type, means if shift is None else shift)
-        self.weights = np.asarray(weights, dtype=np.float64)
+        on_device = not is_numpy(means)  # a model an M-step left on a device (float64 tensors) stays there
+        means = means if on_device else np.asarray(means, dtype=np.float64)
+        super().__init__(means.shape[0], means.shape[1], covariance_type,
+                         None if on_device else means if shift is None else shift)
+        if on_device:
+            self.shift = means if shift is None else shift
+        self.weights = weights if on_device else np.asarray(weights, dtype=np.float64)
         self.means = means
         self.shift_is_means = shift is None  # the moments are centred on the means (a joint step shares them)
-        self.precisions_cholesky = np.asarray(precisions_cholesky, dtype=np.float64)
+        self.precisions_cholesky = precisions_cholesky if on_device else np.asarray(precisions_cholesky,
+                                                                                     dtype=np.float64)
         self.name = name
         self.sample_weight = sample_weight
 
@@ -540,14 +553,15 @@ class GMMStatsAccumulator(GMMSuffStats):
         """The pass's model on the batch's device, in its dtype (converted once)."""
         if is_numpy(X):
             return self.weights, self.means, self.precisions_cholesky
-        if self._device_inputs(X):
+        if getattr(self, "_on_device", (None,))[0] != (str(X.device), str(X.dtype)):
             self._take_device_inputs(X, [like(X, a) for a in (self.weights, self.means, self.precisions_cholesky)])
         return self._on_device[1]
 
     def _device_inputs(self, X) -> list:
         """What the pass needs on the batch's device (none once there, see ``to_device_all``;
-        none in a :class:`~._gmm_estep.DiagEStep`, which copies the stacked models)."""
-        if getattr(self, "_in_joint_step", False) or \
+        none in a :class:`~._gmm_estep.DiagEStep`, which copies the stacked models; none when
+        the model is on a device already: :meth:`_model` converts it there)."""
+        if getattr(self, "_in_joint_step", False) or not is_numpy(self.means) or \
                 getattr(self, "_on_device", (None,))[0] == (str(X.device), str(X.dtype)):
             return []
         return [self.weights, self.means, self.precisions_cholesky]
@@ -684,7 +698,9 @@ def m_step(stats: GMMSuffStats, reg_covar: float, covariance_type: str | None = 
 
     As scikit-learn, ``10 * eps`` is added to every ``nk`` (an empty component keeps a
     tiny weight, its mean stays at its shift, i.e. where it was, and its covariance
-    becomes ``reg_covar * I``) and ``reg_covar`` is added to the diagonal.
+    becomes ``reg_covar * I``) and ``reg_covar`` is added to the diagonal.  Diagonal and
+    spherical sums on a device (a joint step leaves them there) give the parameters there,
+    as float64 tensors; other sums, NumPy arrays.
 
     Parameters
     ----------
@@ -709,6 +725,10 @@ def m_step(stats: GMMSuffStats, reg_covar: float, covariance_type: str | None = 
     ct = covariance_type or stats.covariance_type
     if stats.shift is None:
         raise ConvergenceError("no data was accumulated; cannot estimate the mixture parameters")
+    if not is_numpy(stats.nk):
+        if ct in DIAGONAL:
+            return _diagonal_m_step(stats, reg_covar, ct)
+        stats = stats.copy()  # the sums as NumPy (state_dict brings them home)
     nk = stats.nk + _EPS10
     delta = stats.sx / nk[:, None]
     means = stats.shift + delta
@@ -729,9 +749,22 @@ def m_step(stats: GMMSuffStats, reg_covar: float, covariance_type: str | None = 
         raise ValueError(f"unknown covariance_type {ct!r}")
     weights = nk / nk.sum()
     if not (np.all(np.isfinite(means)) and np.all(np.isfinite(weights))):
-        raise ConvergenceError(
-            "the mixture degenerated (non-finite means or weights); check the input for "
-            "extreme values, scale the data, or reduce n_components"
-        )
+        raise ConvergenceError(_DEGENERATE_MSG)
     prec_chol = precisions_cholesky_from_covariances(cov, ct)
     return weights, means, cov, prec_chol
+
+
+def _diagonal_m_step(stats: GMMSuffStats, reg_covar: float, ct: str):
+    """:func:`m_step` of diagonal or spherical sums left on a device (a joint step's), there:
+    the same elementwise arithmetic, float64 tensors out, two synchronisations (the checks)."""
+    xp = namespace(stats.nk)
+    nk = stats.nk + _EPS10
+    delta = stats.sx / nk[:, None]
+    means = stats.shift + delta
+    cov = stats.sxx / nk[:, None] - delta**2 + reg_covar
+    if ct == "spherical":
+        cov = xp.mean(cov, axis=1)
+    weights = nk / xp.sum(nk)
+    if not bool(xp.all(xp.isfinite(means)) & xp.all(xp.isfinite(weights))):
+        raise ConvergenceError(_DEGENERATE_MSG)
+    return weights, means, cov, precisions_cholesky_from_covariances(cov, ct)

@@ -26,7 +26,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ..engine.arrays import SharedPassParts, host
+from ..engine.arrays import SharedPassParts, host, is_numpy
 from ..engine.backend import Backend, document_parameters, NUMPY, PARAMETER_CONSTRAINTS as BACKEND_CONSTRAINTS
 from ..engine import RowSource, StreamingMixin, as_row_source, draw_seed, fit_streaming, output_dtype, pass_rng
 from ._gmm_stats import (
@@ -123,6 +123,14 @@ def _relocate_empty(centres: np.ndarray, empty: np.ndarray, sample: np.ndarray) 
 
 # --------------------------------------------------------------------------------------
 # the plan
+
+
+def _host_stack(value) -> np.ndarray:
+    """A plan's array as NumPy: the starts' models stacked when they are a list (kept where
+    their M-step ran, a device's tensors perhaps)."""
+    if isinstance(value, list):
+        return np.stack([np.asarray(host(v), dtype=np.float64) for v in value])
+    return np.array(value)
 
 
 class GMMPlan:
@@ -373,6 +381,10 @@ class GMMPlan:
         for part, i in zip(acc.parts, np.flatnonzero(self.active)):
             lower_bound = part.log_likelihood / part.weight_sum
             weights, means, cov, prec_chol = m_step(part, self.reg_covar, self.covariance_type)
+            if not is_numpy(means) and not isinstance(self.means, list):
+                # an M-step on a device: the models stay there, each start's its own (no copy)
+                self.weights, self.means, self.covariances, self.precisions_cholesky = (
+                    list(a) for a in (self.weights, self.means, self.covariances, self.precisions_cholesky))
             self.weights[i], self.means[i], self.covariances[i], self.precisions_cholesky[i] = (
                 weights,
                 means,
@@ -433,7 +445,7 @@ class GMMPlan:
         for key in self._ARRAYS:
             value = getattr(self, key)
             if value is not None:
-                state[key] = value.copy()
+                state[key] = _host_stack(value)  # NumPy, also of models kept on a device
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -787,7 +799,7 @@ class StreamingGaussianMixture(DensityMixin, StreamingMixin, BaseEstimator):
         The float64 parameters are kept (``_params64``) for the E-steps of later calls, so
         that float32 attributes cost no precision in :meth:`predict` and the like.
         """
-        params = tuple(np.array(a, dtype=np.float64) for a in (weights, means, covariances, precisions_cholesky))
+        params = tuple(np.array(host(a), dtype=np.float64) for a in (weights, means, covariances, precisions_cholesky))
         precisions = precisions_from_cholesky(params[3], self.covariance_type)
         self._params64 = (*params, precisions)
         self.weights_, self.means_, self.covariances_, self.precisions_cholesky_ = (

@@ -73,16 +73,24 @@ def test_mixtures_stepped_together_get_their_own_sums(weighted):
 
 
 def test_mixtures_stepped_together_on_torch_equal_numpy():
+    """On a device the parts keep their sums there once settled (the M-step runs there);
+    their state, as a checkpoint takes it, is NumPy and equals the NumPy route's."""
     rng = np.random.default_rng(1)
     X = rng.normal(size=(300, 5))
     cpu, dev = _twins(2, 5)
     for parts, batch in ((cpu, X), (dev, torch.as_tensor(X))):
         _stepped(parts, batch)
     for a, b in zip(cpu, dev):
-        assert isinstance(b.sx, np.ndarray)
+        assert isinstance(b.sx, torch.Tensor) and isinstance(b.log_likelihood, float)
+        state = b.state_dict()
         for name in ("nk", "sx", "sxx"):
-            assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-12, atol=1e-10)
+            assert isinstance(state[name], np.ndarray)
+            assert_allclose(state[name], getattr(a, name), rtol=1e-12, atol=1e-10)
         assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=1e-13)
+        p_a, p_b = m_step(a, 1e-6), m_step(b, 1e-6)  # on the device, for the tensors
+        assert all(isinstance(x, torch.Tensor) for x in p_b)
+        for x, y in zip(p_a, p_b):
+            assert_allclose(y.numpy(), x, rtol=1e-9)
 
 
 def test_a_mixture_alone_gets_the_same_sums_to_rounding():

@@ -73,24 +73,26 @@ def sweep(X: np.ndarray, n_iter: int, timed: bool) -> dict:
             "torch_s": sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6}  # every operation's own time
 
 
-def count_operations(X: np.ndarray, n_iter: int) -> int:
-    """The PyTorch operations the sweep dispatches (as the caller launches them: each a kernel
-    launch on a GPU; those PyTorch runs inside them are not counted)."""
+def count_operations(X: np.ndarray, n_iter: int) -> tuple[int, int]:
+    """The PyTorch operations the sweep dispatches (as the caller launches them; those PyTorch
+    runs inside them are not counted): all, and those that are not views (slices, transposes:
+    no kernel on a GPU), each a kernel launch on a GPU."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from streamclust.pipeline.select_k import fit_candidates
 
     class Count(TorchDispatchMode):
-        n = 0
+        n = kernels = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             Count.n += 1
+            Count.kernels += not func.is_view
             return func(*args, **(kwargs or {}))
 
     ests = candidates(len(X), n_iter)
     with Count():
         fit_candidates(ests, X)
-    return Count.n
+    return Count.n, Count.kernels
 
 
 def main(argv=None) -> int:
@@ -123,7 +125,8 @@ def main(argv=None) -> int:
         "work": "select-k candidates k = 10..200 diagonal (2,100 components), PyTorch on the CPU device, one thread",
         "em_passes": em, "load_before": load, "repeat": args.repeat,
         "ms_a_pass": {"wall": wall, "in_pytorch_operations": in_torch, "host_outside_pytorch": wall - in_torch},
-        "pytorch_operations_a_pass": (count_operations(X, args.iter) - count_operations(X, 2)) / em,
+        "pytorch_operations_a_pass": dict(zip(("all", "not views"), (
+            (a - b) / em for a, b in zip(count_operations(X, args.iter), count_operations(X, 2))))),
     }
     print(json.dumps(out, indent=1))
     if args.json:

@@ -45,7 +45,7 @@ from ..engine.arrays import (Segments, empty, float64, host, is_numpy, like, mat
                              subtract)
 from ._parallel import blocks as split_blocks, map_blocks
 
-__all__ = ["DIAGONAL", "DiagEStep", "stacked_parameters", "stacked_model"]
+__all__ = ["DIAGONAL", "DiagEStep", "StackedMSteps", "stacked_parameters", "stacked_model"]
 
 #: the covariance types whose E-step and moments :class:`DiagEStep` computes
 DIAGONAL = ("diag", "spherical")
@@ -86,6 +86,58 @@ def stacked_model(log_w, means, pc) -> tuple:
     log_det = xp.sum(xp.log(pc), axis=1)
     c = -0.5 * (d * math.log(2 * math.pi) + xp.sum(top * means, axis=1)) + log_det + log_w
     return W, c
+
+
+class StackedMSteps:
+    """The M-steps of a joint step's mixtures from their stacked sums on a device, taken
+    together the first time one of them is asked for (:func:`~._gmm_stats.m_step`), in a
+    few operations whatever the number of mixtures: the same elementwise arithmetic as
+    each mixture's own, its weights normalised by a product with the one-hot matrix of its
+    components (equal to its own sum to rounding).  :meth:`get` gives a mixture's
+    ``(weights, means, covariances, precisions_cholesky)`` as views, or ``None`` when its
+    parameters are not finite or a covariance not positive (its own M-step then says how).
+    """
+
+    def __init__(self, nk, sx, sxx, shifts, segments: Segments, spherical: list[bool]):
+        self._sums = (nk, sx, sxx, shifts)
+        self.segments = segments
+        self.spherical = list(spherical)
+        self._done: dict = {}
+
+    def _all(self, reg_covar: float, eps: float):
+        nk, sx, sxx, shift = self._sums
+        xp = namespace(nk)
+        ids, S = self.segments._on(nk)
+        nk = nk + eps
+        delta = sx / nk[:, None]
+        means = shift + delta
+        cov = sxx / nk[:, None] - delta**2 + reg_covar
+        cov_sph = xp.mean(cov, axis=1) if any(self.spherical) else None
+        weights = nk / (nk @ S)[ids]
+        diag = [not s for s in self.spherical]
+        # one flag a component: finite parameters, positive covariances (of either kind); the
+        # components' failures counted per mixture, brought to the host in one copy
+        checks = [xp.all(xp.isfinite(means), axis=1) & xp.isfinite(weights),
+                  xp.all(cov > 0.0, axis=1) if any(diag) else None, cov_sph > 0.0 if cov_sph is not None else None]
+        failed = host(xp.stack([(1.0 - c.to(S.dtype)) @ S for c in checks if c is not None]))
+        failed = iter(failed)
+        common, in_diag, in_sph = (next(failed) if c is not None else None for c in checks)
+        good = [common[j] == 0 and (in_sph[j] == 0 if sph else in_diag[j] == 0)
+                for j, sph in enumerate(self.spherical)]
+        pc = 1.0 / xp.sqrt(cov) if any(diag) else None  # where not good, never handed out
+        pc_sph = 1.0 / xp.sqrt(cov_sph) if cov_sph is not None else None
+        return weights, means, (cov, pc), (cov_sph, pc_sph), good
+
+    def get(self, j: int, reg_covar: float, eps: float):
+        key = (float(reg_covar), float(eps))
+        if key not in self._done:
+            self._done[key] = self._all(reg_covar, eps)
+        weights, means, diag, spherical, good = self._done[key]
+        if not good[j]:
+            return None
+        lo, hi = self.segments.bounds[j]
+        cov, pc = spherical if self.spherical[j] else diag
+        return weights[lo:hi], means[lo:hi], cov[lo:hi], pc[lo:hi]
 
 
 @functools.lru_cache(maxsize=16)
@@ -136,6 +188,8 @@ class DiagEStep:
         (the start of a pass), else the parts' joined (and copied there if they are not)."""
         if self._nk is not None:
             return
+        for part in self.parts:
+            part._m_steps = None  # the sums go on: an M-step taken together before is not theirs
         if all(p.n_rows == 0 and float(p.log_likelihood) == 0.0 for p in self.parts):
             K, d, C = int(self._params[0].shape[0]), self.parts[0].n_features, len(self.parts)
             f64 = float64(X)
@@ -155,12 +209,18 @@ class DiagEStep:
         if self._nk is None:
             return
         lls = host(self._ll)
-        shifts = None if is_numpy(self._nk) else self._shifts(None)
+        together = None
+        if not is_numpy(self._nk):  # the M-steps of all the parts in a few operations (StackedMSteps)
+            shifts = self._shifts(None)
+            together = StackedMSteps(self._nk, self._sx, self._sxx, shifts, self.segments,
+                                     [p.covariance_type == "spherical" for p in self.parts])
         for j, (part, (lo, hi)) in enumerate(zip(self.parts, self.bounds)):
             part.nk, part.sx, part.sxx = self._nk[lo:hi], self._sx[lo:hi], self._sxx[lo:hi]
             part.log_likelihood = float(lls[j])
-            if shifts is not None and is_numpy(part.shift):
-                part.shift = shifts[lo:hi]  # the same values, where the sums are (the M-step runs there)
+            if together is not None:
+                if is_numpy(part.shift):
+                    part.shift = shifts[lo:hi]  # the same values, where the sums are (the M-step runs there)
+                part._m_steps = (together, j)
         self._nk = self._sx = self._sxx = self._ll = None
 
     # -- the stacked model where the batches are, once a pass -----------------------------

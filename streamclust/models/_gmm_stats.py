@@ -726,7 +726,12 @@ def m_step(stats: GMMSuffStats, reg_covar: float, covariance_type: str | None = 
     if stats.shift is None:
         raise ConvergenceError("no data was accumulated; cannot estimate the mixture parameters")
     if not is_numpy(stats.nk):
-        if ct in DIAGONAL:
+        together = getattr(stats, "_m_steps", None)  # a joint step's M-steps, taken together
+        if together is not None and ct == stats.covariance_type:
+            params = together[0].get(together[1], reg_covar, _EPS10)
+            if params is not None:
+                return params
+        if ct in DIAGONAL:  # alone (or to say what is wrong with it)
             return _diagonal_m_step(stats, reg_covar, ct)
         stats = stats.copy()  # the sums as NumPy (state_dict brings them home)
     nk = stats.nk + _EPS10

@@ -261,3 +261,44 @@ def test_segment_softmax_on_torch_equals_numpy_and_the_formula():
         assert_allclose(R[rows, lo:hi], softmax(A[rows, lo:hi], axis=1), rtol=1e-12)
         assert_allclose(np.log(totals[rows, j]) + tops[rows, j], logsumexp(A[rows, lo:hi], axis=1), rtol=1e-13)
     assert tops[2, 1] == 0.0 and np.all(np.isnan(R[2, 1:5]))  # as the per-mixture step: NaN responsibilities
+
+
+def test_m_steps_taken_together_on_a_device_equal_each_mixtures_own():
+    """The M-steps of a joint step's mixtures (diagonal and spherical) are taken together on the
+    device; each equals the mixture's own M-step (NumPy) to rounding, and a settle in the middle
+    of the pass leaves the M-steps of the whole pass's sums."""
+    from streamclust.models._gmm_stats import _diagonal_m_step
+
+    rng = np.random.default_rng(16)
+    X = rng.normal(size=(400, 5)) * 2
+    cpu, dev = _twins(17, 5)
+    _stepped(cpu, X)
+    step = DiagEStep(dev)
+    step.update(torch.as_tensor(X[:100]), 0)
+    step.to_host()  # a checkpoint mid-pass
+    step.update(torch.as_tensor(X[100:]), 100)
+    step.to_host()
+    for a, b in zip(cpu, dev):
+        assert b._m_steps is not None
+        together, alone, ref = m_step(b, 1e-6), _diagonal_m_step(b, 1e-6, b.covariance_type), m_step(a, 1e-6)
+        for x, y, z in zip(together, alone, ref):
+            assert isinstance(x, torch.Tensor) and x.shape == z.shape
+            assert_allclose(x.numpy(), y.numpy(), rtol=1e-14)
+            assert_allclose(x.numpy(), z, rtol=1e-9)
+
+
+def test_a_mixture_failing_its_m_step_among_others_fails_alone():
+    """With reg_covar=0 a component no row reaches has a zero variance: that mixture's M-step
+    says so (IllDefinedCovarianceError, as alone); the others' are given."""
+    from streamclust.models._gmm_stats import IllDefinedCovarianceError
+
+    rng = np.random.default_rng(18)
+    X = rng.normal(size=(300, 4))
+    parts = _parts(rng, 4, [(3, "diag"), (2, "spherical"), (4, "diag")])
+    parts[1].means[1] += 1e4  # far from every row: its responsibilities are 0
+    _stepped(parts, torch.as_tensor(X))
+    with pytest.raises(IllDefinedCovarianceError, match="zero variance"):
+        m_step(parts[1], 0.0)
+    for part in (parts[0], parts[2]):
+        weights, means, cov, pc = m_step(part, 0.0)
+        assert bool(torch.all(cov > 0)) and float(weights.sum()) == pytest.approx(1.0)

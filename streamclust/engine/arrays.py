@@ -262,8 +262,9 @@ def to_device_all(parts, X) -> None:
     """Copy what ``parts`` need on the device of the batch ``X`` for a pass, in one copy per dtype.
 
     A part says what through ``_device_inputs(X)`` (NumPy arrays, to become ``X``'s dtype
-    unless the part's ``_inputs_keep_dtype`` is true; an empty list: nothing) and takes the copies through ``_take_device_inputs(X, tensors)``;
-    the NumPy state of a :class:`DeviceState` part follows too (dtypes kept).  Without it
+    unless the part's ``_inputs_keep_dtype`` is true; an empty list: nothing) and takes the
+    copies through ``_take_device_inputs(X, tensors)``; the NumPy state of a
+    :class:`DeviceState` part follows too (dtypes kept).  Without it
     each part copies its own as its first batch arrives: a few copies per candidate of a
     shared pass, each one waiting on the device.  Nothing happens for a NumPy batch.
     """

@@ -119,7 +119,7 @@ class StackedMSteps:
         # components' failures counted per mixture, brought to the host in one copy
         checks = [xp.all(xp.isfinite(means), axis=1) & xp.isfinite(weights),
                   xp.all(cov > 0.0, axis=1) if any(diag) else None, cov_sph > 0.0 if cov_sph is not None else None]
-        failed = host(xp.stack([(1.0 - c.to(S.dtype)) @ S for c in checks if c is not None]))
+        failed = host(xp.stack([(1.0 - c.to(S.dtype)) @ S for c in checks if c is not None]))  # (tensors only)
         failed = iter(failed)
         common, in_diag, in_sph = (next(failed) if c is not None else None for c in checks)
         good = [common[j] == 0 and (in_sph[j] == 0 if sph else in_diag[j] == 0)

@@ -579,7 +579,7 @@ class GMMStatsAccumulator(GMMSuffStats):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for cached in ("_on_device", "_in_joint_step"):  # a cache of device copies; the pass's grouping
+        for cached in ("_on_device", "_in_joint_step", "_m_steps"):  # device copies; the pass's grouping and M-steps
             state.pop(cached, None)
         return state
 

@@ -43,8 +43,8 @@ def run_passes(
     every pass with ``every_seconds=0``).  ``progress`` is called as
     ``progress(pass_name, rows_done, n_rows)`` after each batch.  The batches are arrays
     of ``backend`` on its device (a :class:`~streamclust.engine.transfer.DeviceFeed`,
-    or the ``feed`` given); an accumulator's state is brought back to NumPy
-    (:func:`settle`) before it is checkpointed or ends its pass.
+    or the ``feed`` given); an accumulator is settled
+    (:func:`~streamclust.engine.plan.settle`) before it is checkpointed or ends its pass.
     """
     own = feed is None
     if own:

@@ -49,8 +49,10 @@ class Accumulator(Protocol):
 
 
 def settle(acc) -> None:
-    """Bring an accumulator's whole state into its own attributes as NumPy (its
-    ``to_host()``, if it has one: the sums a pass kept on a device or in a joint step).
+    """Bring an accumulator's whole state into its own attributes (its ``to_host()``, if it
+    has one): sums a pass kept on a device come back as NumPy, those a joint step kept
+    stacked are split back into its parts (on a device, as the parts' own tensors there:
+    their ``state_dict`` copies them to NumPy, and their M-step runs there).
 
     The engine settles an accumulator before it checkpoints it, before the plan's
     ``end_pass`` and before merging it with another (dask); ``state_dict`` and ``merge``

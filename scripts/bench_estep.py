@@ -65,6 +65,14 @@ def kmeans_model(F: np.ndarray, k: int) -> tuple:
     return np.maximum(weights, 1e-6) / np.maximum(weights, 1e-6).sum(), means, 1 / np.sqrt(var + 1e-6)
 
 
+def report(out: dict, path: Path | None) -> None:
+    """Print the figures as JSON, and write them to ``path`` when given."""
+    text = json.dumps(out, indent=1)
+    print(text)
+    if path:
+        path.write_text(text)
+
+
 def wait_for_idle(max_load: float = 0.5, timeout: float = 300) -> float:
     t0 = time.time()
     while os.getloadavg()[0] > max_load and time.time() - t0 < timeout:
@@ -133,9 +141,7 @@ def main(argv=None) -> int:
         "ratio_to_one_by_one": {k: statistics.median(v) / base for k, v in times.items()},
         "largest_difference_of_sxx_relative_to_its_largest": agree,
     }
-    print(json.dumps(out, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+    report(out, args.json)
     return 0
 
 

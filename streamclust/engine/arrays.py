@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = [
     "namespace", "is_numpy", "host", "host_rows", "like", "float64", "as_dtype", "numpy_dtype", "empty",
-    "subtract", "multiply", "matmul", "sum_squares", "bincount", "one_hot", "largest",
+    "subtract", "multiply", "matmul", "sum_squares", "bincount", "one_hot", "largest", "zeros",
     "Segments", "DeviceState", "to_host_all", "to_device_all", "SharedPassParts", "joint_steps",
 ]
 
@@ -176,6 +176,16 @@ def empty(shape, like_array, dtype=None):
     import torch
 
     return torch.empty(shape, dtype=like_array.dtype if dtype is None else dtype, device=like_array.device)
+
+
+def zeros(shape, like_array, dtype=None):
+    """Zeros on ``like_array``'s device (its dtype unless ``dtype``); NumPy's are mapped
+    lazily, not written."""
+    if is_numpy(like_array):
+        return np.zeros(shape, dtype=like_array.dtype if dtype is None else dtype)
+    import torch
+
+    return torch.zeros(shape, dtype=like_array.dtype if dtype is None else dtype, device=like_array.device)
 
 
 class Segments:

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..engine import weight_slice
 from ..engine.arrays import (Segments, empty, float64, host, is_numpy, like, matmul, multiply, namespace,
-                             subtract)
+                             subtract, zeros)
 from ._parallel import blocks as split_blocks, map_blocks
 
 __all__ = ["DIAGONAL", "DiagEStep", "StackedMSteps", "stacked_parameters", "stacked_model"]
@@ -193,9 +193,7 @@ class DiagEStep:
         if all(p.n_rows == 0 and float(p.log_likelihood) == 0.0 for p in self.parts):
             K, d, C = int(self._params[0].shape[0]), self.parts[0].n_features, len(self.parts)
             f64 = float64(X)
-            self._nk, self._sx, self._sxx, self._ll = (empty(shape, X, f64) for shape in ((K,), (K, d), (K, d), (C,)))
-            for a in (self._nk, self._sx, self._sxx, self._ll):
-                a[...] = 0.0
+            self._nk, self._sx, self._sxx, self._ll = (zeros(shape, X, f64) for shape in ((K,), (K, d), (K, d), (C,)))
             return
         xp = namespace(self.parts[0].nk)
         sums = [xp.concat([getattr(p, name) for p in self.parts]) for name in ("nk", "sx", "sxx")]

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.cluster import kmeans_plusplus
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_array, check_random_state
@@ -45,7 +44,8 @@ from ._gmm_stats import (
     precisions_from_cholesky,
 )
 from ._sampling import RowSampleAccumulator
-from .kmeans import lloyd_in_memory, nearest_centre
+from ._seeding import kmeans_plusplus
+from .kmeans import lloyd_in_memory, nearest_centre, seeding_sample
 
 __all__ = [
     "StreamingGaussianMixture",
@@ -336,9 +336,10 @@ class GMMPlan:
                 continue
             rs = int(pass_rng(self.seed, self.pass_index, 2, i).integers(np.iinfo(np.int32).max))
             extra = {} if w is None else {"sample_weight": w}
-            seeds, _ = kmeans_plusplus(sample, self.n_components, random_state=rs, **extra)
+            where = seeding_sample(sample, self.backend)  # on a GPU, copied there once for both steps
+            seeds, _ = kmeans_plusplus(where, self.n_components, random_state=rs, **extra)
             if self.init_params == "kmeans":
-                seeds = lloyd_in_memory(sample, seeds, _KMEANS_SAMPLE_ITER, _KMEANS_TOL, sample_weight=w,
+                seeds = lloyd_in_memory(where, seeds, _KMEANS_SAMPLE_ITER, _KMEANS_TOL, sample_weight=w,
                                         backend=self.backend)[0]
             centres.append(seeds)
         self.centres = np.stack(centres)
@@ -346,23 +347,30 @@ class GMMPlan:
             self.sample = self.sample_rows = None  # only Lloyd passes still need it
         self.phase = _PHASE_HARD
 
-    def _kmeans_tol(self, sample: np.ndarray) -> float:
-        return _KMEANS_TOL * float(np.mean(np.var(sample, axis=0))) if sample.size else 0.0
+    def _kmeans_tols(self) -> list[float]:
+        """Per initialisation, the k-means tolerance of its sample (computed once a sample)."""
+        cached = getattr(self, "_tols", None)
+        if cached is None or cached[0] is not self.sample:
+            tols = [_KMEANS_TOL * float(np.mean(np.var(s, axis=0))) if s.size else 0.0 for s in self._samples()]
+            self._tols = (self.sample, tols)
+        return self._tols[1]
 
     def _end_hard(self, acc: _MultiAccumulator) -> None:
         """Lloyd update of the centres; initialise from the cells once they are stable."""
         self.hard_iter += 1
         done = self.hard_iter >= self._n_hard
         if not done:
-            samples = self._samples()
+            tols, samples = self._kmeans_tols(), None
             all_stable = True
             for i, part in enumerate(acc.parts):
                 empty = part.nk == 0
                 nk = np.where(empty, 1.0, part.nk)
                 new = np.where(empty[:, None], self.centres[i], part.shift + part.sx / nk[:, None])
-                new = _relocate_empty(new, empty, samples[i])
+                if np.any(empty):
+                    samples = self._samples() if samples is None else samples
+                    new = _relocate_empty(new, empty, samples[i])
                 moved = float(np.sum((new - self.centres[i]) ** 2))
-                all_stable &= moved <= self._kmeans_tol(samples[i]) and not np.any(empty)
+                all_stable &= moved <= tols[i] and not np.any(empty)
                 self.centres[i] = new
             done = all_stable
         if done:

@@ -21,7 +21,6 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
-from sklearn.cluster import kmeans_plusplus
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
@@ -32,8 +31,9 @@ from ..engine.backend import Backend, document_parameters, NUMPY, PARAMETER_CONS
 from ..engine import (RowSource, StreamingMixin, as_row_source, check_sample_weight, draw_seed, fit_streaming,
                       output_dtype, pass_rng, weight_slice)
 from ._sampling import RowSampleAccumulator, sample_row_indices
+from ._seeding import kmeans_plusplus
 
-__all__ = ["StreamingKMeans", "nearest_centre", "squared_distances", "lloyd_in_memory"]
+__all__ = ["StreamingKMeans", "nearest_centre", "squared_distances", "lloyd_in_memory", "seeding_sample"]
 
 _INIT, _ITER, _FINAL, _DONE = 0, 1, 2, 3
 _SEED_MAX = np.iinfo(np.int32).max
@@ -513,6 +513,14 @@ class _LabelAccumulator(DeviceState):
 
 
 # ------------------------------------------------------------------------- seeding
+def seeding_sample(sample, backend: Backend = NUMPY):
+    """The float64 sample where a seeding's arithmetic runs (k-means++ and the in-memory Lloyd):
+    on a GPU copied there once (a tensor already on a device stays), otherwise NumPy."""
+    if not is_numpy(sample):
+        return sample.to(dtype=backend.xp.float64)
+    return backend.asarray(sample, backend.xp.float64) if backend.on_gpu else np.asarray(sample, dtype=np.float64)
+
+
 def lloyd_in_memory(X, centers, max_iter, tol, chunk=8192, sample_weight=None, backend: Backend = NUMPY):
     """Lloyd iterations on an in-memory array (a seeding sample), ``chunk`` rows at a time.
 
@@ -530,8 +538,8 @@ def lloyd_in_memory(X, centers, max_iter, tol, chunk=8192, sample_weight=None, b
     and every iteration runs there, in one chunk.
     """
     tol_ = None
-    if backend.on_gpu:
-        X = backend.asarray(X, backend.xp.float64)
+    X = seeding_sample(X, backend)
+    if not is_numpy(X):
         chunk = X.shape[0]
     for _ in range(int(max_iter)):
         acc = _LloydAccumulator(centers, track_moments=tol_ is None, sample_weight=sample_weight)
@@ -576,6 +584,7 @@ def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed, sample_
     """
     best, best_inertia, best_sizes = None, np.inf, None
     w = sample_weight
+    where = seeding_sample(sample, backend)  # on a GPU, copied there once for all the seedings
     for i in range(int(n_init)):
         rng = pass_rng(seed, 0, i + 1)
         if callable(init):
@@ -587,8 +596,8 @@ def _seed_centers(sample, n_clusters, init, n_init, max_iter, tol, seed, sample_
             centers = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False, p=p)].copy()
         else:
             extra = {} if w is None else {"sample_weight": w}
-            centers, _ = kmeans_plusplus(sample, n_clusters, random_state=int(rng.integers(_SEED_MAX)), **extra)
-        centers, inertia, sizes = lloyd_in_memory(sample, np.asarray(centers, dtype=np.float64), max_iter, tol,
+            centers, _ = kmeans_plusplus(where, n_clusters, random_state=int(rng.integers(_SEED_MAX)), **extra)
+        centers, inertia, sizes = lloyd_in_memory(where, np.asarray(centers, dtype=np.float64), max_iter, tol,
                                                    sample_weight=w, backend=backend)
         if inertia < best_inertia or best is None:
             best, best_inertia, best_sizes = centers, inertia, sizes
@@ -723,8 +732,8 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
         in storage order.
     init : {"k-means++", "random"}, callable or array-like of shape (n_clusters, n_features), \
             default="k-means++"
-        Initial centres.  ``"k-means++"`` seeds with :func:`sklearn.cluster.kmeans_plusplus`
-        on a random sample of ``init_sample_size`` rows; ``"random"`` picks sample rows
+        Initial centres.  ``"k-means++"`` seeds as :func:`sklearn.cluster.kmeans_plusplus`
+        (the same seeds; on a GPU computed there) on a random sample of ``init_sample_size`` rows; ``"random"`` picks sample rows
         (with probability proportional to their weight); a callable is called as
         ``init(sample, n_clusters, random_state)`` on that sample and returns the centres.
     n_init : int or "auto", default=1

@@ -650,3 +650,29 @@ def test_initialisations_tied_to_rounding_keep_the_first():
     assert plan.best() == 1  # better by more than rounding: as scikit-learn
     plan.lower_bound = np.array([-np.inf, lb - 1.0, lb])
     assert plan.best() == 2
+
+
+def test_a_centre_no_row_reaches_in_a_kmeans_init_pass_moves_to_the_worst_explained_sample_row():
+    from streamclust.engine import settle
+    from streamclust.models.gmm import GMMPlan
+    from streamclust.models.kmeans import nearest_centre
+
+    X, _ = make_blobs(900, 2, centers=[[0, 0], [10, 0], [0, 10]], cluster_std=0.5, random_state=0)
+    plan = GMMPlan(n_samples=len(X), n_features=2, n_components=3, covariance_type="diag", tol=1e-3,
+                   reg_covar=1e-6, max_iter=10, n_init=1, init_params="kmeans", seed=0)
+    acc = plan.next_pass()  # the sample, seeded and refined in memory
+    acc.update(X, 0)
+    plan.end_pass(acc)
+    centres = plan.centres[0].copy()
+    labels, _ = nearest_centre(X, centres)
+    acc = plan.next_pass()  # a k-means pass that only the rows of two cells reach
+    acc.update(X[labels != 2], 0)
+    settle(acc)
+    plan.end_pass(acc)
+    assert plan.hard_iter == 1 and plan.centres is not None  # not stable: another pass follows
+    sample = plan._samples()[0]
+    _, dist = nearest_centre(sample, plan.centres[0][:2])
+    assert_array_equal(plan.centres[0][2], sample[np.argmax(dist)])
+    kept = X[labels != 2]
+    for j in (0, 1):
+        assert_allclose(plan.centres[0][j], kept[labels[labels != 2] == j].mean(axis=0), rtol=1e-12)

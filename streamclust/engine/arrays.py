@@ -362,18 +362,20 @@ class SharedPassParts:
         return [leaf for part in self.parts
                 for leaf in (part._forwarded() if isinstance(part, SharedPassParts) else [part])]
 
-    def _steps(self) -> tuple[list, list]:
-        """``(fed, steps)``: :meth:`_forwarded`, and what takes the batches (:func:`joint_steps`)."""
+    def _steps(self, X) -> tuple[list, list]:
+        """``(fed, steps)``: :meth:`_forwarded`, and what takes the batches ``X`` are like
+        (:func:`joint_steps`; on a device, a part that can join others takes a step of its own
+        too)."""
         cached = self.__dict__.get("_joint")
         if cached is None:
             fed = self._forwarded()
-            cached = self._joint = (fed, joint_steps(fed))
+            cached = self._joint = (fed, joint_steps(fed, alone=not is_numpy(X)))
         return cached
 
     def _feed(self, X, offset: int) -> None:
         """Feed the batch ``X`` (rows ``offset:``) to every accumulator, through the joint steps
         (which hold the state of their parts while they are fed)."""
-        _, steps = self._steps()
+        _, steps = self._steps(X)
         if not is_numpy(X) and getattr(self, "_staged", None) != X.device:
             to_device_all(steps, X)
             self._staged = X.device
@@ -399,13 +401,15 @@ class SharedPassParts:
         return state
 
 
-def joint_steps(parts: list) -> list:
+def joint_steps(parts: list, *, alone: bool = False) -> list:
     """``parts`` in order, those that can share a batch's work grouped into one step each.
 
     A part that can says so through ``_joint_step()``: ``(key, make)``, where two or more
     parts with equal keys are fed together by ``make(those parts)`` (an object with ``update(X, offset)``
     that gives each part what its own ``update`` would add; and, if it needs inputs on a
     device, ``_device_inputs``/``_take_device_inputs``), placed where the first of them was.
+    With ``alone``, a part with no other of its key gets such a step too (on a device, where
+    the step keeps its sums and its M-step there); otherwise it is fed by its own ``update``.
     """
     groups: dict = {}
     order: list = []
@@ -420,7 +424,7 @@ def joint_steps(parts: list) -> list:
             groups[key] = (make, [])
             order.append(groups[key])
         groups[key][1].append(part)
-    return [(item[0](item[1]) if len(item[1]) > 1 else item[1][0]) if isinstance(item, tuple) else item
+    return [(item[0](item[1]) if alone or len(item[1]) > 1 else item[1][0]) if isinstance(item, tuple) else item
             for item in order]
 
 

@@ -572,7 +572,8 @@ class GMMStatsAccumulator(GMMSuffStats):
     def _joint_step(self):
         """Diagonal and spherical mixtures fed the same rows with the same weights take a batch's
         E-step together (:class:`~._gmm_estep.DiagEStep`; see :func:`~streamclust.engine.arrays.joint_steps`);
-        alone, a mixture takes its own (:meth:`update`: on two cores faster for one)."""
+        alone, a mixture takes its own on NumPy (:meth:`update`: on two cores faster for one) and
+        such a step of its own on a device (its sums and its M-step stay there)."""
         if self.covariance_type in DIAGONAL:
             return ("diagonal E-step", id(self.sample_weight)), DiagEStep
         return None

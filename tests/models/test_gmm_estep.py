@@ -117,6 +117,27 @@ def test_joint_steps_group_by_key_in_order():
     assert steps[0] is full
     assert isinstance(steps[1], DiagEStep) and steps[1].parts == diag
     assert steps[2] is weighted[0]  # other weights, and alone: its own update
+    alone = joint_steps([full, diag[0], weighted[0], diag[1]], alone=True)  # on a device
+    assert alone[0] is full and alone[1].parts == diag
+    assert isinstance(alone[2], DiagEStep) and alone[2].parts == weighted
+
+
+def test_a_mixture_alone_on_a_device_keeps_its_sums_and_m_step_there():
+    """fit's lone mixture on a device: its own joint step, its M-step on the device, the
+    NumPy route's sums and parameters (fed by its own update) to rounding."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(300, 5)) * [1, 2, 3, 1, 0.5]
+    (on_numpy,), (on_torch,) = (_parts(np.random.default_rng(2), 5, [(4, "diag")]) for _ in range(2))
+    CombinedAccumulator([0], ["a"], [on_numpy], "pass").update(X, 0)  # NumPy: its own update
+    acc = CombinedAccumulator([0], ["a"], [on_torch], "pass")
+    acc.update(torch.as_tensor(X), 0)
+    assert isinstance(acc._joint[1][0], DiagEStep)
+    acc.to_host()
+    assert isinstance(on_torch.sx, torch.Tensor)  # still on the device, in its own part
+    for a, b in zip(m_step(on_numpy, 1e-6), m_step(on_torch, 1e-6)):
+        assert isinstance(b, torch.Tensor)
+        assert_allclose(b.numpy(), a, rtol=1e-11)
+    assert on_torch.log_likelihood == pytest.approx(on_numpy.log_likelihood, rel=1e-12)
 
 
 def test_a_shared_pass_ships_without_its_steps():

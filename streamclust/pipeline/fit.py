@@ -48,7 +48,7 @@ from ..models.io import load_model, save_model
 from .. import stages
 from ..store import RunLayout, image_array, images_location, ok_rows
 from ..integrity import array_record, checksum_codecs, fit_damage, verify_images, verify_output
-from .memory import batch_rows, host_room, mixture_memory_check, mixture_pass_bytes
+from .memory import batch_rows, host_room, mixture_memory_check, mixture_stage_bytes
 from .pca_choice import DEFAULT_PCA_COMPONENTS, choose_pca, variance_note
 from .estimate import gmm_phases, kmeans_phases
 from .progress import PassBars
@@ -341,9 +341,7 @@ def fit_run(
                                  config.memory_limit)
             t0 = time.perf_counter()
             g = config.gmm_components
-            cov = m * m if config.covariance in ("full", "tied") else m
-            fixed, per_row = mixture_pass_bytes([g], m, config.covariance)
-            fixed += 6 * g * cov * 8 if config.covariance == "full" else 6 * m * m * 8 + 6 * g * m * 8
+            fixed, per_row = mixture_stage_bytes([g], m, config.covariance)
             bs = batch_rows("the Gaussian mixture", fixed=fixed, per_row=per_row,
                             limit=config.memory_limit, requested=config.batch_size,
                             preferred=FEATURE_CHUNK_ROWS)

@@ -116,6 +116,14 @@ def mixture_pass_bytes(ks, d: int, covariance: str) -> tuple[int, int]:
     return 12 * K * d * 8, (K + 2 * len(ks) + 6 * d) * 8
 
 
+def mixture_stage_bytes(ks, d: int, covariance: str) -> tuple[int, int]:
+    """``(fixed, per_row)`` of a stage fitting mixtures with ``ks`` components on ``d`` columns
+    (``fit``'s mixture, ``select-k``'s candidates): their models (:func:`mixture_bytes`) and
+    an EM pass's working bytes (:func:`mixture_pass_bytes`)."""
+    fixed, per_row = mixture_pass_bytes(ks, d, covariance)
+    return fixed + mixture_bytes(ks, d, covariance), per_row
+
+
 def mixture_memory_check(what: str, ks, d: int, covariance: str, limit: int | None) -> None:
     """Refuse, in one line with the memory it would need and the fix, a mixture that cannot fit.
 

@@ -62,7 +62,7 @@ from ..models._gmm_stats import gmm_log_resp, n_parameters
 from ..integrity import verify_output
 from ..store import RunLayout
 from . import fit as _fit
-from .memory import batch_rows, host_room, mixture_bytes, mixture_memory_check, mixture_pass_bytes
+from .memory import batch_rows, host_room, mixture_memory_check, mixture_stage_bytes
 from .estimate import select_k_phases
 from .progress import PassBars
 
@@ -553,8 +553,7 @@ def _batch_size(method: str, ks: list[int], d: int, covariance: str, fit_cfg: Fi
                 requested) -> tuple[int, HostRoom | None]:
     """Rows per batch under the fit's memory limit, and what that plan leaves of it for a GPU's read-ahead."""
     if method == "gmm":
-        fixed, per_row = mixture_pass_bytes(ks, d, covariance)
-        fixed += mixture_bytes(ks, d, covariance)
+        fixed, per_row = mixture_stage_bytes(ks, d, covariance)
     else:
         fixed = sum(4 * k * d * 8 for k in ks)
         per_row = max(d * 16 + k * 24 for k in ks)

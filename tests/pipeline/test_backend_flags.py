@@ -411,3 +411,21 @@ def test_the_room_a_stages_plan_leaves_of_the_memory_limit():
     assert room == HostRoom(2**30 - BASELINE_BYTES - 100 * 2**20 - 1_024_000, "--memory-limit 1.00 GiB")
     assert room.bytes == 600_858_624
     assert host_room(400 * 2**20, fixed=100 * 2**20, per_row=1000, rows=1024).bytes == 0  # no room left
+
+
+@pytest.mark.parametrize("covariance", ["full", "tied", "diag", "spherical"])
+def test_fit_and_select_k_plan_a_mixtures_memory_alike(covariance):
+    """One count of a mixture stage's memory (its models and an EM pass's working bytes), which
+    fit's mixture and select-k's candidates plan their batches with; a diagonal model holds
+    k x d numbers (not the d x d of a tied one)."""
+    from streamclust.pipeline import select_k as select_k_module
+    from streamclust.pipeline.memory import BASELINE_BYTES, mixture_stage_bytes
+
+    g, m = 50, 2000
+    fixed, per_row = mixture_stage_bytes([g], m, covariance)
+    model = {"full": g * m * m, "tied": m * m, "diag": g * m, "spherical": g}[covariance]
+    assert fixed >= 6 * model * 8 + 6 * g * m * 8
+    if covariance in ("diag", "spherical"):
+        assert fixed < m * m * 8  # no d x d array is held
+    limit = BASELINE_BYTES + fixed + 3000 * per_row
+    assert select_k_module._batch_size("gmm", [g], m, covariance, FitConfig(memory_limit=limit), None)[0] == 3000

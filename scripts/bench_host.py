@@ -23,6 +23,7 @@ Usage::
 
     python scripts/bench_host.py --json host.json
     python scripts/bench_host.py --work kmeans --images 8192 --rows 8192
+    python scripts/bench_host.py --seeding 200 --images 3200 --rows 3200
 """
 
 from __future__ import annotations
@@ -121,6 +122,45 @@ def count_operations(X: np.ndarray, n_iter: int, work: str = "select-k") -> tupl
     return Count.n, Count.kernels
 
 
+def seeding(X: np.ndarray, k: int, repeat: int) -> dict:
+    """k-means++ of ``k`` seeds on ``X``: milliseconds a seed (best of ``repeat``) by
+    scikit-learn, by streamclust's on NumPy and on PyTorch's CPU device (one thread), and
+    the PyTorch operations a seed dispatches; the same on ``X``'s first 4 columns, where the
+    arithmetic is next to nothing and what is left is the dispatching of the operations."""
+    import torch
+    from sklearn.cluster import kmeans_plusplus as sklearn_kmeans_plusplus
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from streamclust.models._seeding import kmeans_plusplus
+
+    torch.set_num_threads(1)
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    def best(f, A) -> float:
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            f(A, k, random_state=0)
+            times.append(time.perf_counter() - t0)
+        return 1000 * min(times) / k
+
+    out = {}
+    for cols in (X.shape[1], 4):
+        A = np.ascontiguousarray(X[:, :cols])
+        out[f"{cols} features"] = {"scikit-learn": best(sklearn_kmeans_plusplus, A), "numpy": best(kmeans_plusplus, A),
+                                   "pytorch_cpu_device": best(kmeans_plusplus, torch.as_tensor(A))}
+    with Count():
+        kmeans_plusplus(torch.as_tensor(X), k, random_state=0)
+    out["pytorch_operations_a_seed"] = Count.n / k
+    return out
+
+
 _WORK_SAYS = {
     "select-k": "select-k candidates k = 10..200 diagonal (2,100 components), shared passes",
     "kmeans": "fit's k-means: 100 clusters, Lloyd passes, batches of half the rows",
@@ -140,10 +180,17 @@ def main(argv=None) -> int:
     p.add_argument("--iter", type=int, default=12)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--seeding", type=int, default=0, metavar="K",
+                   help="instead: time k-means++ of K seeds on the --rows rows (ms a seed)")
     args = p.parse_args(argv)
 
     X = np.ascontiguousarray(cifar_features(args.zip, args.images)[: args.rows])
     load = wait_for_idle()
+    if args.seeding:
+        report({"data": f"real: {args.rows} of {args.images} CIFAR-10 photos, PCA to 99 % ({X.shape[1]} features)",
+                "work": f"k-means++ of {args.seeding} seeds, one thread", "load_before": load,
+                "ms_a_seed": seeding(X, args.seeding, args.repeat)}, args.json)
+        return 0
     work = args.work
     sweep(X, 2, False, work)  # warm-up: imports, first allocations (not counted)
     plain = {n: [sweep(X, n, False, work) for _ in range(args.repeat)] for n in (2, args.iter)}

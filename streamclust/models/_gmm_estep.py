@@ -28,9 +28,10 @@ instead of four narrow ones per mixture and the batch centred and squared once; 
 PyTorch about seventy operations a batch whatever the number of mixtures (each mixture's
 own step: about seventy each), the log-sum-exps of all of them in a few
 (:meth:`~streamclust.engine.arrays.Segments.softmax_`), and the model made on the device
-from the stacked parameters.  A mixture alone keeps its own step
+from the stacked parameters.  On NumPy a mixture alone keeps its own step
 (``GMMStatsAccumulator.update``), which on two cores is faster for one: the wide products
-are what pays.
+are what pays; on a device it takes such a step of its own, so that its sums and its M-step
+stay there.
 """
 
 from __future__ import annotations

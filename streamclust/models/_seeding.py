@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ..engine.arrays import empty, host, is_numpy, like, namespace, sum_squares
+from ..engine.arrays import empty, float64, host, is_numpy, like, namespace, sum_squares
 
 __all__ = ["kmeans_plusplus"]
 
@@ -32,17 +32,18 @@ def kmeans_plusplus(X, n_clusters: int, *, random_state=None, sample_weight=None
                     n_local_trials: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k-means++ seeds of the rows of ``X``: ``(centers, indices)``, NumPy arrays.
 
-    ``X`` is a float64 NumPy array or a float64 tensor (the arithmetic runs on its
-    device); ``sample_weight`` a NumPy array of row weights (``None``: ones);
-    ``random_state`` as scikit-learn's.  The same seeds as
+    ``X`` is a NumPy array or a tensor (the arithmetic runs on its device), seeded in
+    float64 whatever its dtype; ``sample_weight`` a NumPy array of row weights (``None``:
+    ones); ``random_state`` as scikit-learn's.  For float64 rows, the same seeds as
     :func:`sklearn.cluster.kmeans_plusplus` for the same arguments (on a device: to the
-    rounding of its products, which could only matter for a draw on a boundary).
+    rounding of its products, which could only matter for a draw on a boundary; scikit-learn
+    seeds float32 rows in float32).
     """
     n = int(X.shape[0])
     k = int(n_clusters)
     if n < k:
         raise ValueError(f"n_samples={n} should be >= n_clusters={k}.")
-    X = np.asarray(X, dtype=np.float64) if is_numpy(X) else X
+    X = np.asarray(X, dtype=np.float64) if is_numpy(X) else X.to(dtype=float64(X))
     xp = namespace(X)
     rs = check_random_state(random_state)
     w_host = np.ones(n, dtype=np.float64) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)

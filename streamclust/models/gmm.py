@@ -234,7 +234,7 @@ class GMMPlan:
             print(msg)
 
     def _start_em(self) -> None:
-        self.sample = self.sample_rows = self.centres = None
+        self.sample = self.sample_rows = self.centres = self._tols = None
         if self.max_iter == 0:
             self.phase = _PHASE_DONE
         else:
@@ -327,7 +327,7 @@ class GMMPlan:
         self.pass_index += 1
 
     def _end_sample(self, acc: RowSampleAccumulator) -> None:
-        self.sample, self.sample_rows = acc.sample, acc.rows
+        self.sample, self.sample_rows, self._tols = acc.sample, acc.rows, None
         samples = self._samples()
         centres = []
         for i, (sample, w) in enumerate(zip(samples, self._sample_weights())):
@@ -344,16 +344,15 @@ class GMMPlan:
             centres.append(seeds)
         self.centres = np.stack(centres)
         if self.init_params != "kmeans":
-            self.sample = self.sample_rows = None  # only Lloyd passes still need it
+            self.sample = self.sample_rows = self._tols = None  # only Lloyd passes still need it
         self.phase = _PHASE_HARD
 
     def _kmeans_tols(self) -> list[float]:
-        """Per initialisation, the k-means tolerance of its sample (computed once a sample)."""
-        cached = getattr(self, "_tols", None)
-        if cached is None or cached[0] is not self.sample:
-            tols = [_KMEANS_TOL * float(np.mean(np.var(s, axis=0))) if s.size else 0.0 for s in self._samples()]
-            self._tols = (self.sample, tols)
-        return self._tols[1]
+        """Per initialisation, the k-means tolerance of its sample (computed once a sample: not
+        state, forgotten with the sample)."""
+        if getattr(self, "_tols", None) is None:
+            self._tols = [_KMEANS_TOL * float(np.mean(np.var(s, axis=0))) if s.size else 0.0 for s in self._samples()]
+        return self._tols
 
     def _end_hard(self, acc: _MultiAccumulator) -> None:
         """Lloyd update of the centres; initialise from the cells once they are stable."""
@@ -457,6 +456,7 @@ class GMMPlan:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._tols = None  # of the sample loaded below
         self.seed = int(state["seed"])
         self.phase = int(state["phase"])
         self.pass_index = int(state["pass_index"])

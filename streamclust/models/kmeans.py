@@ -517,7 +517,7 @@ def seeding_sample(sample, backend: Backend = NUMPY):
     """The float64 sample where a seeding's arithmetic runs (k-means++ and the in-memory Lloyd):
     on a GPU copied there once (a tensor already on a device stays), otherwise NumPy."""
     if not is_numpy(sample):
-        return sample.to(dtype=backend.xp.float64)
+        return sample.to(dtype=float64(sample))
     return backend.asarray(sample, backend.xp.float64) if backend.on_gpu else np.asarray(sample, dtype=np.float64)
 
 
@@ -733,7 +733,7 @@ class StreamingKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, Transformer
     init : {"k-means++", "random"}, callable or array-like of shape (n_clusters, n_features), \
             default="k-means++"
         Initial centres.  ``"k-means++"`` seeds as :func:`sklearn.cluster.kmeans_plusplus`
-        (the same seeds; on a GPU computed there) on a random sample of ``init_sample_size`` rows; ``"random"`` picks sample rows
+        (the same seeds for float64 rows; on a GPU computed there, the same to rounding) on a random sample of ``init_sample_size`` rows; ``"random"`` picks sample rows
         (with probability proportional to their weight); a callable is called as
         ``init(sample, n_clusters, random_state)`` on that sample and returns the centres.
     n_init : int or "auto", default=1

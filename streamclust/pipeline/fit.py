@@ -341,7 +341,7 @@ def fit_run(
                                  config.memory_limit)
             t0 = time.perf_counter()
             g = config.gmm_components
-            fixed, per_row = mixture_stage_bytes([g], m, config.covariance)
+            fixed, per_row = mixture_stage_bytes([g], m, config.covariance, numpy=backend.is_numpy)
             bs = batch_rows("the Gaussian mixture", fixed=fixed, per_row=per_row,
                             limit=config.memory_limit, requested=config.batch_size,
                             preferred=FEATURE_CHUNK_ROWS)

@@ -10,7 +10,8 @@ from ..errors import MemoryLimitError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["batch_rows", "host_room", "fmt_bytes", "mixture_bytes", "mixture_pass_bytes", "mixture_memory_check",
+__all__ = ["batch_rows", "host_room", "fmt_bytes", "mixture_bytes", "mixture_pass_bytes", "mixture_stage_bytes",
+           "mixture_memory_check",
            "BASELINE_BYTES", "DEFAULT_BUDGET"]
 
 #: resident memory of the interpreter with numpy, scipy, scikit-learn, zarr and dask imported
@@ -94,14 +95,15 @@ def mixture_bytes(ks, d: int, covariance: str) -> int:
     return total
 
 
-def mixture_pass_bytes(ks, d: int, covariance: str) -> tuple[int, int]:
+def mixture_pass_bytes(ks, d: int, covariance: str, *, numpy: bool = True) -> tuple[int, int]:
     """``(fixed, per_row)``: the working bytes of an EM pass feeding each batch of ``d``
-    columns to mixtures with ``ks`` components (besides their models, :func:`mixture_bytes`).
+    columns to mixtures with ``ks`` components (besides their models, :func:`mixture_bytes`),
+    on NumPy or (``numpy=False``) on a PyTorch device.
 
     Full and tied covariances loop over the components with ``(rows, d)`` temporaries, one
-    mixture after the other; so does a lone diagonal or spherical mixture, with a few
-    ``(rows, d)`` and ``(rows, k)`` arrays.  Several diagonal and spherical mixtures take a
-    batch together (:class:`~streamclust.models._gmm_estep.DiagEStep`): per row ``[y, y²]``,
+    mixture after the other; so does a lone diagonal or spherical mixture on NumPy, with a few
+    ``(rows, d)`` and ``(rows, k)`` arrays.  Several diagonal and spherical mixtures, or one on
+    a device, take a batch together (:class:`~streamclust.models._gmm_estep.DiagEStep`): per row ``[y, y²]``,
     every component's responsibility, each mixture's log-likelihood and a few copies of the
     row; fixed, ``(K, d)`` arrays for all ``K`` components: their stacked parameters (two),
     model (two, and its copy centred on the batch), moments (two), running sums (two) and
@@ -110,17 +112,17 @@ def mixture_pass_bytes(ks, d: int, covariance: str) -> tuple[int, int]:
     d, ks = int(d), [int(k) for k in ks]
     if covariance in ("full", "tied"):
         return 0, max(k * d * 16 + k * 32 + d * 16 for k in ks)
-    if len(ks) == 1:
+    if len(ks) == 1 and numpy:
         return 0, 6 * d * 8 + 8 * ks[0] * 8
     K = sum(ks)
     return 12 * K * d * 8, (K + 2 * len(ks) + 6 * d) * 8
 
 
-def mixture_stage_bytes(ks, d: int, covariance: str) -> tuple[int, int]:
+def mixture_stage_bytes(ks, d: int, covariance: str, *, numpy: bool = True) -> tuple[int, int]:
     """``(fixed, per_row)`` of a stage fitting mixtures with ``ks`` components on ``d`` columns
     (``fit``'s mixture, ``select-k``'s candidates): their models (:func:`mixture_bytes`) and
-    an EM pass's working bytes (:func:`mixture_pass_bytes`)."""
-    fixed, per_row = mixture_pass_bytes(ks, d, covariance)
+    an EM pass's working bytes (:func:`mixture_pass_bytes`, on NumPy or a device)."""
+    fixed, per_row = mixture_pass_bytes(ks, d, covariance, numpy=numpy)
     return fixed + mixture_bytes(ks, d, covariance), per_row
 
 

@@ -550,10 +550,11 @@ def _progress_fn(progress, phases: Callable[[], list]) -> tuple[Callable | None,
 
 
 def _batch_size(method: str, ks: list[int], d: int, covariance: str, fit_cfg: FitConfig,
-                requested) -> tuple[int, HostRoom | None]:
-    """Rows per batch under the fit's memory limit, and what that plan leaves of it for a GPU's read-ahead."""
+                requested, *, numpy: bool = True) -> tuple[int, HostRoom | None]:
+    """Rows per batch under the fit's memory limit, and what that plan leaves of it for a GPU's
+    read-ahead; ``numpy``: whether the passes run on NumPy (else a PyTorch device)."""
     if method == "gmm":
-        fixed, per_row = mixture_stage_bytes(ks, d, covariance)
+        fixed, per_row = mixture_stage_bytes(ks, d, covariance, numpy=numpy)
     else:
         fixed = sum(4 * k * d * 8 for k in ks)
         per_row = max(d * 16 + k * 24 for k in ks)
@@ -703,7 +704,7 @@ def select_k_run(
     if layout.is_done(STAGE):
         return _result(read_csv(layout.select_k_csv), method, layout, extra)
 
-    bs, room = _batch_size(method, ks, m, covariance, fit_cfg, batch_size)
+    bs, room = _batch_size(method, ks, m, covariance, fit_cfg, batch_size, numpy=where.is_numpy)
     key = fingerprint([STAGE, identity, fit_cfg.identity(), n, n_feat, m])
     fit_ck_path, score_ck_path = _checkpoint_paths(layout)
     estimators = [candidate_estimator(method, k, covariance=covariance, seed=seed, max_iter=max_iter, batch_size=bs,

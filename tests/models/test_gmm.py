@@ -676,3 +676,23 @@ def test_a_centre_no_row_reaches_in_a_kmeans_init_pass_moves_to_the_worst_explai
     kept = X[labels != 2]
     for j in (0, 1):
         assert_allclose(plan.centres[0][j], kept[labels[labels != 2] == j].mean(axis=0), rtol=1e-12)
+
+
+def test_the_seeding_sample_and_what_is_derived_from_it_are_let_go_when_em_starts():
+    from streamclust.engine import run_passes
+    from streamclust.models.gmm import GMMPlan
+
+    X, _ = make_blobs(900, 3, centers=3, random_state=1)
+    plan = GMMPlan(n_samples=len(X), n_features=3, n_components=3, covariance_type="diag", tol=1e-3,
+                   reg_covar=1e-6, max_iter=3, n_init=2, init_params="kmeans", seed=0)
+    seen = []
+    real = plan._end_hard
+
+    def end_hard(acc):
+        real(acc)
+        seen.append(plan._tols is not None or plan.sample is None)
+
+    plan._end_hard = end_hard
+    run_passes(plan, RowSource(X), 300)
+    assert seen and all(seen)  # the tolerances serve the k-means passes
+    assert plan.sample is None and plan._tols is None  # and go with the sample

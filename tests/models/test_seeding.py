@@ -78,24 +78,35 @@ def test_on_a_device_the_seeds_are_the_same(n, d, k, weighted, trials):
     assert len(np.unique(got, axis=0)) == m
 
 
-def test_on_a_device_nothing_comes_back_until_the_last_seed():
-    """Every operation of a seeding stays on the device: no tensor is read by the host (no
-    ``item``, no conversion to a Python number or to NumPy) before the seeds are copied back."""
+def test_on_a_device_nothing_comes_back_until_the_last_seed(monkeypatch):
+    """No tensor is read by the host (``item``, a conversion to a Python number, a boolean
+    mask or ``nonzero``, whose sizes the host must know) while the seeds are chosen; the
+    seeds and their indices cross once each, at the end."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    reads = []
+    reads, copies = [], []
+    waits = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.masked_select.default)
 
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in (torch.ops.aten._local_scalar_dense.default,):  # .item(), int(t), bool(t), float(t)
+            boolean_index = func is torch.ops.aten.index.Tensor and any(
+                i is not None and i.dtype == torch.bool for i in args[1])
+            if func in waits or boolean_index:
                 reads.append(func)
             return func(*args, **(kwargs or {}))
 
+    for name in ("cpu", "numpy", "tolist", "__array__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **kw: (
+            copies.append(_name), _real(self, *a, **kw))[1])
     X, w = _data(1000, 12, True)
     T = torch.as_tensor(X)
     with Watch():
-        kmeans_plusplus(T, 30, random_state=2, sample_weight=w)
+        centres, idx = kmeans_plusplus(T, 30, random_state=2, sample_weight=w)
     assert reads == []
+    assert copies == ["cpu", "numpy", "cpu", "numpy"]  # the seeds, then their indices
+    np.testing.assert_array_equal(idx, kmeans_plusplus(X, 30, random_state=2, sample_weight=w)[1])
 
 
 def test_the_seedings_on_a_device_equal_the_cpus():

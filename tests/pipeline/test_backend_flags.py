@@ -413,19 +413,34 @@ def test_the_room_a_stages_plan_leaves_of_the_memory_limit():
     assert host_room(400 * 2**20, fixed=100 * 2**20, per_row=1000, rows=1024).bytes == 0  # no room left
 
 
-@pytest.mark.parametrize("covariance", ["full", "tied", "diag", "spherical"])
-def test_fit_and_select_k_plan_a_mixtures_memory_alike(covariance):
-    """One count of a mixture stage's memory (its models and an EM pass's working bytes), which
-    fit's mixture and select-k's candidates plan their batches with; a diagonal model holds
-    k x d numbers (not the d x d of a tied one)."""
-    from streamclust.pipeline import select_k as select_k_module
-    from streamclust.pipeline.memory import BASELINE_BYTES, mixture_stage_bytes
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_fit_and_select_k_plan_a_mixtures_memory_alike(ingested, tmp_path, monkeypatch, backend):
+    """One count of a mixture stage's memory (its models and an EM pass's working bytes): fit's
+    mixture plans its batch with what select-k plans for the same mixture; on a device a
+    lone diagonal mixture holds a joint step's stacked arrays (on NumPy it takes its own)."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    import streamclust.pipeline.fit as fit_module
+    import streamclust.pipeline.select_k as select_k_module
+    from streamclust.pipeline.memory import mixture_stage_bytes
 
-    g, m = 50, 2000
-    fixed, per_row = mixture_stage_bytes([g], m, covariance)
-    model = {"full": g * m * m, "tied": m * m, "diag": g * m, "spherical": g}[covariance]
-    assert fixed >= 6 * model * 8 + 6 * g * m * 8
-    if covariance in ("diag", "spherical"):
-        assert fixed < m * m * 8  # no d x d array is held
-    limit = BASELINE_BYTES + fixed + 3000 * per_row
-    assert select_k_module._batch_size("gmm", [g], m, covariance, FitConfig(memory_limit=limit), None)[0] == 3000
+    planned = {}
+    real = fit_module.batch_rows
+
+    def spy(what, **kw):
+        planned[what] = (kw["fixed"], kw["per_row"])
+        return real(what, **kw)
+
+    monkeypatch.setattr(fit_module, "batch_rows", spy)
+    run = shutil.copytree(ingested, tmp_path / "run")
+    assert main(["fit", str(run), *FIT, "--backend", backend, "--device", "cpu"]) == 0
+    numpy = backend == "numpy"
+    want = mixture_stage_bytes([3], 6, "diag", numpy=numpy)  # FIT: 3 components on the 6 PCA scores
+    assert planned["the Gaussian mixture"] == want
+    monkeypatch.setattr(select_k_module, "batch_rows", spy)
+    select_k_module._batch_size("gmm", [3], 6, "diag", FitConfig(), None, numpy=numpy)
+    assert planned["select-k"] == want
+    lone, joint = mixture_stage_bytes([3], 6, "diag"), mixture_stage_bytes([3], 6, "diag", numpy=False)
+    assert joint[0] - lone[0] == 12 * 3 * 6 * 8  # the joint step's stacked (K, d) arrays
+    # a diagonal model holds k x d numbers, not the d x d of a tied one
+    assert mixture_stage_bytes([50], 2000, "diag")[0] < 2000 * 2000 * 8 < mixture_stage_bytes([50], 2000, "tied")[0]

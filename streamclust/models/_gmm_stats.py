@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 from ..engine import pass_rng, weight_slice
-from ..engine.arrays import bincount, DeviceState, empty, host, is_numpy, like, namespace, one_hot, sum_squares
+from ..engine.arrays import (bincount, DeviceState, empty, flush_subnormal_, host, is_numpy, like, namespace, one_hot,
+                             sum_squares)
 from ._parallel import blocks as split_blocks, map_blocks
 from ..errors import ConvergenceError
 from ._gmm_estep import DIAGONAL, DiagEStep
@@ -597,6 +598,8 @@ class GMMStatsAccumulator(GMMSuffStats):
             log_norm[lo:hi], log_resp = gmm_log_resp(X[lo:hi], *model, self.covariance_type)
             with np.errstate(under="ignore"):
                 resp[lo:hi] = xp.exp(log_resp)
+            if is_numpy(resp):
+                flush_subnormal_(resp[lo:hi])  # BLAS is slow on them; below the rounding of any sum
 
         diag = self.covariance_type in DIAGONAL
         map_blocks(rows, split_blocks(n, 4.0 * n * X.shape[1] * k) if diag and is_numpy(X) else [(0, n)])

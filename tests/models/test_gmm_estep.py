@@ -284,6 +284,42 @@ def test_segment_softmax_on_torch_equals_numpy_and_the_formula():
     assert tops[2, 1] == 0.0 and np.all(np.isnan(R[2, 1:5]))  # as the per-mixture step: NaN responsibilities
 
 
+def test_subnormal_responsibilities_are_zeros_on_numpy_and_change_no_sum():
+    """exp of a log-responsibility in (-745, -708) is subnormal, which x86 BLAS is slow on:
+    the NumPy steps (joint and alone) make such responsibilities zeros; the sums do not change
+    (what they add is below the rounding of any sum)."""
+    from streamclust.engine.arrays import Segments, flush_subnormal_
+
+    tiny = np.finfo(np.float64).tiny
+    R = np.array([[1.0, tiny, tiny / 2, 5e-324, 0.0, np.nan, 1e-300]])
+    flush_subnormal_(R)
+    assert_allclose(R, [[1.0, tiny, 0.0, 0.0, 0.0, np.nan, 1e-300]], equal_nan=True)
+    A = np.array([[0.0, -720.0, -710.0, -3.0], [0.0, -700.0, -730.0, -800.0]])
+    tops, totals = np.zeros((2, 1)), np.zeros((2, 1))
+    with np.errstate(under="ignore"):
+        Segments([4]).softmax_(A, tops, totals)
+    assert np.all((A == 0) | (A >= tiny)) and A[0, 1] == A[1, 2] == 0.0 and A[1, 1] > 0
+
+    rng = np.random.default_rng(21)  # well separated components: far rows' responsibilities underflow
+    X = np.vstack([rng.normal(size=(200, 3)) * 0.3 + c for c in (0.0, 14.0, 28.0)])
+    (alone,), (together,) = (_parts(np.random.default_rng(4), 3, [(5, "diag")]) for _ in range(2))
+    for part in (alone, together):
+        part.means = np.array([[0.0] * 3, [14.0] * 3, [28.0] * 3, [7.0] * 3, [21.0] * 3])
+        part.shift = part.means.copy()
+        part.precisions_cholesky = np.full((5, 3), 1 / 0.3)
+    with np.errstate(under="ignore"):
+        log_resp = gmm_log_resp(X, alone.weights, alone.means, alone.precisions_cholesky, "diag")[1]
+    assert np.any((log_resp > -745) & (log_resp < -708.4))  # the case: some would be subnormal
+    reference = _reference(X, alone.weights, alone.means, alone.precisions_cholesky, "diag")  # not flushed
+    alone.update(X, 0)  # its own step
+    _stepped([together], X)  # a joint step of its own, settled into the part
+    assert_allclose(alone.nk, reference.nk, rtol=1e-14, atol=1e-250)
+    assert_allclose(alone.sx, reference.sx, rtol=1e-14, atol=1e-250)
+    assert_allclose(alone.sxx, reference.sxx, rtol=1e-14, atol=1e-250)
+    for name in ("nk", "sx", "sxx"):
+        assert_allclose(getattr(together, name), getattr(reference, name), rtol=1e-12, atol=1e-9)
+
+
 def test_m_steps_taken_together_on_a_device_equal_each_mixtures_own():
     """The M-steps of a joint step's mixtures (diagonal and spherical) are taken together on the
     device; each equals the mixture's own M-step (NumPy) to rounding, and a settle in the middle

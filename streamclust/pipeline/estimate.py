@@ -106,6 +106,10 @@ def _read_seconds(X, n_rows: int) -> float:
 
 
 def _em_update(sample: np.ndarray, ks: Sequence[int], covariance: str):
+    """``update(X, offset)`` of an EM pass of mixtures with ``ks`` components, fed as the passes
+    feed them: through a shared pass, whose diagonal mixtures take their E-steps together (on
+    a device, a lone one too: :func:`~streamclust.engine.arrays.joint_steps`)."""
+    from ..engine.combined import CombinedAccumulator
     from ..models._gmm_stats import GMMStatsAccumulator, precisions_cholesky_from_covariances
 
     d = sample.shape[1]
@@ -122,12 +126,7 @@ def _em_update(sample: np.ndarray, ks: Sequence[int], covariance: str):
             cov = np.full(k, var.mean())
         pc = precisions_cholesky_from_covariances(np.array(cov), covariance)
         accs.append(GMMStatsAccumulator(np.full(k, 1.0 / k), _centres(sample, k), pc, covariance))
-
-    def update(X, offset):
-        for acc in accs:
-            acc.update(X, offset)
-
-    return update
+    return CombinedAccumulator(list(range(len(accs))), [str(k) for k in ks], accs, "time estimate").update
 
 
 def _nearest_update(sample: np.ndarray, ks: Sequence[int]):

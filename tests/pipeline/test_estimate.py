@@ -68,17 +68,23 @@ def test_the_kmeans_phases_are_the_passes_kmeans_makes(blobs, method):
 
 
 def test_a_sweep_pass_is_timed_with_every_candidate(monkeypatch):
-    """A shared pass feeds every candidate: its time is that of all their E-steps, not one's."""
-    from streamclust.models import _gmm_stats
+    """A shared pass feeds every candidate: its time is that of all their E-steps, not one's, taken
+    as the sweep's passes take them (diagonal mixtures together; others each its own)."""
+    from streamclust.models import _gmm_estep, _gmm_stats
 
-    calls = []
-    real = _gmm_stats.GMMStatsAccumulator.update
+    joint, own = [], []
+    real_joint, real_own = _gmm_estep.DiagEStep.update, _gmm_stats.GMMStatsAccumulator.update
+    monkeypatch.setattr(_gmm_estep.DiagEStep, "update", lambda self, X, offset=0: joint.append(
+        tuple(p.n_components for p in self.parts)) or real_joint(self, X, offset))
     monkeypatch.setattr(_gmm_stats.GMMStatsAccumulator, "update",
-                        lambda self, X, offset=0: calls.append(self.n_components) or real(self, X, offset))
+                        lambda self, X, offset=0: own.append(self.n_components) or real_own(self, X, offset))
     wide = np.random.default_rng(1).standard_normal((600, 16))
     phase, = select_k_phases(wide, 100_000, [3, 5, 8], "gmm", "diag", max_iter=10)
     assert phase.passes == 10 + 7 and phase.seconds > 0
-    assert sorted(set(calls)) == [3, 5, 8] and calls.count(3) == calls.count(8)
+    assert set(joint) == {(3, 5, 8)} and own == []
+    joint.clear()
+    phase, = select_k_phases(wide, 100_000, [3, 5], "gmm", "full", max_iter=10)
+    assert joint == [] and sorted(set(own)) == [3, 5] and own.count(3) == own.count(5)
 
 
 def test_the_bound_is_said_before_the_first_pass_and_kept_current(monkeypatch, caplog):

@@ -103,8 +103,8 @@ def sweep(X: np.ndarray, n_iter: int, timed: bool, work: str = "select-k") -> di
             "torch_s": sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6}  # every operation's own time
 
 
-def count_operations(X: np.ndarray, n_iter: int, work: str = "select-k") -> tuple[int, int]:
-    """The PyTorch operations ``work`` dispatches (as the caller launches them; those PyTorch
+def count_operations(fn) -> tuple[int, int]:
+    """The PyTorch operations ``fn()`` dispatches (as the caller launches them; those PyTorch
     runs inside them are not counted): all, and those that are not views (slices, transposes:
     no kernel on a GPU), each a kernel launch on a GPU."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -118,7 +118,7 @@ def count_operations(X: np.ndarray, n_iter: int, work: str = "select-k") -> tupl
             return func(*args, **(kwargs or {}))
 
     with Count():
-        run(work, X, n_iter)
+        fn()
     return Count.n, Count.kernels
 
 
@@ -129,18 +129,10 @@ def seeding(X: np.ndarray, k: int, repeat: int) -> dict:
     arithmetic is next to nothing and what is left is the dispatching of the operations."""
     import torch
     from sklearn.cluster import kmeans_plusplus as sklearn_kmeans_plusplus
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     from streamclust.models._seeding import kmeans_plusplus
 
     torch.set_num_threads(1)
-
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.n += 1
-            return func(*args, **(kwargs or {}))
 
     def best(f, A) -> float:
         times = []
@@ -155,9 +147,8 @@ def seeding(X: np.ndarray, k: int, repeat: int) -> dict:
         A = np.ascontiguousarray(X[:, :cols])
         out[f"{cols} features"] = {"scikit-learn": best(sklearn_kmeans_plusplus, A), "numpy": best(kmeans_plusplus, A),
                                    "pytorch_cpu_device": best(kmeans_plusplus, torch.as_tensor(A))}
-    with Count():
-        kmeans_plusplus(torch.as_tensor(X), k, random_state=0)
-    out["pytorch_operations_a_seed"] = Count.n / k
+    seeded = count_operations(lambda: kmeans_plusplus(torch.as_tensor(X), k, random_state=0))
+    out["pytorch_operations_a_seed"] = seeded[0] / k
     return out
 
 
@@ -205,13 +196,13 @@ def main(argv=None) -> int:
         return (hi - lo) / passes
 
     wall, in_torch = 1000 * per_pass(plain, "wall_s"), 1000 * per_pass(timed, "torch_s")
+    counted = [count_operations(lambda n=n: run(work, X, n)) for n in (args.iter, 2)]
     out = {
         "data": f"real: {args.rows} of {args.images} CIFAR-10 photos, PCA to 99 % ({X.shape[1]} features)",
         "work": f"{_WORK_SAYS[work]}, PyTorch on the CPU device, one thread",
         "passes": passes, "load_before": load, "repeat": args.repeat,
         "ms_a_pass": {"wall": wall, "in_pytorch_operations": in_torch, "host_outside_pytorch": wall - in_torch},
-        "pytorch_operations_a_pass": dict(zip(("all", "not views"), (
-            (a - b) / passes for a, b in zip(count_operations(X, args.iter, work), count_operations(X, 2, work))))),
+        "pytorch_operations_a_pass": dict(zip(("all", "not views"), ((a - b) / passes for a, b in zip(*counted)))),
     }
     report(out, args.json)
     return 0
